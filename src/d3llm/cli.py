@@ -1,0 +1,141 @@
+"""The `d3llm` command. It parses arguments, calls the library, and prints; no logic lives here.
+
+Every user error (a `D3llmError`) is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from d3llm.errors import D3llmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="d3llm: ultra-fast diffusion language models.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    choices = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in choices:
+        _fail(f"`--dtype` must be one of {', '.join(choices)}, got {name!r}")
+    return choices[name]
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")] = "tiny-teacher",
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: vanilla for dLLMs, ar for AR models).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    block_size: Annotated[int, typer.Option(help="Block length.")] = 32,
+    tokens_per_step: Annotated[int, typer.Option(help="vanilla: tokens committed per forward.")] = 1,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    stats: Annotated[bool, typer.Option("--stats", help="Print NFE, TPF and tokens/s.")] = False,
+) -> None:
+    """Load a model and answer PROMPT."""
+    from d3llm.decode import generate as decode, preset
+    from d3llm.models import load_model
+    from d3llm.models.tokenizer import prompt_ids
+
+    if not prompt.strip():
+        _fail("the prompt is empty")
+    lm = load_model(model, dtype=_torch_dtype(dtype))
+    config = preset(method or ("vanilla" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens,
+                    block_size=block_size, tokens_per_step=tokens_per_step)
+    ids = prompt_ids(lm.tokenizer, prompt)
+    out = decode(lm.model, [ids], config, lm.tokenizer.pad_token_id)
+    typer.echo(lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True))
+    if stats:
+        tps = sum(out.num_tokens) / max(out.seconds, 1e-9)
+        typer.echo(f"[{config.method}] tokens={sum(out.num_tokens)} nfe={out.nfe} "
+                   f"tpf={out.tokens_per_forward:.2f} tokens/s={tps:.1f}", err=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (YAML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (run again to resume).")],
+    steps: Annotated[Optional[int], typer.Option(help="Override `steps`.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Override `threads` (torch threads).")] = None,
+) -> None:
+    """Train a model from a YAML recipe; killed, the same command resumes."""
+    from d3llm.train.config import TrainConfig
+    from d3llm.train.trainer import train as run
+
+    overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
+    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]])
+    typer.echo(f"model written to {folder}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    task: Annotated[str, typer.Option(help="arith | arith-long | code | arith:medium | gsm8k:PATH")],
+    method: Annotated[Optional[str], typer.Option(help="Decode preset.")] = None,
+    n: Annotated[int, typer.Option(help="Number of test problems.")] = 100,
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result here.")] = None,
+) -> None:
+    """Decode N problems of a task, score them, report accuracy, TPF and tokens/s."""
+    from rich.progress import Progress
+
+    from d3llm.decode import preset
+    from d3llm.eval.runner import evaluate
+    from d3llm.models import load_model
+    from d3llm.tasks import get_task
+
+    if n <= 0:
+        _fail(f"`--n` must be positive, got {n}")
+    lm = load_model(model)
+    config = preset(method or ("vanilla" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens)
+    the_task = get_task(task)
+    with Progress(transient=True) as bar:
+        job = bar.add_task(f"{task} / {config.method}", total=n)
+        result = evaluate(lm, the_task, config, n=n, seed=seed, split=split, batch_size=batch_size,
+                          progress=lambda k: bar.advance(job, k))
+    record = result.to_dict()
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(record, indent=2))
+    typer.echo(f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
+               f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models."""
+    from d3llm.models import bundled_models
+
+    for name, path in bundled_models().items():
+        typer.echo(f"{name}\t{path}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except D3llmError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: the runner (tasks x models x decode configs) and, later, reports."""

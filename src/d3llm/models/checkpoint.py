@@ -1,0 +1,164 @@
+"""Reading and writing weights: safetensors only (no pickle), single file or sharded.
+
+    net = load_network("path/to/folder")           # any layout in d3llm.models.layouts
+    write_checkpoint(model, folder, layout="llada", shards=2)
+
+Loading builds the network on the `meta` device and assigns the stored tensors, so an
+8B checkpoint costs its weights' memory once, not twice. Every problem a user can cause
+(missing files, a truncated or corrupted shard, names or shapes that do not match the
+config) is a `ModelLoadError` that names the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import PreTrainedModel
+
+from d3llm.errors import ModelLoadError
+from d3llm.models.layouts import (
+    Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
+)
+from d3llm.models.lm import NETWORKS
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc})") from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder, from the index when there is one."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{index} has no 'weight_map'")
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"{folder}: shards listed in {INDEX_FILE} are missing: {missing}")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise ModelLoadError(
+            f"{folder} holds only pickle weights (.bin/.pt); d3llm loads safetensors only, "
+            "because unpickling can run arbitrary code (convert them with safetensors first)"
+        )
+    raise ModelLoadError(f"{folder} has no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except Exception as exc:  # safetensors raises its own error types for bad bytes
+            raise ModelLoadError(f"{path} is corrupted or truncated ({exc})") from None
+    return tensors
+
+
+def _expected_shapes(net: PreTrainedModel) -> dict[str, torch.Size]:
+    shapes = {name: p.shape for name, p in net.state_dict().items()}
+    if net.config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The transformers network stored in `folder`, in any supported layout."""
+    folder = Path(folder)
+    raw = read_json(folder / "config.json")
+    layout = detect_layout(raw)
+    config = layout.to_config(raw)
+    tensors = _renamed(read_tensors(folder), layout, folder)
+    with torch.device("meta"):
+        net = NETWORKS[config.d3llm_family](config)
+    _check_names_and_shapes(tensors, _expected_shapes(net), folder)
+    net.load_state_dict(tensors, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        net.lm_head.weight = net.model.embed_tokens.weight
+    # Non-persistent buffers (rotary inv_freq) are not in the file: rebuild them for real.
+    net.model.rotary_emb = type(net.model.rotary_emb)(config=config)
+    if dtype is not None:
+        net = net.to(dtype)
+    net.config.dtype = next(net.parameters()).dtype
+    return net.eval()
+
+
+def _renamed(tensors: dict[str, torch.Tensor], layout: Layout, folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in tensors.items():
+        hf_name = layout.to_hf_name(name)
+        if hf_name is None:
+            raise ModelLoadError(f"{folder}: tensor {name!r} has no place in the {layout.name} layout")
+        out[hf_name] = tensor
+    return out
+
+
+def _check_names_and_shapes(tensors: dict, expected: dict, folder: Path) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected) - {"lm_head.weight"})
+    if missing:
+        raise ModelLoadError(f"{folder}: weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+    if unexpected:
+        raise ModelLoadError(f"{folder}: weights hold tensors the config does not define, e.g. {unexpected[:3]}")
+    for name, shape in expected.items():
+        if tensors[name].shape != shape:
+            raise ModelLoadError(
+                f"{folder}: tensor {name} has shape {tuple(tensors[name].shape)} but the config "
+                f"says {tuple(shape)} (config.json does not match the weights)"
+            )
+
+
+def write_checkpoint(
+    net: PreTrainedModel, folder: str | Path, layout: str = "hf", shards: int = 1,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `net` in `layout` ('hf', 'llada' or 'dream'), split into `shards` files + index.
+
+    The official layouts are written for tests and for users who hand our models to tools that
+    expect them; `load_network` reads all three back.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    family = net.config.d3llm_family
+    if layout == "llada" and family != "llada":
+        raise ValueError(f"the LLaDA layout holds llada models, not {family}")
+    if layout == "dream" and family != "dream":
+        raise ValueError(f"the Dream layout holds dream models, not {family}")
+    rename = hf_name_to_llada if layout == "llada" else (lambda n: n)
+    state = {rename(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in net.state_dict().items()
+             if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
+    raw = {"llada": llada_raw_config, "dream": dream_raw_config}.get(layout, lambda c: c.to_dict())(net.config)
+    (folder / "config.json").write_text(json.dumps(raw, indent=2, default=str))
+    names = sorted(state)
+    if shards <= 1:
+        save_file(state, str(folder / SINGLE_FILE), metadata={"format": "pt"})
+        return folder
+    per = math.ceil(len(names) / shards)
+    weight_map = {}
+    for i in range(shards):
+        part = names[i * per:(i + 1) * per]
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n] for n in part}, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return folder

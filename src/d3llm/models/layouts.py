@@ -1,0 +1,206 @@
+"""On-disk checkpoint layouts: ours, official LLaDA, official Dream.
+
+A layout knows how to turn a folder's config.json into a transformers config for one of our
+families, and how its tensor names map to transformers' names. Reading and writing the
+weights themselves is shared (`d3llm.models.checkpoint`). See
+shared/reference/checkpoint_layouts.md for the official formats.
+
+| layout  | recognised by                      | network  | tensor names                        |
+|---------|------------------------------------|----------|-------------------------------------|
+| `hf`    | model_type llama / qwen2           | as saved | transformers' own                   |
+| `llada` | model_type "llada"                 | Llama    | `model.transformer.blocks.N.*`      |
+| `dream` | model_type "Dream"                 | Qwen2    | transformers' Qwen2 names           |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
+
+from d3llm.errors import ModelLoadError
+
+# --- LLaDA ------------------------------------------------------------------------------
+
+_LLADA_GLOBAL = {
+    "model.transformer.wte.weight": "model.embed_tokens.weight",
+    "model.transformer.ln_f.weight": "model.norm.weight",
+    "model.transformer.ff_out.weight": "lm_head.weight",
+}
+_LLADA_BLOCK = {  # LLaDA block module -> Llama decoder-layer module
+    "attn_norm": "input_layernorm",
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "attn_out": "self_attn.o_proj",
+    "ff_norm": "post_attention_layernorm",
+    "ff_proj": "mlp.gate_proj",  # SiLU is applied to ff_proj: it is the gate
+    "up_proj": "mlp.up_proj",
+    "ff_out": "mlp.down_proj",  # the block's ff_out; the model's ff_out is the LM head
+}
+_LLADA_BLOCK_RE = re.compile(r"^model\.transformer\.blocks\.(\d+)\.(\w+)\.weight$")
+_HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+# Config values our Llama network reproduces exactly; anything else is refused by name.
+_LLADA_REQUIRED = {
+    "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "alibi": False,
+    "rope": True, "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False,
+    "include_bias": False, "include_qkv_bias": False, "block_group_size": 1,
+}
+LLADA_MASK_TOKEN_ID = 126336  # `<|mdm_mask|>`, when the config does not say
+
+
+def llada_name_to_hf(name: str) -> str | None:
+    if name in _LLADA_GLOBAL:
+        return _LLADA_GLOBAL[name]
+    m = _LLADA_BLOCK_RE.match(name)
+    if m and m.group(2) in _LLADA_BLOCK:
+        return f"model.layers.{m.group(1)}.{_LLADA_BLOCK[m.group(2)]}.weight"
+    return None
+
+
+def hf_name_to_llada(name: str) -> str:
+    inverse_global = {v: k for k, v in _LLADA_GLOBAL.items()}
+    if name in inverse_global:
+        return inverse_global[name]
+    m = _HF_LAYER_RE.match(name)
+    inverse_block = {v: k for k, v in _LLADA_BLOCK.items()}
+    if not m or m.group(2) not in inverse_block:
+        raise ValueError(f"{name} has no place in the LLaDA layout")
+    return f"model.transformer.blocks.{m.group(1)}.{inverse_block[m.group(2)]}.weight"
+
+
+def llada_config(raw: dict) -> PretrainedConfig:
+    for key, want in _LLADA_REQUIRED.items():
+        if key in raw and raw[key] != want:
+            raise ModelLoadError(f"unsupported LLaDA config: {key}={raw[key]!r} (supported: {want!r})")
+    try:
+        d_model, n_heads = raw["d_model"], raw["n_heads"]
+        n_kv = raw.get("n_kv_heads") or (1 if raw.get("multi_query_attention") else n_heads)
+        return LlamaConfig(
+            vocab_size=raw.get("embedding_size") or raw["vocab_size"],
+            hidden_size=d_model,
+            intermediate_size=raw.get("mlp_hidden_size") or raw.get("mlp_ratio", 4) * d_model,
+            num_hidden_layers=raw["n_layers"],
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=raw.get("max_sequence_length", 4096),
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-5),
+            rope_parameters={"rope_type": "default", "rope_theta": raw.get("rope_theta", 10_000.0)},
+            tie_word_embeddings=bool(raw.get("weight_tying", False)),
+            eos_token_id=raw.get("eos_token_id"),
+            pad_token_id=raw.get("pad_token_id"),
+            bos_token_id=None,
+            is_causal=False,
+            d3llm_family="llada",
+            mask_token_id=raw.get("mask_token_id", LLADA_MASK_TOKEN_ID),
+        )
+    except KeyError as exc:
+        raise ModelLoadError(f"LLaDA config.json lacks the key {exc.args[0]!r}") from None
+
+
+def llada_raw_config(config: PretrainedConfig) -> dict:
+    """The config.json of the official LLaDA layout for one of our llada models."""
+    return {
+        "architectures": ["LLaDAModelLM"], "model_type": "llada", "activation_type": "silu",
+        "alibi": False, "alibi_bias_max": 8.0, "attention_dropout": 0.0,
+        "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+        "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
+        "d_model": config.hidden_size, "embedding_dropout": 0.0,
+        "embedding_size": config.vocab_size, "vocab_size": config.vocab_size,
+        "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+        "mask_token_id": config.mask_token_id, "flash_attention": False,
+        "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
+        "layer_norm_type": "rms", "layer_norm_with_affine": True,
+        "max_sequence_length": config.max_position_embeddings,
+        "mlp_hidden_size": config.intermediate_size, "mlp_ratio": 4,
+        "n_heads": config.num_attention_heads, "n_kv_heads": config.num_key_value_heads,
+        "n_layers": config.num_hidden_layers, "precision": "amp_bf16", "residual_dropout": 0.0,
+        "rms_norm_eps": config.rms_norm_eps, "rope": True, "rope_full_precision": True,
+        "rope_theta": config.rope_parameters["rope_theta"], "scale_logits": False,
+        "use_cache": False, "weight_tying": bool(config.tie_word_embeddings),
+    }
+
+
+# --- Dream ------------------------------------------------------------------------------
+
+DREAM_MASK_TOKEN_ID = 151666  # `<|mask|>`, DreamConfig's default
+_DREAM_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+    "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
+)
+
+
+def dream_config(raw: dict) -> PretrainedConfig:
+    if raw.get("use_sliding_window"):
+        raise ModelLoadError("unsupported Dream config: use_sliding_window=true")
+    if raw.get("rope_scaling"):
+        raise ModelLoadError(f"unsupported Dream config: rope_scaling={raw['rope_scaling']!r}")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in raw]
+    if missing:
+        raise ModelLoadError(f"Dream config.json lacks the keys {missing}")
+    kwargs = {k: raw[k] for k in _DREAM_KEYS if k in raw}
+    return Qwen2Config(
+        **kwargs,
+        rope_parameters={"rope_type": "default", "rope_theta": raw.get("rope_theta", 10_000.0)},
+        use_sliding_window=False,
+        is_causal=False,
+        d3llm_family="dream",
+        mask_token_id=raw.get("mask_token_id", DREAM_MASK_TOKEN_ID),
+    )
+
+
+def dream_raw_config(config: PretrainedConfig) -> dict:
+    """The config.json of the official Dream layout for one of our dream models."""
+    raw = {k: getattr(config, k) for k in _DREAM_KEYS}
+    raw.update(
+        architectures=["DreamModel"], model_type="Dream",
+        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        rope_theta=config.rope_parameters["rope_theta"], rope_scaling=None,
+        use_sliding_window=False, sliding_window=None, max_window_layers=config.num_hidden_layers,
+        mask_token_id=config.mask_token_id, use_cache=False, torch_dtype="bfloat16", use_mrope=False,
+    )
+    return raw
+
+
+# --- Our own folders (ordinary transformers Llama / Qwen2) -------------------------------
+
+
+def hf_config(raw: dict) -> PretrainedConfig:
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[raw["model_type"]]
+    config = config_class.from_dict(raw)
+    if getattr(config, "d3llm_family", None) is None:
+        # A stock causal LM (no d3llm keys) is usable as an autoregressive baseline.
+        config.d3llm_family = "ar"
+    return config
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    to_config: Callable[[dict], PretrainedConfig]
+    to_hf_name: Callable[[str], str | None]  # None: a tensor this layout does not use
+
+
+LAYOUTS = {
+    "hf": Layout("hf", hf_config, lambda name: name),
+    "llada": Layout("llada", llada_config, llada_name_to_hf),
+    "dream": Layout("dream", dream_config, lambda name: name),
+}
+
+
+def detect_layout(raw: dict) -> Layout:
+    model_type = raw.get("model_type")
+    if model_type in ("llama", "qwen2"):
+        return LAYOUTS["hf"]
+    if model_type == "llada":
+        return LAYOUTS["llada"]
+    if model_type == "Dream":
+        return LAYOUTS["dream"]
+    raise ModelLoadError(
+        f"config.json has model_type={model_type!r}; d3llm loads llama and qwen2 folders "
+        "(its own), and the official LLaDA ('llada') and Dream ('Dream') layouts"
+    )

@@ -1,0 +1,175 @@
+"""Model families on transformers networks, and the one wrapper the rest of d3llm calls.
+
+Three families share the `DiffusionLM` interface:
+
+| family  | network                 | attention     | logit shift | mask token |
+|---------|-------------------------|---------------|-------------|------------|
+| `llada` | `LlamaForCausalLM`      | bidirectional | 0           | yes        |
+| `dream` | `Qwen2ForCausalLM`      | bidirectional | 1           | yes        |
+| `ar`    | `LlamaForCausalLM`      | causal        | 1           | no         |
+
+Bidirectional attention is transformers' own `is_causal=False` config switch, so the networks
+stay stock: a folder we save loads with `AutoModelForCausalLM.from_pretrained` as well. Our
+facts live in the same config.json (`d3llm_family`, `mask_token_id`).
+
+`DiffusionLM.forward` returns logits *aligned* with the input: `logits[:, i]` is the
+prediction for the token at position i, for every family. Shifted families (position i-1
+predicts token i) need the output of the position before the window for the window's first
+token; pass it as `prev_logits` (the previous call's `last_logits`) when the window starts
+after a KV cache. Without it, position 0 reuses its own output, as the reference code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+from transformers import Cache, LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from d3llm.errors import ModelLoadError
+
+Family = Literal["llada", "dream", "ar"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+LOGIT_SHIFT = {"llada": 0, "dream": 1, "ar": 1}
+NETWORKS = {"llada": LlamaForCausalLM, "dream": Qwen2ForCausalLM, "ar": LlamaForCausalLM}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the decode loop needs to know about a model besides its forward."""
+
+    family: Family
+    mask_token_id: int | None  # None for `ar`
+    eos_token_id: int
+    max_length: int  # longest canvas (prompt + response) the positions support
+
+    @property
+    def logit_shift(self) -> int:
+        return LOGIT_SHIFT[self.family]
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.family != "ar"
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> "ModelFacts":
+        family = getattr(config, "d3llm_family", None)
+        if family not in FAMILIES:
+            raise ModelLoadError(f"config has `d3llm_family`={family!r}; expected one of {FAMILIES}")
+        eos = config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        mask = getattr(config, "mask_token_id", None)
+        if eos is None:
+            raise ModelLoadError("config has no `eos_token_id`")
+        if family != "ar" and mask is None:
+            raise ModelLoadError(f"a {family} model needs `mask_token_id` in its config")
+        return cls(family, mask, int(eos), int(config.max_position_embeddings))
+
+
+def make_config(
+    family: Family,
+    *,
+    vocab_size: int,
+    mask_token_id: int | None,
+    eos_token_id: int,
+    pad_token_id: int,
+    hidden_size: int = 192,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_length: int = 1024,
+    rope_theta: float = 10_000.0,
+) -> PretrainedConfig:
+    """A transformers config for a new model of `family` (Llama or Qwen2 network)."""
+    if family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}")
+    if hidden_size % num_heads:
+        raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads})")
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size * 2 // 3 // 8 * 8,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
+        max_position_embeddings=max_length,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        is_causal=(family == "ar"),
+        d3llm_family=family,
+        mask_token_id=mask_token_id,
+    )
+    config_class = Qwen2Config if family == "dream" else LlamaConfig
+    return config_class(**common)
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, L, V) aligned: logits[:, i] predicts the token at position i
+    last_logits: torch.Tensor | None  # (B, V) shifted families: prediction for position L
+    past_key_values: Cache | None
+
+
+class DiffusionLM(nn.Module):
+    """A transformers network plus the facts of its family (see module docstring)."""
+
+    def __init__(self, net: PreTrainedModel, facts: ModelFacts | None = None):
+        super().__init__()
+        self.net = net
+        self.facts = facts or ModelFacts.from_config(net.config)
+
+    @classmethod
+    def new(cls, config: PretrainedConfig, seed: int | None = None) -> "DiffusionLM":
+        """A randomly initialised model for `config` (from `make_config`)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(NETWORKS[config.d3llm_family](config))
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, past + L) 1 = attend, 0 = padding
+        position_ids: torch.Tensor | None = None,  # (B, L)
+        past_key_values: Cache | None = None,
+        use_cache: bool = False,
+        prev_logits: torch.Tensor | None = None,  # (B, V) shifted families, see docstring
+    ) -> LMOutput:
+        out = self.net(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        raw = out.logits  # (B, L, V)
+        if self.facts.logit_shift == 0:
+            return LMOutput(raw, None, out.past_key_values)
+        first = raw[:, :1] if prev_logits is None else prev_logits.unsqueeze(1)
+        aligned = torch.cat([first, raw[:, :-1]], dim=1)
+        return LMOutput(aligned, raw[:, -1], out.past_key_values)
+
+    def save_pretrained(self, folder, **kwargs) -> None:
+        """An ordinary Hugging Face folder: config.json + model.safetensors."""
+        self.net.save_pretrained(folder, **kwargs)

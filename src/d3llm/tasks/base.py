@@ -1,0 +1,112 @@
+"""The Task interface: problems, prompts, answer extraction and scoring.
+
+A task hands out `Problem`s from a named split (`train`, `validation`, `test`) and scores a
+model's response text. Generated tasks assign each problem to a split by a hash of its key
+(its question text), so the splits are disjoint by construction and stay the same for every
+seed; the seed only chooses *which* problems of a split are drawn and in what order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from d3llm.errors import TaskError
+
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
+
+# Per mille of the problem space given to each split by the key hash (test, validation, rest
+# train). 10% test leaves >= 200 test problems in every default task family.
+_TEST_PER_MILLE = 100
+_VALIDATION_PER_MILLE = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem. `prompt` is the user's message; `target` a reference solution."""
+
+    task: str
+    key: str  # identity for dedup and split assignment
+    prompt: str  # the user message (no chat markup)
+    target: str  # a correct solution text, in the format the scorer expects
+    answer: str  # the canonical final answer (arith: an integer; code: the function name)
+    tests: tuple[tuple[str, str], ...] = field(default=())  # code: (call, expected repr)
+
+
+def check_split(split: str) -> Split:
+    if split not in SPLITS:
+        raise TaskError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split  # type: ignore[return-value]
+
+
+def split_of(key: str, salt: str) -> Split:
+    """The split a problem key belongs to; a pure function of (salt, key)."""
+    digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 1000
+    if bucket < _TEST_PER_MILLE:
+        return "test"
+    if bucket < _TEST_PER_MILLE + _VALIDATION_PER_MILLE:
+        return "validation"
+    return "train"
+
+
+class Task(ABC):
+    """A family of problems with a scorer."""
+
+    name: str
+
+    @abstractmethod
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        """`n` distinct problems of `split`, chosen by `seed` (deterministic)."""
+
+    @abstractmethod
+    def extract_answer(self, response: str) -> str | None:
+        """The final answer in a response text, or None when there is none."""
+
+    def score(self, problem: Problem, response: str) -> bool:
+        """True when `response` answers `problem` correctly."""
+        return self.extract_answer(response) == problem.answer
+
+    def score_many(self, problems: list[Problem], responses: list[str]) -> list[bool]:
+        if len(problems) != len(responses):
+            raise ValueError(f"{len(problems)} problems but {len(responses)} responses")
+        return [self.score(p, r) for p, r in zip(problems, responses)]
+
+
+class GeneratedTask(Task):
+    """A task whose problems come from a seeded generator (`sample`)."""
+
+    # Bumping the salt reshuffles every split; keep it fixed so test sets stay comparable.
+    split_salt: str = "d3llm-v1"
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> Problem:
+        """Draw one problem (from any split) using only `rng`."""
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        split = check_split(split)
+        if n < 0:
+            raise TaskError(f"`n` must be >= 0, got {n}")
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        # A split holds >= 5% of the space, so ~20 draws per problem suffice on average; the
+        # bound only stops a request that asks for more distinct problems than exist.
+        budget = 200 * n + 10_000
+        while len(out) < n and budget > 0:
+            budget -= 1
+            problem = self.sample(rng)
+            if problem.key in seen or split_of(problem.key, self.split_salt) != split:
+                continue
+            seen.add(problem.key)
+            out.append(problem)
+        if len(out) < n:
+            raise TaskError(
+                f"task {self.name!r} has only about {len(out)} distinct {split} problems at this "
+                f"difficulty; asked for n={n} (raise the difficulty or lower n)"
+            )
+        return out

@@ -1,0 +1,80 @@
+"""GSM8K-format data from a JSONL file: one `{"question": ..., "answer": "... #### N"}` a line.
+
+Use it where a user has real data (GSM8K itself or anything in its format):
+
+    task = Gsm8kJsonlTask({"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"})
+
+Each split is read from its own file; a split without a file is an error when asked for.
+GSM8K's calculator annotations (`<<48/2=24>>`) are removed from reference solutions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from d3llm.errors import TaskError
+from d3llm.tasks.arith import extract_final_number
+from d3llm.tasks.base import Problem, Task, check_split
+
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def read_gsm8k_jsonl(path: str | Path, task_name: str = "gsm8k") -> list[Problem]:
+    """Parse a GSM8K-format JSONL file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"GSM8K file not found: {path}")
+    problems, seen = [], set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question, solution = str(row["question"]).strip(), str(row["answer"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise TaskError(
+                    f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' ({exc})"
+                ) from None
+            answer = extract_final_number(solution)
+            if answer is None:
+                raise TaskError(f"{path}:{lineno}: 'answer' has no final '#### N'")
+            if question in seen:
+                continue
+            seen.add(question)
+            target = _CALC.sub("", solution).strip()
+            problems.append(Problem(task_name, question, question, target, answer))
+    if not problems:
+        raise TaskError(f"GSM8K file {path} holds no problems")
+    return problems
+
+
+class Gsm8kJsonlTask(Task):
+    """GSM8K-format problems from JSONL files, one per split."""
+
+    def __init__(self, files: dict[str, str | Path], name: str = "gsm8k"):
+        for split in files:
+            check_split(split)
+        self.files = {split: Path(p) for split, p in files.items()}
+        self.name = name
+        self._cache: dict[str, list[Problem]] = {}
+
+    def _split(self, split: str) -> list[Problem]:
+        split = check_split(split)
+        if split not in self.files:
+            raise TaskError(f"task {self.name!r} has no file for split {split!r}")
+        if split not in self._cache:
+            self._cache[split] = read_gsm8k_jsonl(self.files[split], self.name)
+        return self._cache[split]
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        pool = self._split(split)
+        if not 0 <= n <= len(pool):
+            raise TaskError(f"`n` must be in 0..{len(pool)} for {self.files[split]}, got {n}")
+        return random.Random(f"{self.name}:{split}:{seed}").sample(pool, n)
+
+    def extract_answer(self, response: str) -> str | None:
+        return extract_final_number(response)

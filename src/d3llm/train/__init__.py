@@ -1,0 +1,1 @@
+"""Training: objectives, data, configuration and the trainer behind `d3llm train`."""

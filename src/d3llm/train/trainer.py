@@ -1,0 +1,241 @@
+"""`d3llm train`: train a model from a `TrainConfig` with transformers' `Trainer`.
+
+The Trainer supplies the loop, AdamW, the schedule, gradient clipping, checkpoints with
+optimizer and RNG state, and data parallelism under `torchrun` / `accelerate launch` (gloo on
+CPU). We supply the objective (`objectives.py`), length-grouped batches, a validation-accuracy
+callback and the output folder:
+
+    OUT/
+      config.json, model.safetensors, tokenizer.json ...   final model (a loadable folder)
+      train_config.yaml     the resolved recipe
+      provenance.json       command, seed, code version, training time, final metrics
+      curve.jsonl           validation accuracy against step and training seconds
+      checkpoints/          Trainer checkpoints (resume: run the same command again)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from d3llm.decode import preset
+from d3llm.errors import D3llmError
+from d3llm.eval.runner import evaluate
+from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config
+from d3llm.models.tokenizer import build_tokenizer
+from d3llm.tasks import get_task
+from d3llm.train.config import TrainConfig
+from d3llm.train.data import build_examples, collate
+from d3llm.train.objectives import masked_diffusion_loss, next_token_loss
+from d3llm.version import code_version
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[list[dict]]:
+    """Batches of similar length (so arith-long does not pad short problems), shuffled."""
+    ordered = sorted(examples, key=lambda ex: ex["length"])
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+class _DiffusionTrainer(Trainer):
+    """Trainer whose loss is a d3llm objective on the (possibly DDP-wrapped) network."""
+
+    def __init__(self, *args, facts, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.facts = facts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        lm = DiffusionLM(model, self.facts)  # model may be DDP-wrapped: call through it
+        if self.facts.is_diffusion:
+            return masked_diffusion_loss(lm, inputs)
+        return next_token_loss(lm, inputs)
+
+
+class _ValidationCallback(TrainerCallback):
+    """Every `eval_every` steps (rank 0): validation accuracy per task -> curve.jsonl."""
+
+    def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: "_Clock"):
+        self.config, self.net, self.tokenizer, self.out, self.clock = config, net, tokenizer, out, clock
+        self.last: dict = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.config.eval_every
+        if every and state.global_step % every == 0 and state.is_world_process_zero:
+            self.record(state.global_step, state.log_history)
+
+    def record(self, step: int, log_history: list | None = None) -> dict:
+        metrics = validation_accuracy(self.net, self.tokenizer, self.config, self.out)
+        losses = [h["loss"] for h in (log_history or []) if "loss" in h]
+        row = {"step": step, "train_seconds": round(self.clock.total(), 1),
+               "loss": losses[-1] if losses else None, **metrics}
+        with (self.out / "curve.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("validation at step %d: %s", step, metrics)
+        self.last = row
+        return row
+
+
+class _Clock:
+    """Training seconds summed over runs (resumes), kept in OUT/train_seconds."""
+
+    def __init__(self, out: Path):
+        self.file = out / "train_seconds"
+        self.before = float(self.file.read_text()) if self.file.is_file() else 0.0
+        self.start = time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def save(self) -> None:
+        self.file.write_text(f"{self.total():.1f}")
+
+
+class _ClockCallback(TrainerCallback):
+    def __init__(self, clock: _Clock):
+        self.clock = clock
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.clock.save()
+
+
+def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[str, float]:
+    was_training = net.training
+    net.eval()
+    lm = LoadedModel(DiffusionLM(net), tokenizer, out, out.name)
+    method = "vanilla" if lm.facts.is_diffusion else "ar"
+    metrics = {}
+    for name in config.tasks:
+        result = evaluate(lm, get_task(name), preset(method, max_new_tokens=config.gen_length),
+                          n=config.eval_n, seed=0, split="validation", batch_size=16)
+        metrics[f"{name}_accuracy_pct"] = round(result.accuracy_pct, 2)
+    net.train(was_training)
+    return metrics
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest Trainer checkpoint whose state was fully written (a kill can leave a partial
+    one behind: those are removed)."""
+    found = []
+    for ckpt in folder.glob("checkpoint-*"):
+        complete = (ckpt / "trainer_state.json").is_file() and (ckpt / "model.safetensors").is_file()
+        if not complete:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        found.append((int(ckpt.name.split("-")[1]), ckpt))
+    return max(found)[1] if found else None
+
+
+def _tokenizer(config: TrainConfig, out: Path):
+    if config.tokenizer_from:
+        return load_tokenizer(Path(config.tokenizer_from))
+    if (out / "tokenizer.json").is_file():  # a resumed run keeps the tokenizer it started with
+        return load_tokenizer(out)
+    corpus = []
+    for name in config.tasks:
+        for p in get_task(name.replace("arith-long", "arith")).problems("train", 3000, config.seed):
+            corpus += [p.prompt, p.target]
+    return build_tokenizer(corpus, config.vocab_size)
+
+
+def _network(config: TrainConfig, tokenizer):
+    if config.init_from:
+        net = load_network(config.init_from, dtype=torch.float32)
+        if config.family == "dream" and net.config.d3llm_family == "ar":
+            from d3llm.models.convert import ar_to_dream
+
+            net = ar_to_dream(net, mask_token_id=tokenizer.mask_token_id)
+        if net.config.d3llm_family != config.family:
+            raise D3llmError(f"`init_from` holds a {net.config.d3llm_family} model, not {config.family}")
+        return net.train()
+    shape = config.model
+    model_config = make_config(
+        config.family, vocab_size=len(tokenizer),
+        mask_token_id=tokenizer.mask_token_id if config.family != "ar" else None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=shape.hidden_size, num_layers=shape.num_layers, num_heads=shape.num_heads,
+        num_kv_heads=shape.num_kv_heads, intermediate_size=shape.intermediate_size, max_length=shape.max_length,
+    )
+    return DiffusionLM.new(model_config, seed=config.seed).net.train()
+
+
+def _ddp_backend() -> str | None:
+    """gloo for data parallelism without GPUs (torchrun / accelerate set WORLD_SIZE)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return "gloo"
+    return None
+
+
+def train(config: TrainConfig, out: str | Path, command: list[str] | None = None) -> Path:
+    """Train (or resume) into `out`; returns the folder of the final model."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "train_config.yaml"
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
+        raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
+    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tokenizer = _tokenizer(config, out)
+    tokenizer.save_pretrained(out)
+    net = _network(config, tokenizer)
+    gen_length = config.gen_length if config.family != "ar" else None
+    examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
+    dataset = batches_by_length(examples, config.batch_size, config.seed)
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
+        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed,
+        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
+        logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(),
+    )
+    clock = _Clock(out)
+    validation = _ValidationCallback(config, net, tokenizer, out, clock)
+    trainer = _DiffusionTrainer(
+        model=net, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts,
+        data_collator=lambda items: collate(items[0], tokenizer.pad_token_id),
+        callbacks=[validation, _ClockCallback(clock)],
+    )
+    resume = last_complete_checkpoint(out / CHECKPOINTS)
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if trainer.is_world_process_zero():
+        clock.save()
+        final = validation.last
+        if config.eval_every and final.get("step") != config.steps:
+            final = validation.record(config.steps)
+        net.save_pretrained(out)
+        _write_provenance(out, config, command or sys.argv, final, clock.total(), net)
+    return out
+
+
+def _write_provenance(out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net) -> None:
+    provenance = {
+        "command": " ".join(command),
+        "seed": config.seed,
+        "code_version": code_version(),
+        "train_seconds": round(seconds, 1),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "final_validation": final,
+        "config": config.to_dict(),
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
