@@ -117,6 +117,29 @@ def eval_(
 
 
 @app.command()
+def demo(
+    n: Annotated[int, typer.Option(help="Test problems per task.")] = 20,
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+) -> None:
+    """Every bundled model on every task: accuracy, TPF and tokens/s in one table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from d3llm.eval.demo import run_demo
+
+    console = Console()
+    with console.status("decoding") as status:
+        results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"))
+    table = Table(title=f"Bundled models on held-out test problems (n={n} per task, seed {seed})")
+    for column in ("model", "task", "method", "accuracy %", "TPF", "tokens/s"):
+        table.add_column(column, justify="left" if column in ("model", "task", "method") else "right")
+    for r in results:
+        table.add_row(r.model, r.task, r.method, f"{r.accuracy_pct:.1f}", f"{r.tokens_per_forward:.2f}",
+                      f"{r.tokens_per_second:.1f}")
+    console.print(table)
+
+
+@app.command()
 def models() -> None:
     """List the bundled models."""
     from d3llm.models import bundled_models

@@ -1,0 +1,39 @@
+"""Shared fixtures: toy models of each family, a tiny tokenizer, one torch thread.
+
+Tests run with one torch thread: two processes with several threads each on 2 cores slow
+torch 30-50x (shared/reference/platform_notes.md), and a background training job may share
+the machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from d3llm.models import DiffusionLM, make_config  # noqa: E402
+from d3llm.models.tokenizer import build_tokenizer  # noqa: E402
+from d3llm.tasks import get_task  # noqa: E402
+
+VOCAB = 64
+
+
+def toy_model(family: str, seed: int = 0, vocab_size: int = VOCAB, **shape) -> DiffusionLM:
+    """A randomly initialised model of `family` with a few thousand parameters."""
+    config = make_config(
+        family, vocab_size=vocab_size, mask_token_id=None if family == "ar" else 2,
+        eos_token_id=1, pad_token_id=0,
+        **{"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+           "intermediate_size": 48, "max_length": 128, **shape},
+    )
+    return DiffusionLM.new(config, seed=seed).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    corpus = []
+    for name in ("arith", "code"):
+        for p in get_task(name).problems("train", 300, seed=0):
+            corpus += [p.prompt, p.target]
+    return build_tokenizer(corpus, vocab_size=300)

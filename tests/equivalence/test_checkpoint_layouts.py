@@ -1,0 +1,82 @@
+"""Official LLaDA / Dream layouts: written in their format, loaded back into our classes."""
+
+import json
+
+import pytest
+import torch
+
+from d3llm.models import load_model, write_checkpoint
+from tests.conftest import toy_model
+
+
+def _with_tokenizer(folder, tokenizer):
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def llada_folder(tmp_path, tiny_tokenizer):
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer))
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    folder = write_checkpoint(model.net, tmp_path / "llada", layout="llada", shards=3, dtype=torch.bfloat16)
+    return model, _with_tokenizer(folder, tiny_tokenizer)
+
+
+def test_llada_layout_uses_official_names_and_config(llada_folder):
+    _, folder = llada_folder
+    raw = json.loads((folder / "config.json").read_text())
+    assert raw["model_type"] == "llada" and raw["architectures"] == ["LLaDAModelLM"]
+    assert {"d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "embedding_size"} <= set(raw)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    names = set(index["weight_map"])
+    assert {"model.transformer.wte.weight", "model.transformer.ff_out.weight",
+            "model.transformer.ln_f.weight", "model.transformer.blocks.1.attn_out.weight",
+            "model.transformer.blocks.0.ff_proj.weight", "model.transformer.blocks.0.ff_out.weight"} <= names
+    assert len(set(index["weight_map"].values())) == 3
+    assert index["metadata"]["total_size"] > 0
+
+
+def test_llada_layout_loads_with_the_same_logits(llada_folder):
+    model, folder = llada_folder
+    lm = load_model(folder, dtype=torch.float32)
+    assert lm.facts.family == "llada" and lm.facts.logit_shift == 0
+    assert lm.facts.mask_token_id == lm.tokenizer.mask_token_id
+    x = torch.randint(3, 60, (2, 9))
+    # the file holds bf16 weights: compare with the source model rounded the same way
+    reference = model.net.to(torch.bfloat16).to(torch.float32)(x).logits
+    torch.testing.assert_close(lm.model(x).logits, reference, atol=1e-4, rtol=1e-4)
+    assert not lm.model.config.is_causal
+
+
+def test_dream_layout_loads_with_the_same_logits(tmp_path, tiny_tokenizer):
+    model = toy_model("dream", vocab_size=len(tiny_tokenizer))
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    folder = write_checkpoint(model.net, tmp_path / "dream", layout="dream", shards=2)
+    raw = json.loads((folder / "config.json").read_text())
+    assert raw["model_type"] == "Dream" and raw["architectures"] == ["DreamModel"]
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.self_attn.q_proj.bias" in weight_map and "lm_head.weight" in weight_map
+    # Dream ships a Qwen2 BPE as vocab.json + merges.txt (no tokenizer.json)
+    tiny_tokenizer.backend_tokenizer.model.save(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "<|eos|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>",
+        "added_tokens_decoder": {str(i): {"content": t, "special": True}
+                                 for i, t in enumerate(["<|pad|>", "<|eos|>", "<|mask|>"])},
+    }))
+    lm = load_model(folder)
+    assert lm.facts.family == "dream" and lm.facts.logit_shift == 1
+    assert lm.tokenizer.convert_tokens_to_ids("<|mask|>") == lm.facts.mask_token_id
+    x = torch.randint(3, 60, (2, 9))
+    torch.testing.assert_close(lm.model(x).logits, model(x).logits)
+
+
+def test_our_folders_round_trip_for_every_family(tmp_path, tiny_tokenizer):
+    for family in ("llada", "dream", "ar"):
+        model = toy_model(family, vocab_size=len(tiny_tokenizer))
+        folder = tmp_path / family
+        model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        lm = load_model(folder)
+        assert lm.facts == model.facts
+        x = torch.randint(3, 60, (1, 7))
+        torch.testing.assert_close(lm.model(x).logits, model(x).logits)

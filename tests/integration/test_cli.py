@@ -1,0 +1,80 @@
+"""The `d3llm` command: model loading from the command line, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from d3llm.cli import main
+from tests.conftest import toy_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("cli") / "toy-llada"
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=96)
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["d3llm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert pattern in err, err
+
+
+def test_generate_loads_a_folder_and_answers(monkeypatch, capsys, model_dir):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--max-new-tokens", 8,
+                             "--block-size", 4, "--stats", "How many apples?")
+    assert code in (0, None), err
+    assert "nfe=8" in err and "tpf=" in err  # one token per forward over an 8-token canvas
+
+
+def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", "no-such-model", "hi")
+    assert_one_line_error(code, err, "no bundled model or folder named 'no-such-model'")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", tmp_path / "missing", "hi")
+    assert_one_line_error(code, err, "no bundled model or folder named")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "   ")
+    assert_one_line_error(code, err, "the prompt is empty")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "word " * 200)
+    assert_one_line_error(code, err, "exceeds the model's maximum length 96")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--block-size", 0, "hi")
+    assert_one_line_error(code, err, "`block_size` must be a positive integer")
+
+
+def test_generate_reports_broken_checkpoints(monkeypatch, capsys, model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", broken, "hi")
+    assert_one_line_error(code, err, "is corrupted or truncated")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["hidden_size"] = 64
+    weights.write_bytes((model_dir / "model.safetensors").read_bytes())
+    (broken / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", broken, "hi")
+    assert_one_line_error(code, err, "does not match the weights")
+
+
+def test_console_script_exits_cleanly_on_bad_model():
+    """The installed entry point itself (a real process): one line, exit 2, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "d3llm.cli", "generate", "--model", "nope", "hi"],
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, "no bundled model or folder named 'nope'")
