@@ -10,6 +10,7 @@ callback and the output folder:
       train_config.yaml     the resolved recipe
       provenance.json       command, seed, code version, training time, final metrics
       curve.jsonl           validation accuracy against step and training seconds
+      runs.jsonl            one line per invocation (start step, processes): resumes are visible
       checkpoints/          Trainer checkpoints (resume: run the same command again)
 """
 
@@ -174,6 +175,11 @@ def _network(config: TrainConfig, tokenizer):
     return DiffusionLM.new(model_config, seed=config.seed).net.train()
 
 
+def _is_first_process() -> bool:
+    """Rank 0 under torchrun / accelerate (before the Trainer exists), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _ddp_backend() -> str | None:
     """gloo for data parallelism without GPUs (torchrun / accelerate set WORLD_SIZE)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -188,12 +194,13 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     saved = out / "train_config.yaml"
     if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
         raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
-    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    tokenizer = _tokenizer(config, out)
-    tokenizer.save_pretrained(out)
+    tokenizer = _tokenizer(config, out)  # deterministic: every rank builds the same one
+    if _is_first_process():
+        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tokenizer.save_pretrained(out)
     net = _network(config, tokenizer)
     gen_length = config.gen_length if config.family != "ar" else None
     examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
@@ -204,7 +211,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed,
         save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
         logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(),
+        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), ddp_find_unused_parameters=False,
     )
     clock = _Clock(out)
     validation = _ValidationCallback(config, net, tokenizer, out, clock)
@@ -216,6 +223,8 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     resume = last_complete_checkpoint(out / CHECKPOINTS)
     if resume:
         log.info("resuming from %s", resume)
+    if trainer.is_world_process_zero():
+        _log_invocation(out, resume, trainer.args.world_size, command or sys.argv)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         clock.save()
@@ -225,6 +234,15 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         net.save_pretrained(out)
         _write_provenance(out, config, command or sys.argv, final, clock.total(), net)
     return out
+
+
+def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str]) -> None:
+    """One line per run of the command in OUT/runs.jsonl: where it started, on how many processes."""
+    row = {"start_step": int(resume.name.split("-")[1]) if resume else 0, "world_size": world_size,
+           "code_version": code_version(), "command": " ".join(command),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with (out / "runs.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _write_provenance(out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net) -> None:
