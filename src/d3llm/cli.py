@@ -99,8 +99,6 @@ def eval_(
     from d3llm.models import load_model
     from d3llm.tasks import get_task
 
-    if n <= 0:
-        _fail(f"`--n` must be positive, got {n}")
     lm = load_model(model)
     config = preset(method or ("vanilla" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens)
     the_task = get_task(task)

@@ -59,6 +59,9 @@ def test_dream_layout_loads_with_the_same_logits(tmp_path, tiny_tokenizer):
     # Dream ships a Qwen2 BPE as vocab.json + merges.txt (no tokenizer.json)
     tiny_tokenizer.backend_tokenizer.model.save(str(folder))
     (folder / "tokenizer_config.json").write_text(json.dumps({
+        # as in Dream's own file: a remote-code class that we must not (and need not) run
+        "tokenizer_class": "DreamTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
         "eos_token": "<|eos|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>",
         "added_tokens_decoder": {str(i): {"content": t, "special": True}
                                  for i, t in enumerate(["<|pad|>", "<|eos|>", "<|mask|>"])},

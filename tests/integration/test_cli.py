@@ -13,7 +13,7 @@ from tests.conftest import toy_model
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("cli") / "toy-llada"
-    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=96)
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=160)
     model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
     model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
     model.save_pretrained(path)
@@ -51,7 +51,7 @@ def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "   ")
     assert_one_line_error(code, err, "the prompt is empty")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "word " * 200)
-    assert_one_line_error(code, err, "exceeds the model's maximum length 96")
+    assert_one_line_error(code, err, "exceeds the model's maximum length 160")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--block-size", 0, "hi")
     assert_one_line_error(code, err, "`block_size` must be a positive integer")
 
@@ -78,3 +78,21 @@ def test_console_script_exits_cleanly_on_bad_model():
     proc = subprocess.run([sys.executable, "-m", "d3llm.cli", "generate", "--model", "nope", "hi"],
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, "no bundled model or folder named 'nope'")
+
+
+def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, tmp_path):
+    out = tmp_path / "res" / "r.json"
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 3,
+                                "--max-new-tokens", 8, "--json", out)
+    assert code in (0, None), err
+    record = json.loads(out.read_text())
+    for key in ("accuracy_pct", "tokens_per_forward", "tokens_per_second", "nfe", "n", "model", "task",
+                "method", "seed", "decode_config", "code_version", "machine"):
+        assert key in record, key
+    assert record["n"] == 3 and record["method"] == "vanilla" and record["decode_config"]["max_new_tokens"] == 8
+    assert record["nfe"] == 8  # one batch of 3, one token per forward over 8 positions
+    assert "accuracy" in stdout and "TPF" in stdout
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 0)
+    assert_one_line_error(code, err, "`n` must be positive, got 0")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "poetry")
+    assert_one_line_error(code, err, "unknown task 'poetry'")

@@ -6,14 +6,19 @@
 
 from __future__ import annotations
 
-import time
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
+
 from d3llm.decode import DecodeConfig, generate
+from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
-from d3llm.tasks import Task
 from d3llm.models.tokenizer import prompt_ids
+from d3llm.tasks import Task
+from d3llm.version import code_version
 
 
 @dataclass
@@ -31,6 +36,8 @@ class EvalResult:
     num_tokens: int
     seconds: float
     decode_config: dict
+    code_version: str
+    machine: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,10 +54,16 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Decode `n` problems of `split` in batches, score them, and total the counts."""
+    if n <= 0:
+        raise D3llmError(f"`n` must be positive, got {n}")
+    if batch_size <= 0:
+        raise D3llmError(f"`batch_size` must be positive, got {batch_size}")
     problems = task.problems(split, n, seed)
     correct = nfe = tokens = 0
     seconds = 0.0
     tok = lm.tokenizer
+    # Warm-up (untimed, unscored): first calls pay for allocations and kernel selection.
+    generate(lm.model, [prompt_ids(tok, problems[0].prompt)], config, tok.pad_token_id)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         out = generate(lm.model, [prompt_ids(tok, p.prompt) for p in chunk], config, tok.pad_token_id)
@@ -66,4 +79,14 @@ def evaluate(
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
         nfe=nfe, num_tokens=tokens, seconds=seconds, decode_config=asdict(config),
+        code_version=code_version(), machine=machine_description(),
     )
+
+
+def machine_description() -> str:
+    """Where a number was measured: CPU model / GPU name, core count, torch version."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = platform.processor() or platform.machine()
+    return f"{device}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"

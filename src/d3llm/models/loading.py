@@ -101,12 +101,26 @@ def _check_tokenizer(facts: ModelFacts, tokenizer: PreTrainedTokenizerBase, fold
             )
 
 
+def _small_half_precision(net) -> bool:
+    first = next(net.parameters())
+    return first.dtype in (torch.float16, torch.bfloat16) and sum(p.numel() for p in net.parameters()) < 1e9
+
+
 def load_model(
     name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
-    """Load a bundled model by name, or a folder in our or an official layout."""
+    """Load a bundled model by name, or a folder in our or an official layout.
+
+    `dtype=None` keeps the stored precision, except that half-precision weights of small
+    models (< 1B parameters, e.g. the bundled ones, stored in float16 to stay small) are
+    computed in float32 on a CPU, where bf16/fp16 matmuls are 3-7x slower
+    (shared/reference/platform_notes.md). Pass `dtype` to choose yourself.
+    """
     folder = resolve_model(name_or_path)
-    net = load_network(folder, dtype=dtype).to(device)
+    net = load_network(folder, dtype=dtype)
+    if dtype is None and torch.device(device).type == "cpu" and _small_half_precision(net):
+        net = net.float()
+    net = net.to(device)
     model = DiffusionLM(net)
     tokenizer = load_tokenizer(folder)
     _check_tokenizer(model.facts, tokenizer, folder)
