@@ -138,6 +138,29 @@ def demo(
 
 
 @app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="Model folder or bundled name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Destination folder (replaced).")],
+    layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
+) -> None:
+    """Write a model in another layout or precision (with tokenizer and training records)."""
+    from d3llm.models import resolve_model
+    from d3llm.models.checkpoint import export_model
+
+    if layout not in ("hf", "llada", "dream"):
+        _fail(f"`--layout` must be hf, llada or dream, got {layout!r}")
+    if shards < 1:
+        _fail(f"`--shards` must be >= 1, got {shards}")
+    try:
+        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards)
+    except ValueError as exc:  # a family that the layout cannot hold
+        _fail(str(exc))
+    typer.echo(f"written to {folder}")
+
+
+@app.command()
 def models() -> None:
     """List the bundled models."""
     from d3llm.models import bundled_models

@@ -83,3 +83,22 @@ def test_our_folders_round_trip_for_every_family(tmp_path, tiny_tokenizer):
         assert lm.facts == model.facts
         x = torch.randint(3, 60, (1, 7))
         torch.testing.assert_close(lm.model(x).logits, model(x).logits)
+
+
+def test_export_to_half_precision_and_official_layout(tmp_path, tiny_tokenizer):
+    from d3llm.models.checkpoint import export_model
+
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer))
+    source = tmp_path / "source"
+    model.save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    (source / "provenance.json").write_text('{"seed": 0}')
+    half = export_model(source, tmp_path / "half", dtype=torch.float16)
+    assert (half / "provenance.json").read_text() == '{"seed": 0}'
+    lm = load_model(half)  # small half-precision models compute in float32 on the CPU
+    assert lm.model.dtype == torch.float32
+    x = torch.randint(3, 60, (1, 7))
+    torch.testing.assert_close(lm.model(x).logits, model(x).logits, atol=2e-2, rtol=2e-2)
+    official = export_model(half, tmp_path / "official", layout="llada", shards=2)
+    assert json.loads((official / "config.json").read_text())["model_type"] == "llada"
+    torch.testing.assert_close(load_model(official).model(x).logits, lm.model(x).logits)

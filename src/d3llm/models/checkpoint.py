@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -146,6 +147,8 @@ def write_checkpoint(
     state = {rename(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in net.state_dict().items()
              if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
     raw = {"llada": llada_raw_config, "dream": dream_raw_config}.get(layout, lambda c: c.to_dict())(net.config)
+    if layout == "hf":
+        raw["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(raw, indent=2, default=str))
     names = sorted(state)
     if shards <= 1:
@@ -162,3 +165,29 @@ def write_checkpoint(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return folder
+
+
+# Files a trained model folder carries beside its weights (see d3llm.train.trainer).
+RECORD_FILES = ("provenance.json", "curve.jsonl", "runs.jsonl", "train_config.yaml")
+
+
+def export_model(
+    source: str | Path, out: str | Path, layout: str = "hf", dtype: torch.dtype | None = None, shards: int = 1
+) -> Path:
+    """Copy a model folder to `out` in another layout and/or precision, with its tokenizer and
+    its training records (how the bundled models are made from training runs)."""
+    from d3llm.models.loading import load_tokenizer  # loading imports this module
+
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise ModelLoadError(f"`out` must differ from the source folder {source}")
+    net = load_network(source)
+    tokenizer = load_tokenizer(source)
+    if out.exists():
+        shutil.rmtree(out)
+    write_checkpoint(net, out, layout=layout, shards=shards, dtype=dtype)
+    tokenizer.save_pretrained(out)
+    for name in RECORD_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    return out
