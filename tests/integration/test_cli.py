@@ -90,7 +90,7 @@ def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, t
                 "method", "seed", "decode_config", "code_version", "machine"):
         assert key in record, key
     assert record["n"] == 3 and record["method"] == "vanilla" and record["decode_config"]["max_new_tokens"] == 8
-    assert record["nfe"] == 8  # one batch of 3, one token per forward over 8 positions
+    assert record["nfe"] == 3 * 8 and record["forward_calls"] == 8  # one batch of 3 rows, 8 positions
     assert "accuracy" in stdout and "TPF" in stdout
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 0)
     assert_one_line_error(code, err, "`n` must be positive, got 0")

@@ -75,7 +75,7 @@ def test_counts_stop_at_the_first_eos():
     model.net.lm_head = head
     out = generate(model, PROMPTS, preset("vanilla", max_new_tokens=8, block_size=8), pad_token_id=0)
     assert out.num_tokens == [1, 1, 1] and out.sequences == [[], [], []]
-    assert out.tokens_per_forward == pytest.approx(3 / 8)
+    assert out.row_forwards == [8, 8, 8] and out.tokens_per_forward == pytest.approx(3 / 24)
 
 
 def test_wrong_method_for_the_family():

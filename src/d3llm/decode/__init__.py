@@ -1,6 +1,11 @@
-"""Decoding: `DecodeConfig` (presets by name) and the decode loop `generate`."""
+"""Decoding: `DecodeConfig` and its presets, and the one decode loop `generate`.
+
+    from d3llm.decode import generate, preset
+    out = generate(lm.model, [prompt_ids], preset("d3llm", threshold=0.4), lm.tokenizer.pad_token_id)
+    out.sequences, out.nfe, out.tokens_per_forward, out.trace
+"""
 
 from d3llm.decode.config import METHODS, PRESETS, DecodeConfig, preset
-from d3llm.decode.loop import DecodeOutput, generate
+from d3llm.decode.loop import DecodeOutput, final_prefix_lengths, generate
 
-__all__ = ["METHODS", "PRESETS", "DecodeConfig", "DecodeOutput", "generate", "preset"]
+__all__ = ["METHODS", "PRESETS", "DecodeConfig", "DecodeOutput", "final_prefix_lengths", "generate", "preset"]

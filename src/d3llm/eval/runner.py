@@ -32,7 +32,8 @@ class EvalResult:
     accuracy_pct: float
     tokens_per_forward: float
     tokens_per_second: float
-    nfe: int
+    nfe: int  # forwards summed over sequences (what TPF divides by)
+    forward_calls: int  # batched model calls actually made
     num_tokens: int
     seconds: float
     decode_config: dict
@@ -59,7 +60,7 @@ def evaluate(
     if batch_size <= 0:
         raise D3llmError(f"`batch_size` must be positive, got {batch_size}")
     problems = task.problems(split, n, seed)
-    correct = nfe = tokens = 0
+    correct = nfe = calls = tokens = 0
     seconds = 0.0
     tok = lm.tokenizer
     # Warm-up (untimed, unscored): first calls pay for allocations and kernel selection.
@@ -69,7 +70,8 @@ def evaluate(
         out = generate(lm.model, [prompt_ids(tok, p.prompt) for p in chunk], config, tok.pad_token_id)
         texts = [tok.decode(ids, skip_special_tokens=True) for ids in out.sequences]
         correct += sum(task.score_many(chunk, texts))
-        nfe += out.nfe
+        nfe += sum(out.row_forwards)
+        calls += out.nfe
         tokens += sum(out.num_tokens)
         seconds += out.seconds
         if progress:
@@ -78,7 +80,7 @@ def evaluate(
         model=lm.name, task=task.name, method=config.method, n=len(problems), seed=seed, split=split,
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
-        nfe=nfe, num_tokens=tokens, seconds=seconds, decode_config=asdict(config),
+        nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, decode_config=asdict(config),
         code_version=code_version(), machine=machine_description(),
     )
 

@@ -1,0 +1,105 @@
+"""KV-cache policies: what each iteration forwards, and what stays cached.
+
+Every policy answers one question per iteration, `forward(model, state)`, and returns the
+aligned logits of the columns it computed plus the first of those columns. The two cached
+policies share one mechanism (`_PrefixCache`): a transformers `DynamicCache` that holds the
+keys/values of canvas columns `[0, end)`. An iteration either *refreshes* (forwards the whole
+canvas into a new cache, then crops it to the policy's target) or forwards `[end, L)` with the
+cache as context and crops back to the target (keeping any newly cached block).
+
+- `none`: every iteration forwards the whole canvas (exact).
+- `prefix` (Fast-dLLM): the target is the start of the first incomplete block; the cache is
+  rebuilt (refresh) whenever that start moves, i.e. once per block.
+- `delayed` (d3LLM): a block enters the cache `cache_delay` iterations after it completed;
+  while any completed block is waiting, iterations refresh; also every `refresh_interval`.
+
+A batch shares one cache, so its length is the minimum over rows: a row ahead of the others
+simply caches less (correct, slightly slower). For shifted families (Dream) the prediction of
+the first uncached column comes from the last cached one; we keep it (`boundary_logits`) from
+the forward that computed it and pass it as `prev_logits`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from d3llm.decode.config import DecodeConfig
+from d3llm.decode.state import DecodeState
+from d3llm.models import DiffusionLM
+
+
+class NoCache:
+    def __init__(self, config: DecodeConfig):
+        self.config = config
+
+    def forward(self, model: DiffusionLM, state: DecodeState) -> tuple[torch.Tensor, int]:
+        out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions)
+        return out.logits, 0
+
+
+class _PrefixCache:
+    def __init__(self, config: DecodeConfig):
+        self.config = config
+        self.cache: DynamicCache | None = None
+        self.end = 0  # cached columns [0, end)
+        self.boundary_logits: torch.Tensor | None = None  # (B, V) prediction for column `end`
+
+    def target(self, state: DecodeState) -> int:
+        raise NotImplementedError
+
+    def must_refresh(self, state: DecodeState, target: int) -> bool:
+        raise NotImplementedError
+
+    def forward(self, model: DiffusionLM, state: DecodeState) -> tuple[torch.Tensor, int]:
+        target = self.target(state)
+        if self.cache is None or self.must_refresh(state, target):
+            self.cache = DynamicCache(config=model.config)
+            first = 0
+            out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
+                        past_key_values=self.cache, use_cache=True)
+        else:
+            first = self.end
+            out = model(state.canvas[:, first:], attention_mask=state.attention,
+                        position_ids=state.positions[:, first:], past_key_values=self.cache,
+                        use_cache=True, prev_logits=self.boundary_logits)
+        self.cache.crop(target - self.cache.get_seq_length())
+        self.end = target
+        if target < state.canvas.shape[1]:
+            self.boundary_logits = out.logits[:, target - first]
+        return out.logits, first
+
+
+class PrefixCache(_PrefixCache):
+    """Fast-dLLM's prefix cache: everything before the current block, rebuilt once per block."""
+
+    def target(self, state: DecodeState) -> int:
+        incomplete = state.progress() < 1  # (B, nb)
+        nb = state.num_blocks
+        first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
+        return min(state.start + int(first.min()) * state.block_size, state.canvas.shape[1])
+
+    def must_refresh(self, state: DecodeState, target: int) -> bool:
+        return target != self.end
+
+
+class DelayedCache(_PrefixCache):
+    """d3LLM's cache: completed blocks enter after `cache_delay` iterations; refresh while any
+    completed block waits, and every `refresh_interval` iterations."""
+
+    def _settled(self, state: DecodeState) -> torch.Tensor:
+        done = state.completed_at >= 0
+        return done & (state.step >= state.completed_at + self.config.cache_delay)
+
+    def target(self, state: DecodeState) -> int:
+        settled = self._settled(state)  # (B, nb)
+        leading = settled.long().cumprod(1).sum(1)  # leading settled blocks per row
+        return min(state.start + int(leading.min()) * state.block_size, state.canvas.shape[1])
+
+    def must_refresh(self, state: DecodeState, target: int) -> bool:
+        waiting = (state.completed_at >= 0) & ~self._settled(state)
+        interval = self.config.refresh_interval
+        return bool(waiting.any()) or (interval is not None and state.step % interval == 0)
+
+
+CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache}

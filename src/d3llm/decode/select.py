@@ -1,0 +1,82 @@
+"""Token scoring and selection: which masked positions an iteration commits.
+
+`score` turns logits into a proposed token, its probability and the entropy of the predicted
+distribution at every position. `select` is the strategy (`DecodeConfig.strategy`):
+
+- `topk`: in the current block (the first fully-active block with masks), the
+  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla);
+- `confidence`: every created-block position whose proposal has p >= threshold (Fast-dLLM);
+- `entropy`: every created-block position with H <= threshold nats (dParallel, d3LLM).
+
+Threshold strategies add forced progress so every iteration commits something: with
+`forcing="block"` the best position of the current block when it got nothing, with
+`forcing="global"` always the best candidate anywhere (the authors' LLaDA code).
+All of it is batched tensor work: no Python loop over rows or tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from d3llm.decode.config import DecodeConfig
+
+
+@dataclass
+class Scores:
+    tokens: torch.Tensor  # (B, n) proposed token per position
+    confidence: torch.Tensor  # (B, n) probability of the proposed token
+    entropy: torch.Tensor  # (B, n) entropy of the predicted distribution, nats
+
+
+def score(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> Scores:
+    """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32)."""
+    logits = logits.float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(-1)
+    if temperature > 0:
+        flat = torch.softmax(logits / temperature, dim=-1).reshape(-1, logits.shape[-1])
+        tokens = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
+    else:
+        tokens = probs.argmax(-1)
+    confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return Scores(tokens, confidence, entropy)
+
+
+def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool: the single highest value among `allowed` in each row that has one."""
+    masked = torch.where(allowed, values, float("-inf"))
+    best = torch.zeros_like(allowed).scatter_(1, masked.argmax(1, keepdim=True), True)
+    return best & allowed
+
+
+def current_block(candidates: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool: candidates in each row's first fully-active block that still has any."""
+    eligible = candidates & fully_active
+    large = int(block_of.max()) + 1
+    first = torch.where(eligible, block_of, large).min(1, keepdim=True).values  # (B, 1)
+    return eligible & (block_of == first)
+
+
+def select(
+    s: Scores, candidates: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor, config: DecodeConfig
+) -> torch.Tensor:
+    """(B, n) bool: positions to commit now. `candidates`: masked positions of created blocks;
+    `fully_active`: per position, whether its block is fully active; `block_of`: (n,) block ids."""
+    target = current_block(candidates, fully_active, block_of)
+    if config.strategy == "topk":
+        ranked = torch.where(target, s.confidence, float("-inf"))
+        k = min(config.tokens_per_step, ranked.shape[1])
+        top = ranked.topk(k, dim=1).indices
+        return torch.zeros_like(target).scatter_(1, top, True) & target
+    if config.strategy == "entropy":
+        goodness, chosen = -s.entropy, s.entropy <= config.threshold
+    else:
+        goodness, chosen = s.confidence, s.confidence >= config.threshold
+    chosen = chosen & candidates
+    if config.forcing == "global":
+        return chosen | _best(goodness, candidates)
+    starved = ~(chosen & target).any(1, keepdim=True)
+    return chosen | (_best(goodness, target) & starved)

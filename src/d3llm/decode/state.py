@@ -1,0 +1,151 @@
+"""Per-row decoding state of a batch, held in tensors.
+
+The canvas is `[left padding, prompt, response]`; every row's response occupies the same
+columns `start .. start + N`. The response is cut into blocks of `block_size` (the last may be
+shorter). Block life cycle (shared/reference/d3llm_method.md section 3):
+
+    not created -> created (commits only under the threshold) -> fully active (also forced
+    progress) -> complete (no masks) -> cached (decided by the cache policy)
+
+`created` counts the created blocks of each row (blocks are created in order), `fully_active`
+and `completed_at` are (B, nb) tensors; progress and completeness are derived from the canvas,
+so there is no second copy of the truth to keep in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from d3llm.decode.config import DecodeConfig
+
+
+@dataclass
+class DecodeState:
+    canvas: torch.Tensor  # (B, start + N) token ids
+    attention: torch.Tensor  # (B, start + N) 1 on real tokens, 0 on left padding
+    positions: torch.Tensor  # (B, start + N) true position ids
+    start: int  # first response column
+    block_size: int
+    mask_id: int
+    eos_id: int
+    created: torch.Tensor  # (B,) number of created blocks
+    fully_active: torch.Tensor  # (B, nb) bool
+    completed_at: torch.Tensor  # (B, nb) iteration at which the block became complete, -1 if not
+    stopped: torch.Tensor  # (B,) bool: an EOS was committed and early stop has filled the tail
+    trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
+    row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
+    step: int = 0  # iterations (= batch forwards) so far
+
+    @classmethod
+    def start_from(cls, prompts: list[list[int]], config: DecodeConfig, mask_id: int, eos_id: int,
+                   pad_id: int, device: torch.device) -> "DecodeState":
+        width, n = max(len(p) for p in prompts), config.max_new_tokens
+        canvas = torch.full((len(prompts), width + n), mask_id, dtype=torch.long)
+        attention = torch.ones_like(canvas)
+        for row, p in enumerate(prompts):  # building the canvas is O(B), not the hot path
+            canvas[row, : width - len(p)] = pad_id
+            canvas[row, width - len(p) : width] = torch.tensor(p)
+            attention[row, : width - len(p)] = 0
+        nb = -(-n // config.block_size)
+        batch = len(prompts)
+        state = cls(
+            canvas=canvas.to(device), attention=attention.to(device),
+            positions=(attention.cumsum(1) - 1).clamp(min=0).to(device), start=width,
+            block_size=config.block_size, mask_id=mask_id, eos_id=eos_id,
+            created=torch.ones(batch, dtype=torch.long, device=device),
+            fully_active=torch.zeros(batch, nb, dtype=torch.bool, device=device),
+            completed_at=torch.full((batch, nb), -1, dtype=torch.long, device=device),
+            stopped=torch.zeros(batch, dtype=torch.bool, device=device),
+            trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
+            row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+        state.fully_active[:, 0] = True  # block 0's predecessor, the prompt, is complete
+        return state
+
+    # --- geometry ------------------------------------------------------------------------
+
+    @property
+    def num_new(self) -> int:
+        return self.canvas.shape[1] - self.start
+
+    @property
+    def num_blocks(self) -> int:
+        return self.fully_active.shape[1]
+
+    @property
+    def response(self) -> torch.Tensor:  # (B, N) a view
+        return self.canvas[:, self.start :]
+
+    def block_of(self) -> torch.Tensor:
+        """(N,) block index of each response position."""
+        return torch.arange(self.num_new, device=self.canvas.device) // self.block_size
+
+    def per_block(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a (B, N) tensor per block -> (B, nb)."""
+        out = torch.zeros(values.shape[0], self.num_blocks, dtype=values.dtype, device=values.device)
+        return out.index_add_(1, self.block_of(), values)
+
+    # --- derived state -------------------------------------------------------------------
+
+    def masked(self) -> torch.Tensor:
+        """(B, N) bool: response positions still masked."""
+        return self.response == self.mask_id
+
+    def progress(self) -> torch.Tensor:
+        """(B, nb) fraction of each block committed."""
+        lengths = self.per_block(torch.ones_like(self.response))
+        return 1 - self.per_block(self.masked().long()) / lengths
+
+    def is_created(self) -> torch.Tensor:
+        """(B, nb) bool."""
+        return torch.arange(self.num_blocks, device=self.canvas.device) < self.created.unsqueeze(1)
+
+    def finished(self) -> bool:
+        return not bool(self.masked().any())
+
+    # --- transitions ---------------------------------------------------------------------
+
+    def apply_early_stop(self) -> None:
+        """Rows with a committed EOS: every position after the first EOS becomes EOS, and no
+        block after it is created (all blocks then exist, with the tail already filled)."""
+        is_eos = self.response == self.eos_id
+        has_eos = is_eos.any(1)
+        if not has_eos.any():
+            return
+        n = self.num_new
+        first = torch.where(is_eos, torch.arange(n, device=is_eos.device), n).min(1).values  # (B,)
+        after = torch.arange(n, device=is_eos.device).unsqueeze(0) > first.unsqueeze(1)
+        self._write(after & self.masked(), torch.full_like(self.response, self.eos_id))
+        self.stopped |= has_eos
+        self.created = torch.where(has_eos, self.num_blocks, self.created)
+
+    def update_blocks(self, config: DecodeConfig) -> None:
+        """Activation, then creation of at most one new block per row."""
+        progress = self.progress()
+        created = self.is_created()
+        predecessor_done = torch.ones_like(progress, dtype=torch.bool)
+        predecessor_done[:, 1:] = progress[:, :-1] >= config.block_activate_threshold
+        self.fully_active |= created & predecessor_done
+        last = (self.created - 1).unsqueeze(1)
+        last_progress = progress.gather(1, last).squeeze(1)
+        grow = (last_progress >= config.block_add_threshold) & (self.created < self.num_blocks)
+        new_index = self.created.clamp(max=self.num_blocks - 1)
+        self.created = self.created + grow.long()
+        becomes_full = grow & predecessor_done.gather(1, new_index.unsqueeze(1)).squeeze(1)
+        self.fully_active[torch.arange(len(grow), device=grow.device), new_index] |= becomes_full
+
+    def commit(self, chosen: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Write `tokens` (B, N) at `chosen` (B, N) positions; end the iteration."""
+        self.row_forwards += self.masked().any(1).long()  # rows this forward was needed for
+        self._write(chosen, tokens)
+        self.step += 1
+
+    def _write(self, where: torch.Tensor, tokens: torch.Tensor) -> None:
+        """The one place response tokens are written: keeps trace and completion times."""
+        was_complete = self.progress() >= 1
+        self.response[...] = torch.where(where, tokens, self.response)
+        self.trace = torch.where(where, self.step, self.trace)
+        now_complete = self.progress() >= 1
+        self.completed_at = torch.where(now_complete & ~was_complete, self.step, self.completed_at)
