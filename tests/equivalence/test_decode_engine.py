@@ -1,0 +1,150 @@
+"""The decode engine: equivalences that must hold exactly, and the block mechanics."""
+
+import pytest
+import torch
+
+from d3llm.decode import DecodeConfig, final_prefix_lengths, generate, preset
+from d3llm.decode.cache import DelayedCache, PrefixCache
+from d3llm.decode.state import DecodeState
+from tests.conftest import VOCAB, toy_model
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15]]
+PAD = 0
+
+
+def reference_vanilla(model, prompt, max_new_tokens, block_size):
+    """LLaDA's vanilla decoder written plainly, one row, one token per forward."""
+    mask = model.facts.mask_token_id
+    x = torch.tensor([prompt + [mask] * max_new_tokens])
+    start = len(prompt)
+    for block_start in range(start, x.shape[1], block_size):
+        block_end = min(block_start + block_size, x.shape[1])
+        while (x[0, block_start:block_end] == mask).any():
+            probs = torch.softmax(model(x).logits[0, block_start:block_end].float(), -1)
+            confidence, token = probs.max(-1)
+            confidence[x[0, block_start:block_end] != mask] = -1
+            i = int(confidence.argmax())
+            x[0, block_start + i] = token[i]
+    return x[0, start:].tolist()
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_vanilla_equals_the_plain_reference(family):
+    model = toy_model(family)
+    for prompt in PROMPTS:
+        out = generate(model, [prompt], preset("vanilla", max_new_tokens=10, block_size=4), PAD)
+        expected = reference_vanilla(model, prompt, 10, 4)
+        eos = model.facts.eos_token_id
+        assert out.sequences[0] == (expected[: expected.index(eos)] if eos in expected else expected)
+
+
+def test_multi_block_with_thresholds_at_one_is_single_block_entropy_decoding():
+    model = toy_model("llada", seed=3)
+    single = generate(model, PROMPTS, preset("dparallel", threshold=1.5, max_new_tokens=12, block_size=4), PAD)
+    multi = generate(model, PROMPTS, preset("d3llm", threshold=1.5, max_new_tokens=12, block_size=4,
+                                            block_add_threshold=1.0, block_activate_threshold=1.0,
+                                            early_stop=False), PAD)
+    assert torch.equal(single.trace, multi.trace) and single.sequences == multi.sequences
+
+
+@pytest.mark.parametrize("method", ["vanilla", "dparallel", "d3llm"])
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_batch_equals_one_by_one(method, family):
+    model = toy_model(family, seed=1)
+    config = preset(method, max_new_tokens=12, block_size=4, threshold=2.0) if method != "vanilla" else \
+        preset(method, max_new_tokens=12, block_size=4)
+    batch = generate(model, PROMPTS, config, PAD)
+    for i, prompt in enumerate(PROMPTS):
+        single = generate(model, [prompt], config, PAD)
+        assert single.sequences[0] == batch.sequences[i]
+        assert torch.equal(single.trace[0], batch.trace[i])
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_delayed_cache_refreshing_every_step_equals_no_cache(family):
+    model = toy_model(family, seed=2)
+    base = preset("d3llm", threshold=2.0, max_new_tokens=12, block_size=4)
+    plain = generate(model, PROMPTS, base, PAD)
+    cached = generate(model, PROMPTS, base.override(cache="delayed", refresh_interval=1), PAD)
+    assert torch.equal(plain.trace, cached.trace) and plain.sequences == cached.sequences
+
+
+@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache])
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cached_forward_over_an_unchanged_canvas_is_exact(policy, family):
+    """After a refresh, a cached forward of the same canvas reproduces the full forward,
+    including Dream's shifted prediction at the cache boundary."""
+    model = toy_model(family, seed=4)
+    config = DecodeConfig(max_new_tokens=8, block_size=4, cache_delay=0)
+    state = DecodeState.start_from(PROMPTS, config, model.facts.mask_token_id, model.facts.eos_token_id, PAD,
+                                   model.device)
+    state.response[:, :4] = 20  # block 0 complete
+    state.completed_at[:, 0] = 0
+    state.step = 1
+    cache = policy(config)
+    full, first = cache.forward(model, state)
+    assert first == 0 and cache.end == state.start + 4
+    part, first = cache.forward(model, state)
+    assert first == state.start + 4
+    torch.testing.assert_close(part, full[:, first:], atol=1e-5, rtol=1e-5)
+
+
+def confident_model(token: int, family: str = "llada"):
+    """A model whose every prediction is `token` with probability ~1 (entropy ~0)."""
+    model = toy_model(family)
+    head = torch.nn.Linear(model.config.hidden_size, VOCAB)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[token] = 30.0
+    model.net.lm_head = head
+    return model
+
+
+def test_blocks_are_created_one_per_iteration_and_decoded_in_parallel():
+    model = confident_model(20)
+    out = generate(model, [PROMPTS[0]], preset("d3llm", max_new_tokens=12, block_size=4), PAD)
+    assert out.nfe == 3  # one block created per iteration, each committed whole
+    assert out.trace[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert out.tokens_per_forward == 4
+
+
+def test_early_stop_fills_the_tail_with_eos():
+    model = confident_model(1)  # EOS everywhere
+    out = generate(model, [PROMPTS[0]], preset("d3llm", max_new_tokens=16, block_size=4), PAD)
+    assert out.nfe == 1 and out.num_tokens == [1] and out.sequences == [[]]
+    without = generate(model, [PROMPTS[0]], preset("d3llm", max_new_tokens=16, block_size=4, early_stop=False), PAD)
+    assert without.nfe == 4
+
+
+def test_forced_progress_commits_one_token_when_nothing_is_certain():
+    model = toy_model("llada")
+    config = preset("d3llm", threshold=1e-6, max_new_tokens=8, block_size=4, early_stop=False)
+    out = generate(model, [PROMPTS[0]], config, PAD)
+    assert out.nfe == 8 and sorted(out.trace[0].tolist()) == list(range(8))
+
+
+def test_streaming_prefix_only_grows_and_ends_at_the_answer():
+    model = toy_model("llada", seed=5)
+    seen = []
+    out = generate(model, PROMPTS, preset("d3llm", threshold=2.0, max_new_tokens=12, block_size=4), PAD,
+                   on_step=lambda state: seen.append(final_prefix_lengths(state).tolist()))
+    assert len(seen) == out.nfe
+    for before, after in zip(seen, seen[1:]):
+        assert all(a >= b for a, b in zip(after, before))
+    assert seen[-1] == out.num_tokens
+
+
+def test_bad_settings_fail_before_any_forward():
+    from d3llm.errors import D3llmError
+
+    for bad, message in [({"threshold": -1}, "`threshold` must be in (0, 10]"),
+                         ({"block_add_threshold": 0}, "`block_add_threshold` must be in (0, 1]"),
+                         ({"cache": "dual"}, "`cache` must be one of none, prefix, delayed"),
+                         ({"refresh_interval": 0}, "`refresh_interval` must be >= 1"),
+                         ({"cache_delay": -2}, "`cache_delay` must be >= 0")]:
+        with pytest.raises(D3llmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                           .replace("]", r"\]")):
+            preset("d3llm", **bad)
+    with pytest.raises(D3llmError, match="must be in \\(0, 1\\] for confidence"):
+        preset("fast-dllm", threshold=2.0)
