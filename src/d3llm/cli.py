@@ -33,30 +33,51 @@ def _torch_dtype(name: str):
     return choices[name]
 
 
+SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
+
+
+def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int, settings: list[str]):
+    from d3llm.decode import preset
+    from d3llm.decode.config import parse_overrides
+
+    name = method or ("d3llm" if is_diffusion else "ar")
+    return preset(name, max_new_tokens=max_new_tokens, **parse_overrides(settings))
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")] = "tiny-teacher",
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: vanilla for dLLMs, ar for AR models).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, ar for AR models).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
-    block_size: Annotated[int, typer.Option(help="Block length.")] = 32,
-    tokens_per_step: Annotated[int, typer.Option(help="vanilla: tokens committed per forward.")] = 1,
+    settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    stream: Annotated[bool, typer.Option("--stream", help="Print text as soon as it is final.")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print NFE, TPF and tokens/s.")] = False,
 ) -> None:
     """Load a model and answer PROMPT."""
-    from d3llm.decode import generate as decode, preset
+    from d3llm.decode import final_prefix_lengths, generate as decode
     from d3llm.models import load_model
     from d3llm.models.tokenizer import prompt_ids
 
     if not prompt.strip():
         _fail("the prompt is empty")
     lm = load_model(model, dtype=_torch_dtype(dtype))
-    config = preset(method or ("vanilla" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens,
-                    block_size=block_size, tokens_per_step=tokens_per_step)
+    config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
     ids = prompt_ids(lm.tokenizer, prompt)
-    out = decode(lm.model, [ids], config, lm.tokenizer.pad_token_id)
-    typer.echo(lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True))
+    shown = [""]
+
+    def show_final_text(state) -> None:
+        final = int(final_prefix_lengths(state)[0])
+        text = lm.tokenizer.decode(state.response[0, :final].tolist(), skip_special_tokens=True)
+        if len(text) > len(shown[0]) and text.startswith(shown[0]):
+            typer.echo(text[len(shown[0]):], nl=False)
+            shown[0] = text
+
+    out = decode(lm.model, [ids], config, lm.tokenizer.pad_token_id,
+                 on_step=show_final_text if stream and lm.facts.is_diffusion else None)
+    answer = lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True)
+    typer.echo(answer[len(shown[0]):] if answer.startswith(shown[0]) else answer)
     if stats:
         tps = sum(out.num_tokens) / max(out.seconds, 1e-9)
         typer.echo(f"[{config.method}] tokens={sum(out.num_tokens)} nfe={out.nfe} "
@@ -83,7 +104,8 @@ def train(
 def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
     task: Annotated[str, typer.Option(help="arith | arith-long | code | arith:medium | gsm8k:PATH")],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     n: Annotated[int, typer.Option(help="Number of test problems.")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
@@ -94,13 +116,12 @@ def eval_(
     """Decode N problems of a task, score them, report accuracy, TPF and tokens/s."""
     from rich.progress import Progress
 
-    from d3llm.decode import preset
     from d3llm.eval.runner import evaluate
     from d3llm.models import load_model
     from d3llm.tasks import get_task
 
     lm = load_model(model)
-    config = preset(method or ("vanilla" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens)
+    config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
     the_task = get_task(task)
     with Progress(transient=True) as bar:
         job = bar.add_task(f"{task} / {config.method}", total=n)

@@ -37,10 +37,20 @@ def assert_one_line_error(code, err, pattern):
 
 
 def test_generate_loads_a_folder_and_answers(monkeypatch, capsys, model_dir):
-    code, out, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--max-new-tokens", 8,
-                             "--block-size", 4, "--stats", "How many apples?")
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--method", "vanilla",
+                             "--max-new-tokens", 8, "--set", "block_size=4", "--stats", "How many apples?")
     assert code in (0, None), err
     assert "nfe=8" in err and "tpf=" in err  # one token per forward over an 8-token canvas
+
+
+@pytest.mark.parametrize("method", ["vanilla", "fast-dllm", "dparallel", "d3llm", "d3llm-cache"])
+def test_generate_streams_the_same_answer(monkeypatch, capsys, model_dir, method):
+    args = ["generate", "--model", model_dir, "--method", method, "--max-new-tokens", 16, "--set", "block_size=8"]
+    code, plain, err = run_cli(monkeypatch, capsys, *args, "Tom has 3 apples.")
+    assert code in (0, None), err
+    code, streamed, err = run_cli(monkeypatch, capsys, *args, "--stream", "Tom has 3 apples.")
+    assert code in (0, None), err
+    assert streamed == plain
 
 
 def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
@@ -52,8 +62,14 @@ def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
     assert_one_line_error(code, err, "the prompt is empty")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "word " * 200)
     assert_one_line_error(code, err, "exceeds the model's maximum length 160")
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--block-size", 0, "hi")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--set", "block_size=0", "hi")
     assert_one_line_error(code, err, "`block_size` must be a positive integer")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--set", "thresh=1", "hi")
+    assert_one_line_error(code, err, "decode setting 'thresh=1' must be NAME=VALUE")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--method", "turbo", "hi")
+    assert_one_line_error(code, err, "unknown method 'turbo'; choose one of vanilla, fast-dllm")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--set", "early_stop=maybe", "hi")
+    assert_one_line_error(code, err, "cannot read 'maybe'")
 
 
 def test_generate_reports_broken_checkpoints(monkeypatch, capsys, model_dir, tmp_path):
@@ -83,7 +99,7 @@ def test_console_script_exits_cleanly_on_bad_model():
 def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, tmp_path):
     out = tmp_path / "res" / "r.json"
     code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 3,
-                                "--max-new-tokens", 8, "--json", out)
+                                "--method", "vanilla", "--max-new-tokens", 8, "--json", out)
     assert code in (0, None), err
     record = json.loads(out.read_text())
     for key in ("accuracy_pct", "tokens_per_forward", "tokens_per_second", "nfe", "n", "model", "task",

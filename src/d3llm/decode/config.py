@@ -109,3 +109,34 @@ def preset(name: str, **overrides) -> DecodeConfig:
     if name not in PRESETS:
         raise D3llmError(f"unknown method {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name].override(**overrides)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["threshold=0.4", "early_stop=false", "refresh_interval=none"]` -> typed overrides.
+
+    Values are converted by the type of the `DecodeConfig` field they name, so a typo in a
+    name or a value is an error that says which."""
+    types = {f.name: f.type for f in fields(DecodeConfig)}
+    out: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in types:
+            raise D3llmError(f"decode setting {item!r} must be NAME=VALUE with NAME one of {', '.join(types)}")
+        kind, text = str(types[name]), text.strip()
+        try:
+            if text.lower() == "none" and "None" in kind:
+                out[name] = None
+            elif kind.startswith("bool"):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                out[name] = text.lower() in ("true", "1", "yes")
+            elif kind.startswith("int"):
+                out[name] = int(text)
+            elif kind.startswith("float"):
+                out[name] = float(text)
+            else:
+                out[name] = text
+        except ValueError:
+            raise D3llmError(f"decode setting {name}: cannot read {text!r} as {kind}") from None
+    return out
