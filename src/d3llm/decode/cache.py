@@ -26,14 +26,13 @@ from transformers import DynamicCache
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.decode.state import DecodeState
-from d3llm.models import DiffusionLM
 
 
 class NoCache:
     def __init__(self, config: DecodeConfig):
         self.config = config
 
-    def forward(self, model: DiffusionLM, state: DecodeState) -> tuple[torch.Tensor, int]:
+    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
         out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions)
         return out.logits, 0
 
@@ -51,7 +50,7 @@ class _PrefixCache:
     def must_refresh(self, state: DecodeState, target: int) -> bool:
         raise NotImplementedError
 
-    def forward(self, model: DiffusionLM, state: DecodeState) -> tuple[torch.Tensor, int]:
+    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
         target = self.target(state)
         if self.cache is None or self.must_refresh(state, target):
             self.cache = DynamicCache(config=model.config)

@@ -41,6 +41,7 @@ class DecodeOutput:
     nfe: int  # model forward calls for the whole batch
     row_forwards: list[int]  # per row: forwards made while that row was unfinished
     seconds: float  # wall time of the decode
+    forward_seconds: float  # of which inside model forwards (the rest is decode overhead)
     trace: torch.Tensor | None = None  # (B, N) iteration that committed each position (diffusion)
 
     @property
@@ -76,6 +77,33 @@ def final_prefix_lengths(state: DecodeState) -> torch.Tensor:
     return torch.minimum(prefix, first_eos + 1)
 
 
+class _ForwardTimer:
+    """Wall time inside model calls (synchronising the GPU so the time is the model's)."""
+
+    def __init__(self, model: DiffusionLM):
+        self.model, self.seconds = model, 0.0
+        self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        out = self.model(*args, **kwargs)
+        self.sync()
+        self.seconds += time.perf_counter() - started
+        return out
+
+    @property
+    def facts(self):
+        return self.model.facts
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self):
+        return self.model.device
+
+
 @torch.no_grad()
 def generate(
     model: DiffusionLM,
@@ -87,15 +115,16 @@ def generate(
     """Decode a batch of tokenised prompts with `config`."""
     _check(model, prompts, config)
     started = time.perf_counter()
+    timed = _ForwardTimer(model)
     if config.is_autoregressive:
-        response, nfe, row_forwards = _generate_ar(model, prompts, config, pad_token_id)
+        response, nfe, row_forwards = _generate_ar(timed, prompts, config, pad_token_id)
         trace = None
     else:
-        state = _generate_diffusion(model, prompts, config, pad_token_id, on_step)
+        state = _generate_diffusion(timed, prompts, config, pad_token_id, on_step)
         response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
         row_forwards = state.row_forwards.tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)
-    return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, trace)
+    return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds, trace)
 
 
 def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:

@@ -36,6 +36,7 @@ class EvalResult:
     forward_calls: int  # batched model calls actually made
     num_tokens: int
     seconds: float
+    forward_seconds: float  # of `seconds`, inside model forwards
     decode_config: dict
     code_version: str
     machine: str
@@ -61,7 +62,7 @@ def evaluate(
         raise D3llmError(f"`batch_size` must be positive, got {batch_size}")
     problems = task.problems(split, n, seed)
     correct = nfe = calls = tokens = 0
-    seconds = 0.0
+    seconds = forward_seconds = 0.0
     tok = lm.tokenizer
     # Warm-up (untimed, unscored): first calls pay for allocations and kernel selection.
     generate(lm.model, [prompt_ids(tok, problems[0].prompt)], config, tok.pad_token_id)
@@ -74,13 +75,14 @@ def evaluate(
         calls += out.nfe
         tokens += sum(out.num_tokens)
         seconds += out.seconds
+        forward_seconds += out.forward_seconds
         if progress:
             progress(len(chunk))
     return EvalResult(
         model=lm.name, task=task.name, method=config.method, n=len(problems), seed=seed, split=split,
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
-        nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, decode_config=asdict(config),
+        nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds, decode_config=asdict(config),
         code_version=code_version(), machine=machine_description(),
     )
 

@@ -1,0 +1,55 @@
+"""Decode presets on a model: accuracy, TPF, tokens/s at batch 1 and batch 8, and the share of
+decode time spent outside model forwards. Prints a Markdown table (the README's source).
+
+    python benchmarks/decode_presets.py --model tiny-teacher --tasks arith,arith-long --n 50
+
+Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
+this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
+nothing and its numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import torch
+
+from d3llm.decode import preset
+from d3llm.eval.runner import evaluate
+from d3llm.models import load_model
+from d3llm.tasks import get_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-teacher")
+    parser.add_argument("--tasks", default="arith,arith-long")
+    parser.add_argument("--methods", default="vanilla,fast-dllm,dparallel,d3llm,d3llm-cache")
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    header = ["task", "method", "accuracy %", "TPF"] + [f"tok/s b{b}" for b in batch_sizes] + ["outside fwd b1"]
+    print(f"model {args.model}, n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for task_name in args.tasks.split(","):
+        task = get_task(task_name)
+        for method in args.methods.split(","):
+            config = preset(method)
+            cells, accuracy, tpf, outside = [], None, None, None
+            for batch_size in batch_sizes:
+                result = evaluate(lm, task, config, n=args.n, seed=0, batch_size=batch_size)
+                cells.append(f"{result.tokens_per_second:.1f}")
+                if accuracy is None:
+                    accuracy, tpf = result.accuracy_pct, result.tokens_per_forward
+                    outside = 1 - result.forward_seconds / max(result.seconds, 1e-9)
+            row = [task_name, method, f"{accuracy:.1f}", f"{tpf:.2f}", *cells, f"{100 * outside:.0f}%"]
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
