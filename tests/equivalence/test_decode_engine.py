@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from d3llm.decode import DecodeConfig, final_prefix_lengths, generate, preset
-from d3llm.decode.cache import DelayedCache, PrefixCache
+from d3llm.decode.cache import DelayedCache, DualCache, PrefixCache
 from d3llm.decode.state import DecodeState
 from tests.conftest import VOCAB, toy_model
 
@@ -73,7 +73,7 @@ def test_delayed_cache_refreshing_every_step_equals_no_cache(family):
     assert torch.equal(plain.trace, cached.trace) and plain.sequences == cached.sequences
 
 
-@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache])
+@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache, DualCache])
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_cached_forward_over_an_unchanged_canvas_is_exact(policy, family):
     """After a refresh, a cached forward of the same canvas reproduces the full forward,
@@ -87,10 +87,10 @@ def test_cached_forward_over_an_unchanged_canvas_is_exact(policy, family):
     state.step = 1
     cache = policy(config)
     full, first = cache.forward(model, state)
-    assert first == 0 and cache.end == state.start + 4
+    assert first == 0
     part, first = cache.forward(model, state)
     assert first == state.start + 4
-    torch.testing.assert_close(part, full[:, first:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part, full[:, first : first + part.shape[1]], atol=1e-5, rtol=1e-5)
 
 
 def confident_model(token: int, family: str = "llada"):
@@ -144,7 +144,7 @@ def test_bad_settings_fail_before_any_forward():
 
     for bad, message in [({"threshold": -1}, "`threshold` must be in (0, 10]"),
                          ({"block_add_threshold": 0}, "`block_add_threshold` must be in (0, 1]"),
-                         ({"cache": "dual"}, "`cache` must be one of none, prefix, delayed"),
+                         ({"cache": "paged"}, "`cache` must be one of none, prefix, dual, delayed"),
                          ({"refresh_interval": 0}, "`refresh_interval` must be >= 1"),
                          ({"cache_delay": -2}, "`cache_delay` must be >= 0")]:
         with pytest.raises(D3llmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")

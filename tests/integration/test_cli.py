@@ -43,7 +43,7 @@ def test_generate_loads_a_folder_and_answers(monkeypatch, capsys, model_dir):
     assert "nfe=8" in err and "tpf=" in err  # one token per forward over an 8-token canvas
 
 
-@pytest.mark.parametrize("method", ["vanilla", "fast-dllm", "dparallel", "d3llm", "d3llm-cache"])
+@pytest.mark.parametrize("method", ["vanilla", "fast-dllm", "fast-dllm-dual", "dparallel", "d3llm", "d3llm-cache"])
 def test_generate_streams_the_same_answer(monkeypatch, capsys, model_dir, method):
     args = ["generate", "--model", model_dir, "--method", method, "--max-new-tokens", 16, "--set", "block_size=8"]
     code, plain, err = run_cli(monkeypatch, capsys, *args, "Tom has 3 apples.")

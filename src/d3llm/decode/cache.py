@@ -12,6 +12,10 @@ cache as context and crops back to the target (keeping any newly cached block).
   rebuilt (refresh) whenever that start moves, i.e. once per block.
 - `delayed` (d3LLM): a block enters the cache `cache_delay` iterations after it completed;
   while any completed block is waiting, iterations refresh; also every `refresh_interval`.
+- `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current
+  block is cached too, so an iteration forwards the current block alone. Attention is
+  bidirectional, so the order of cached keys does not matter: the cache holds
+  `[prefix, suffix]` and the block's keys are appended (and dropped again) after them.
 
 A batch shares one cache, so its length is the minimum over rows: a row ahead of the others
 simply caches less (correct, slightly slower). For shifted families (Dream) the prediction of
@@ -73,10 +77,7 @@ class PrefixCache(_PrefixCache):
     """Fast-dLLM's prefix cache: everything before the current block, rebuilt once per block."""
 
     def target(self, state: DecodeState) -> int:
-        incomplete = state.progress() < 1  # (B, nb)
-        nb = state.num_blocks
-        first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
-        return min(state.start + int(first.min()) * state.block_size, state.canvas.shape[1])
+        return first_incomplete_block_start(state)
 
     def must_refresh(self, state: DecodeState, target: int) -> bool:
         return target != self.end
@@ -101,4 +102,43 @@ class DelayedCache(_PrefixCache):
         return bool(waiting.any()) or (interval is not None and state.step % interval == 0)
 
 
-CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache}
+def first_incomplete_block_start(state: DecodeState) -> int:
+    """Column where the first block that is incomplete in any row starts (canvas end if none)."""
+    incomplete = state.progress() < 1  # (B, nb)
+    nb = state.num_blocks
+    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
+    return min(state.start + int(first.min()) * state.block_size, state.canvas.shape[1])
+
+
+class DualCache:
+    """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration;
+    rebuilt whenever the current block changes."""
+
+    def __init__(self, config: DecodeConfig):
+        self.config = config
+        self.cache: DynamicCache | None = None
+        self.block = (0, 0)  # current block columns [begin, end)
+        self.boundary_logits: torch.Tensor | None = None
+
+    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
+        begin = first_incomplete_block_start(state)
+        end = min(begin + state.block_size, state.canvas.shape[1])
+        if self.cache is None or (begin, end) != self.block:
+            self.cache = DynamicCache(config=model.config)
+            out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
+                        past_key_values=self.cache, use_cache=True)
+            for layer in self.cache.layers:  # keep [0, begin) and [end, L): the block is recomputed
+                layer.keys = torch.cat([layer.keys[..., :begin, :], layer.keys[..., end:, :]], dim=-2)
+                layer.values = torch.cat([layer.values[..., :begin, :], layer.values[..., end:, :]], dim=-2)
+            self.block = (begin, end)
+            self.boundary_logits = out.logits[:, begin]
+            return out.logits, 0
+        a = state.attention
+        key_mask = torch.cat([a[:, :begin], a[:, end:], a[:, begin:end]], dim=1)  # cached order, then block
+        out = model(state.canvas[:, begin:end], attention_mask=key_mask, position_ids=state.positions[:, begin:end],
+                    past_key_values=self.cache, use_cache=True, prev_logits=self.boundary_logits)
+        self.cache.crop(-(end - begin))
+        return out.logits, begin
+
+
+CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache}

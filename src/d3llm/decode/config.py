@@ -7,6 +7,7 @@ same loop (`d3llm.decode.loop`):
 |---------------|------------------------------|------------------------------|------------------|------------|
 | `vanilla`     | top-`tokens_per_step` by p   | one at a time                | none             | no         |
 | `fast-dllm`   | p >= 0.9 (+ best one)        | one at a time                | prefix           | no         |
+| `fast-dllm-dual` | as `fast-dllm`            | one at a time                | prefix + suffix  | no         |
 | `dparallel`   | H <= 0.5 nats (+ best one)   | one at a time                | none             | no         |
 | `d3llm`       | H <= 0.5 nats (+ best one)   | multi-block (add 0.1, act 0.95) | none          | yes        |
 | `d3llm-cache` | as `d3llm`                   | as `d3llm`                   | delayed, delay 1 | yes        |
@@ -25,10 +26,10 @@ from typing import Literal
 from d3llm.errors import D3llmError
 
 Strategy = Literal["topk", "confidence", "entropy"]
-CachePolicy = Literal["none", "prefix", "delayed"]
+CachePolicy = Literal["none", "prefix", "dual", "delayed"]
 Forcing = Literal["block", "global"]
 STRATEGIES = ("topk", "confidence", "entropy")
-CACHE_POLICIES = ("none", "prefix", "delayed")
+CACHE_POLICIES = ("none", "prefix", "dual", "delayed")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ _MULTI_BLOCK = dict(strategy="entropy", threshold=0.5, block_add_threshold=0.1,
 PRESETS: dict[str, DecodeConfig] = {
     "vanilla": DecodeConfig(method="vanilla"),
     "fast-dllm": DecodeConfig(method="fast-dllm", strategy="confidence", threshold=0.9, cache="prefix"),
+    "fast-dllm-dual": DecodeConfig(method="fast-dllm-dual", strategy="confidence", threshold=0.9, cache="dual"),
     "dparallel": DecodeConfig(method="dparallel", strategy="entropy", threshold=0.5),
     "d3llm": DecodeConfig(method="d3llm", **_MULTI_BLOCK),
     "d3llm-cache": DecodeConfig(method="d3llm-cache", cache="delayed", cache_delay=1, **_MULTI_BLOCK),

@@ -139,15 +139,19 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
             if state.finished():
                 break
         state.update_blocks(config)
-        logits, first_column = cache.forward(model, state)  # (B, L - first_column, V)
-        lo = max(first_column - state.start, 0)  # first response position computed
-        response_logits = logits[:, state.start - first_column + lo :]
-        candidates = (state.masked() & state.is_created()[:, block_of])[:, lo:]
-        scores = score(response_logits, config.temperature, generator)
-        chosen = select(scores, candidates, state.fully_active[:, block_of][:, lo:], block_of[lo:], config)
+        logits, first_column = cache.forward(model, state)  # columns [first, first + width)
+        lo = max(first_column - state.start, 0)  # response positions computed: [lo, hi)
+        hi = first_column + logits.shape[1] - state.start
+        window = slice(lo, hi)
+        candidates = (state.masked() & state.is_created()[:, block_of])[:, window]
+        scores = score(logits[:, state.start + lo - first_column :], config.temperature, generator)
+        chosen = select(scores, candidates, state.fully_active[:, block_of][:, window], block_of[window], config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
-        pad = torch.zeros(len(prompts), lo, dtype=torch.bool, device=chosen.device)
-        state.commit(torch.cat([pad, chosen], 1), torch.cat([state.response[:, :lo], scores.tokens], 1))
+        full_chosen = torch.zeros_like(state.response, dtype=torch.bool)
+        full_chosen[:, window] = chosen
+        tokens = state.response.clone()
+        tokens[:, window] = scores.tokens
+        state.commit(full_chosen, tokens)
         if on_step:
             on_step(state)
     return state
