@@ -2,9 +2,10 @@
 
 Public API (stable names):
 
-    from d3llm import load_model, get_task
-    lm = load_model("path/or/bundled-name")      # -> d3llm.models.LoadedModel
-    task = get_task("arith")                     # -> d3llm.tasks.Task
+    import d3llm
+    d3llm.generate("tiny-teacher", "Tom has 3 apples ...", method="d3llm").texts
+    lm = d3llm.load_model("path/or/bundled-name")  # -> d3llm.models.LoadedModel
+    task = d3llm.get_task("arith")                 # -> d3llm.tasks.Task
 
 See README.md for the command-line tool.
 """
@@ -13,7 +14,7 @@ from d3llm.errors import D3llmError, ModelLoadError, TaskError
 
 __version__ = "0.1.0"
 
-__all__ = ["D3llmError", "ModelLoadError", "TaskError", "load_model", "get_task", "__version__"]
+__all__ = ["D3llmError", "ModelLoadError", "TaskError", "generate", "get_task", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -22,6 +23,10 @@ def __getattr__(name: str):
         from d3llm.models.loading import load_model
 
         return load_model
+    if name == "generate":
+        from d3llm.api import generate
+
+        return generate
     if name == "get_task":
         from d3llm.tasks import get_task
 

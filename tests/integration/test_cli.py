@@ -112,3 +112,17 @@ def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, t
     assert_one_line_error(code, err, "`n` must be positive, got 0")
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "poetry")
     assert_one_line_error(code, err, "unknown task 'poetry'")
+
+
+def test_python_api_generate(model_dir):
+    import d3llm
+
+    lm = d3llm.load_model(model_dir)
+    result = d3llm.generate(lm, ["Tom has 3 apples.", "Ann has 7 pens and 2 more."], method="d3llm",
+                            max_new_tokens=16, threshold=0.3, block_size=8)
+    assert len(result.texts) == 2 and result.output.nfe >= 1
+    assert result.output.trace.shape == (2, 16)
+    with pytest.raises(d3llm.D3llmError, match="non-empty"):
+        d3llm.generate(lm, [""])
+    with pytest.raises(d3llm.D3llmError, match="unknown decode setting"):
+        d3llm.generate(lm, "hi", thresh=0.3)

@@ -1,0 +1,42 @@
+"""The one-call Python API.
+
+    import d3llm
+    result = d3llm.generate("tiny-teacher", ["Tom has 3 apples. ..."], method="d3llm", threshold=0.4)
+    result.texts, result.output.nfe, result.output.tokens_per_forward
+
+Lower-level pieces (`d3llm.models.load_model`, `d3llm.decode.generate`) take token ids and
+loaded models; this function takes names and text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from d3llm.decode import DecodeOutput, generate as decode, preset
+from d3llm.errors import D3llmError
+from d3llm.models import LoadedModel, load_model
+from d3llm.models.tokenizer import prompt_ids
+
+
+@dataclass
+class GenerateResult:
+    texts: list[str]  # one answer per prompt
+    output: DecodeOutput  # ids, counts, NFE, TPF, times, trace
+
+
+def generate(
+    model: str | LoadedModel,
+    prompts: str | list[str],
+    method: str | None = None,
+    max_new_tokens: int = 64,
+    **settings,
+) -> GenerateResult:
+    """Answer `prompts` (chat-formatted for the model) with a decode preset and overrides."""
+    lm = load_model(model) if isinstance(model, str) else model
+    batch = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not batch or any(not p.strip() for p in batch):
+        raise D3llmError("`prompts` must be one or more non-empty strings")
+    config = preset(method or ("d3llm" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens, **settings)
+    out = decode(lm.model, [prompt_ids(lm.tokenizer, p) for p in batch], config, lm.tokenizer.pad_token_id)
+    texts = [lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out.sequences]
+    return GenerateResult(texts, out)
