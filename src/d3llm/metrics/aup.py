@@ -1,0 +1,82 @@
+"""AUP, Accuracy Under Parallelism (shared/reference/d3llm_method.md section 5).
+
+For one method on one task: points (rho_i, y_i) with rho = tokens per forward (TPF) > 0 and
+y = accuracy in percent. Sorted by rho, points more than `drop_below` points under the
+first (lowest-rho) accuracy are dropped (the authors' code raised an error instead), then
+
+    AUP = rho_1 y_1 + sum_{i>=2} (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})) / 2
+    W(y) = min(exp(-alpha (1 - y / y_max)), 1)
+
+with `y_max` the best accuracy of *all* methods compared on the task, so AUP depends on the
+comparison set: record it beside every AUP. A single point at rho = 1 gives AUP = y.
+Pure functions; no model code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from d3llm.errors import D3llmError
+
+ALPHA = 3.0  # the authors' alpha
+DROP_BELOW = 5.0  # accuracy points under the first point beyond which a point is dropped
+
+Point = tuple[float, float]  # (tokens per forward, accuracy %)
+
+
+def check_points(points: Sequence[Point], where: str = "curve") -> list[Point]:
+    """Validated (tpf, accuracy %) pairs sorted by tpf."""
+    if not points:
+        raise D3llmError(f"{where}: no (tpf, accuracy) points")
+    out = []
+    for point in points:
+        try:
+            rho, y = (float(v) for v in point)
+        except (TypeError, ValueError):
+            raise D3llmError(f"{where}: a point must be [tpf, accuracy_pct], got {point!r}") from None
+        if not rho > 0 or math.isinf(rho):
+            raise D3llmError(f"{where}: tokens per forward must be a positive number, got {rho}")
+        if not 0 <= y <= 100:
+            raise D3llmError(f"{where}: accuracy must be a percentage in 0..100, got {y}")
+        out.append((rho, y))
+    return sorted(out)
+
+
+def weight(y: float, y_max: float, alpha: float = ALPHA) -> float:
+    return min(math.exp(-alpha * (1 - y / y_max)), 1.0)
+
+
+def aup(points: Sequence[Point], y_max: float, alpha: float = ALPHA, drop_below: float = DROP_BELOW) -> float:
+    """AUP of one method's (tpf, accuracy %) points against the comparison's best `y_max`."""
+    curve = check_points(points)
+    if not 0 < y_max <= 100:
+        raise D3llmError(f"`y_max` must be in (0, 100], got {y_max}")
+    first = curve[0][1]
+    kept = [(rho, y) for rho, y in curve if y >= first - drop_below]
+    total = kept[0][0] * kept[0][1]
+    for (rho0, y0), (rho1, y1) in zip(kept, kept[1:]):
+        total += 0.5 * (rho1 - rho0) * (y1 * weight(y1, y_max, alpha) + y0 * weight(y0, y_max, alpha))
+    return total
+
+
+def aup_table(table: Mapping[str, Mapping[str, Sequence[Point]]], alpha: float = ALPHA) -> dict:
+    """`{task: {method: points}}` -> `{"y_max": {task: y}, "aup": {task: {method: aup}},
+    "mean": {method: mean over its tasks}}`; y_max per task over all its methods."""
+    if not table:
+        raise D3llmError("the AUP table is empty")
+    y_max, scores = {}, {}
+    for task, methods in table.items():
+        if not methods:
+            raise D3llmError(f"task {task!r} has no methods")
+        curves = {m: check_points(p, f"{task}/{m}") for m, p in methods.items()}
+        y_max[task] = max(y for curve in curves.values() for _, y in curve)
+        if y_max[task] <= 0:
+            raise D3llmError(f"task {task!r}: every accuracy is 0, so AUP is undefined")
+        scores[task] = {m: aup(curve, y_max[task], alpha) for m, curve in curves.items()}
+    per_method: dict[str, list[float]] = {}
+    for task_scores in scores.values():
+        for method, value in task_scores.items():
+            per_method.setdefault(method, []).append(value)
+    mean = {m: sum(v) / len(v) for m, v in per_method.items()}
+    return {"alpha": alpha, "y_max": y_max, "aup": scores, "mean": mean}
