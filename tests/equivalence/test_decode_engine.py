@@ -86,11 +86,12 @@ def test_cached_forward_over_an_unchanged_canvas_is_exact(policy, family):
     state.completed_at[:, 0] = 0
     state.step = 1
     cache = policy(config)
-    full, first = cache.forward(model, state)
-    assert first == 0
+    full, full_first = cache.forward(model, state)
+    assert full_first == state.start and full.shape[1] == 8  # response logits only
     part, first = cache.forward(model, state)
     assert first == state.start + 4
-    torch.testing.assert_close(part, full[:, first : first + part.shape[1]], atol=1e-5, rtol=1e-5)
+    offset = first - full_first
+    torch.testing.assert_close(part, full[:, offset : offset + part.shape[1]], atol=1e-5, rtol=1e-5)
 
 
 def confident_model(token: int, family: str = "llada"):

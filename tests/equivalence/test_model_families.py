@@ -100,3 +100,15 @@ def test_padding_mask_hides_left_padding():
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     out = model(padded, attention_mask=attention, position_ids=positions).logits[:, 3:]
     torch.testing.assert_close(out, model(x).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "ar"])
+def test_logits_to_keep_returns_the_tail_of_the_aligned_logits(family):
+    model = toy_model(family)
+    x = torch.randint(3, VOCAB, (2, 10))
+    full = model(x)
+    for keep in (1, 4, 10, 12):
+        part = model(x, logits_to_keep=keep)
+        torch.testing.assert_close(part.logits, full.logits[:, -min(keep, 10):])
+        if family != "llada":
+            torch.testing.assert_close(part.last_logits, full.last_logits)

@@ -1,7 +1,8 @@
 """KV-cache policies: what each iteration forwards, and what stays cached.
 
 Every policy answers one question per iteration, `forward(model, state)`, and returns the
-aligned logits of the columns it computed plus the first of those columns. The two cached
+aligned logits of the response columns it computed plus the first of those columns (the
+network's LM head runs only there: `logits_to_keep`). The two cached
 policies share one mechanism (`_PrefixCache`): a transformers `DynamicCache` that holds the
 keys/values of canvas columns `[0, end)`. An iteration either *refreshes* (forwards the whole
 canvas into a new cache, then crops it to the policy's target) or forwards `[end, L)` with the
@@ -37,8 +38,9 @@ class NoCache:
         self.config = config
 
     def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
-        out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions)
-        return out.logits, 0
+        out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
+                    logits_to_keep=state.num_new)
+        return out.logits, state.start
 
 
 class _PrefixCache:
@@ -58,9 +60,9 @@ class _PrefixCache:
         target = self.target(state)
         if self.cache is None or self.must_refresh(state, target):
             self.cache = DynamicCache(config=model.config)
-            first = 0
+            first = state.start  # logits from here on (the prompt's are never needed)
             out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                        past_key_values=self.cache, use_cache=True)
+                        past_key_values=self.cache, use_cache=True, logits_to_keep=state.num_new)
         else:
             first = self.end
             out = model(state.canvas[:, first:], attention_mask=state.attention,
@@ -126,13 +128,13 @@ class DualCache:
         if self.cache is None or (begin, end) != self.block:
             self.cache = DynamicCache(config=model.config)
             out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                        past_key_values=self.cache, use_cache=True)
+                        past_key_values=self.cache, use_cache=True, logits_to_keep=state.num_new)
             for layer in self.cache.layers:  # keep [0, begin) and [end, L): the block is recomputed
                 layer.keys = torch.cat([layer.keys[..., :begin, :], layer.keys[..., end:, :]], dim=-2)
                 layer.values = torch.cat([layer.values[..., :begin, :], layer.values[..., end:, :]], dim=-2)
             self.block = (begin, end)
-            self.boundary_logits = out.logits[:, begin]
-            return out.logits, 0
+            self.boundary_logits = out.logits[:, begin - state.start]
+            return out.logits, state.start
         a = state.attention
         key_mask = torch.cat([a[:, :begin], a[:, end:], a[:, begin:end]], dim=1)  # cached order, then block
         out = model(state.canvas[:, begin:end], attention_mask=key_mask, position_ids=state.positions[:, begin:end],

@@ -144,7 +144,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         hi = first_column + logits.shape[1] - state.start
         window = slice(lo, hi)
         candidates = (state.masked() & state.is_created()[:, block_of])[:, window]
-        scores = score(logits[:, state.start + lo - first_column :], config.temperature, generator)
+        scores = score(logits[:, state.start + lo - first_column :], candidates, config.temperature, generator)
         chosen = select(scores, candidates, state.fully_active[:, block_of][:, window], block_of[window], config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = torch.zeros_like(state.response, dtype=torch.bool)
@@ -178,12 +178,13 @@ def _generate_ar(model, prompts, config, pad_id):
     cache = DynamicCache(config=model.config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     positions = (attention.cumsum(1) - 1).clamp(min=0)
-    out = model(canvas, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(canvas, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
     nfe, produced = 1, []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=canvas.device)
     row_forwards = torch.ones(len(prompts), dtype=torch.long)
     while True:
-        token = score(out.last_logits.unsqueeze(1), config.temperature, generator).tokens[:, 0]  # (B,)
+        token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
         token = torch.where(done, eos, token)
         produced.append(token)
         done |= token == eos
@@ -191,7 +192,8 @@ def _generate_ar(model, prompts, config, pad_id):
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], 1)
         position = attention.sum(1, keepdim=True) - 1
-        out = model(token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache, use_cache=True)
+        out = model(token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
         nfe += 1
         row_forwards += (~done).long().cpu()
     return torch.stack(produced, 1).cpu(), nfe, row_forwards.tolist()

@@ -30,19 +30,30 @@ class Scores:
     entropy: torch.Tensor  # (B, n) entropy of the predicted distribution, nats
 
 
-def score(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> Scores:
-    """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32)."""
-    logits = logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1)
+def score(
+    logits: torch.Tensor, where: torch.Tensor | None, temperature: float, generator: torch.Generator | None
+) -> Scores:
+    """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32).
+
+    Only positions in `where` (B, n) are scored (a softmax over a 126k vocabulary is not free);
+    the others get token 0, confidence -1 and entropy +inf, which no strategy selects."""
+    if where is None:
+        where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    picked = logits[where].float()  # (M, V)
+    log_probs = torch.log_softmax(picked, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
-    if temperature > 0:
-        flat = torch.softmax(logits / temperature, dim=-1).reshape(-1, logits.shape[-1])
-        tokens = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
+    if temperature > 0 and len(picked):
+        tokens = torch.multinomial(torch.softmax(picked / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:
         tokens = probs.argmax(-1)
     confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return Scores(tokens, confidence, entropy)
+    shape, device = where.shape, logits.device
+    out_tokens = torch.zeros(shape, dtype=torch.long, device=device)
+    out_conf = torch.full(shape, -1.0, device=device)
+    out_entropy = torch.full(shape, float("inf"), device=device)
+    out_tokens[where], out_conf[where], out_entropy[where] = tokens, confidence, entropy
+    return Scores(out_tokens, out_conf, out_entropy)
 
 
 def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

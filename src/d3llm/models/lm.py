@@ -114,6 +114,7 @@ def make_config(
 class LMOutput:
     logits: torch.Tensor  # (B, L, V) aligned: logits[:, i] predicts the token at position i
     last_logits: torch.Tensor | None  # (B, V) shifted families: prediction for position L
+    # With `logits_to_keep=k`, `logits` covers the last k input positions only.
     past_key_values: Cache | None
 
 
@@ -155,17 +156,25 @@ class DiffusionLM(nn.Module):
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         prev_logits: torch.Tensor | None = None,  # (B, V) shifted families, see docstring
+        logits_to_keep: int = 0,  # > 0: logits of the last k positions only (0 = all)
     ) -> LMOutput:
+        length = input_ids.shape[1]
+        keep = length if logits_to_keep <= 0 else min(logits_to_keep, length)
+        # A shifted family needs the output of the position before the first kept one.
+        raw_keep = min(keep + self.facts.logit_shift, length)
         out = self.net(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            logits_to_keep=raw_keep,
         )
-        raw = out.logits  # (B, L, V)
+        raw = out.logits  # (B, raw_keep, V)
         if self.facts.logit_shift == 0:
             return LMOutput(raw, None, out.past_key_values)
+        if raw_keep > keep:  # the window does not start at position 0: no boundary needed
+            return LMOutput(raw[:, :-1], raw[:, -1], out.past_key_values)
         first = raw[:, :1] if prev_logits is None else prev_logits.unsqueeze(1)
         aligned = torch.cat([first, raw[:, :-1]], dim=1)
         return LMOutput(aligned, raw[:, -1], out.past_key_values)
