@@ -102,3 +102,19 @@ def test_export_to_half_precision_and_official_layout(tmp_path, tiny_tokenizer):
     official = export_model(half, tmp_path / "official", layout="llada", shards=2)
     assert json.loads((official / "config.json").read_text())["model_type"] == "llada"
     torch.testing.assert_close(load_model(official).model(x).logits, lm.model(x).logits)
+
+
+@pytest.mark.parametrize("family, method", [("llada", "d3llm-cache"), ("dream", "d3llm-cache"), ("dream", "fast-dllm-dual")])
+def test_models_from_official_layouts_decode_like_their_source(tmp_path, tiny_tokenizer, family, method):
+    from d3llm.decode import generate, preset
+
+    model = toy_model(family, vocab_size=len(tiny_tokenizer))
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    folder = write_checkpoint(model.net, tmp_path / family, layout=family, shards=2)
+    tiny_tokenizer.save_pretrained(folder)
+    lm = load_model(folder)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    config = preset(method, max_new_tokens=16, block_size=8, threshold=0.9 if method.startswith("fast") else 1.5)
+    ours = generate(lm.model, prompts, config, tiny_tokenizer.pad_token_id)
+    source = generate(model, prompts, config, tiny_tokenizer.pad_token_id)
+    assert ours.sequences == source.sequences and torch.equal(ours.trace, source.trace)
