@@ -182,6 +182,35 @@ def export(
 
 
 @app.command()
+def aup(
+    table: Annotated[Path, typer.Argument(help="YAML/JSON: task -> method -> [[tpf, accuracy_pct], ...]")],
+    alpha: Annotated[float, typer.Option(help="Weight steepness (the authors' 3).")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """AUP per method and task, the y_max used per task, and each method's mean."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from d3llm.metrics.aup import aup_table, read_table
+
+    result = aup_table(read_table(table), alpha=alpha)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    tasks = list(result["aup"])
+    view = Table(title=f"AUP (alpha={alpha:g}; y_max per task: "
+                       + ", ".join(f"{t} {result['y_max'][t]:g}" for t in tasks) + ")")
+    view.add_column("method")
+    for task in tasks:
+        view.add_column(task, justify="right")
+    view.add_column("mean", justify="right")
+    for method, mean in result["mean"].items():
+        cells = [f"{result['aup'][t][method]:.1f}" if method in result["aup"][t] else "-" for t in tasks]
+        view.add_row(method, *cells, f"{mean:.1f}")
+    Console().print(view)
+
+
+@app.command()
 def models() -> None:
     """List the bundled models."""
     from d3llm.models import bundled_models

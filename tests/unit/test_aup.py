@@ -42,3 +42,28 @@ def test_table_uses_the_best_accuracy_of_all_methods_per_task():
     assert result["mean"]["a"] == pytest.approx((50 + 40) / 2)
     with pytest.raises(D3llmError, match="empty"):
         aup_table({})
+
+
+def test_aup_command(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from d3llm.cli import main
+
+    table = tmp_path / "t.yaml"
+    table.write_text("gsm8k:\n  vanilla: [[1.0, 72.55]]\n  fast: [[1.0, 74.0], [3.0, 73.0]]\nmath:\n  vanilla: [[1.0, 30]]\n")
+    monkeypatch.setattr(sys, "argv", ["d3llm", "aup", str(table), "--json"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    result = json.loads(capsys.readouterr().out)
+    assert result["y_max"] == {"gsm8k": 74.0, "math": 30}
+    assert result["aup"]["gsm8k"]["vanilla"] == pytest.approx(72.55)
+    assert result["aup"]["gsm8k"]["fast"] == pytest.approx(aup([(1.0, 74.0), (3.0, 73.0)], 74.0))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"gsm8k": {"m": [[1.0, 0.7], [0, 0.6]]}}')
+    monkeypatch.setattr(sys, "argv", ["d3llm", "aup", str(bad)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    assert "gsm8k/m: tokens per forward must be a positive number" in capsys.readouterr().err

