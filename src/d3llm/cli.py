@@ -182,6 +182,33 @@ def export(
 
 
 @app.command()
+def sweep(
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    task: Annotated[str, typer.Option(help="Task name.")],
+    params: Annotated[list[str], typer.Option("--param", help="NAME=V1,V2,... (repeatable: a grid).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for point files and curve.json.")],
+    method: Annotated[str, typer.Option(help="Decode preset.")] = "d3llm",
+    n: Annotated[int, typer.Option(help="Test problems per point.")] = 100,
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
+) -> None:
+    """Evaluate a preset over a grid of settings; one results file per point plus the curve."""
+    from d3llm.eval.sweep import parse_grid, sweep as run_sweep
+    from d3llm.models import load_model
+    from d3llm.tasks import get_task
+
+    grid = parse_grid(params)
+    the_task = get_task(task)
+    lm = load_model(model)
+    records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True))
+    for r in records:
+        typer.echo(f"{r['sweep_point']}: accuracy {r['accuracy_pct']:.1f}%, TPF {r['tokens_per_forward']:.2f}")
+    typer.echo(f"curve written to {out / 'curve.json'}")
+
+
+@app.command()
 def aup(
     table: Annotated[Path, typer.Argument(help="YAML/JSON: task -> method -> [[tpf, accuracy_pct], ...]")],
     alpha: Annotated[float, typer.Option(help="Weight steepness (the authors' 3).")] = 3.0,

@@ -126,3 +126,21 @@ def test_python_api_generate(model_dir):
         d3llm.generate(lm, [""])
     with pytest.raises(d3llm.D3llmError, match="unknown decode setting"):
         d3llm.generate(lm, "hi", thresh=0.3)
+
+
+def test_sweep_writes_points_and_resumes(monkeypatch, capsys, model_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", model_dir, "--task", "arith", "--method", "d3llm", "--n", 2,
+            "--max-new-tokens", 8, "--param", "threshold=0.5,3.0", "--param", "block_size=4", "--out", out]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    assert code in (0, None), err
+    curve = json.loads((out / "curve.json").read_text())
+    points = curve["points"]
+    assert sorted(p["settings"]["threshold"] for p in points) == ["0.5", "3.0"]
+    assert points[0]["tokens_per_forward"] <= points[1]["tokens_per_forward"]
+    assert len(list(out.glob("point-*.json"))) == 2
+    code, _, err = run_cli(monkeypatch, capsys, *args)  # everything done: nothing decoded again
+    assert code in (0, None) and "point threshold" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--model", model_dir, "--task", "arith",
+                           "--param", "threshold=0.5,-1", "--out", out)
+    assert_one_line_error(code, err, "`threshold` must be in (0, 10]")
