@@ -191,6 +191,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     """Train (or resume) into `out`; returns the folder of the final model."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    version = code_version()  # the code this process runs, read before anything can change it
     saved = out / "train_config.yaml"
     if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
         raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
@@ -224,7 +225,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_world_process_zero():
-        _log_invocation(out, resume, trainer.args.world_size, command or sys.argv)
+        _log_invocation(out, resume, trainer.args.world_size, command or sys.argv, version)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         clock.save()
@@ -232,24 +233,28 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         if config.eval_every and final.get("step") != config.steps:
             final = validation.record(config.steps)
         net.save_pretrained(out)
-        _write_provenance(out, config, command or sys.argv, final, clock.total(), net)
+        _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version)
     return out
 
 
-def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str]) -> None:
+def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str], version: str) -> None:
     """One line per run of the command in OUT/runs.jsonl: where it started, on how many processes."""
     row = {"start_step": int(resume.name.split("-")[1]) if resume else 0, "world_size": world_size,
-           "code_version": code_version(), "command": " ".join(command),
+           "code_version": version, "command": " ".join(command),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with (out / "runs.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 
 
-def _write_provenance(out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net) -> None:
+def _write_provenance(
+    out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net, version: str
+) -> None:
+    runs = out / "runs.jsonl"
     provenance = {
         "command": " ".join(command),
         "seed": config.seed,
-        "code_version": code_version(),
+        "code_version": version,  # of the invocation that finished; every one is in runs.jsonl
+        "invocations": [json.loads(line) for line in runs.read_text().splitlines()] if runs.is_file() else [],
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in net.parameters()),
         "torch_threads": torch.get_num_threads(),
