@@ -16,7 +16,10 @@ from d3llm.tasks import get_task
 
 SAMPLE = 24  # test problems per check
 # (model, task) -> minimum accuracy % on the first SAMPLE test problems (seed 0), baseline decoder
-FLOORS: dict[tuple[str, str], float] = {}
+FLOORS: dict[tuple[str, str], float] = {
+    # measured when bundled (see the README's table): tiny-ar 83.3 / 91.7 / 75.0
+    ("tiny-ar", "arith"): 70.0, ("tiny-ar", "arith-long"): 75.0, ("tiny-ar", "code"): 62.0,
+}
 EXPECTED_MODELS = sorted({name for name, _ in FLOORS})
 
 
