@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
+from d3llm.models import DiffusionLM
 from tests.conftest import VOCAB, toy_model
 
 
@@ -112,3 +113,31 @@ def test_logits_to_keep_returns_the_tail_of_the_aligned_logits(family):
         torch.testing.assert_close(part.logits, full.logits[:, -min(keep, 10):])
         if family != "llada":
             torch.testing.assert_close(part.last_logits, full.last_logits)
+
+
+def test_ar_to_llada_becomes_bidirectional_with_the_same_weights(tmp_path):
+    from d3llm.models import load_model
+    from d3llm.models.convert import ar_to_llada
+
+    ar = toy_model("ar")
+    llada = DiffusionLM(ar_to_llada(ar.net, mask_token_id=2))
+    assert llada.facts.family == "llada" and llada.facts.logit_shift == 0
+    fresh = toy_model("llada")
+    fresh.net.load_state_dict(llada.net.state_dict())
+    x = torch.randint(3, VOCAB, (2, 9))
+    torch.testing.assert_close(llada(x).logits, fresh(x).logits)
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % VOCAB
+    assert (llada(x).logits[:, 0] - llada(y).logits[:, 0]).abs().max() > 1e-5
+
+
+def test_ar_to_dream_keeps_the_ar_computation_but_attends_both_ways():
+    from d3llm.models.convert import ar_to_dream
+
+    ar = toy_model("ar", num_layers=1)  # one layer: the last position's inputs are the same
+    x = torch.randint(3, VOCAB, (2, 9))
+    expected_last = ar(x).last_logits
+    dream = DiffusionLM(ar_to_dream(ar.net, mask_token_id=2)).eval()
+    assert dream.facts.family == "dream"
+    # the last position attends to every position in both models: identical predictions
+    torch.testing.assert_close(dream(x).last_logits, expected_last, atol=1e-5, rtol=1e-5)

@@ -1,9 +1,11 @@
-"""Turn an AR Llama network into a Dream-style (Qwen2, bidirectional, shifted) network.
+"""Start a diffusion model from an AR model's weights.
 
-Dream was initialised from the AR Qwen2.5; our tiny Dream starts from the tiny AR model the
-same way. Qwen2 is Llama plus q/k/v biases, so the weights carry over by name and the new
-biases start at zero: the converted network computes exactly what the AR one did, except
-that attention is now bidirectional.
+- `ar_to_dream`: AR Llama -> Dream-style (Qwen2, bidirectional, shifted). Dream was
+  initialised from the AR Qwen2.5; our tiny Dream starts from the tiny AR model the same way.
+  Qwen2 is Llama plus q/k/v biases, so the weights carry over by name and the new biases start
+  at zero: the network computes what the AR one did, except that attention is bidirectional.
+- `ar_to_llada`: AR Llama -> LLaDA-style (the same Llama, bidirectional, no shift). The
+  prediction of token i moves from position i-1 to position i, which fine-tuning learns fast.
 """
 
 from __future__ import annotations
@@ -31,3 +33,10 @@ def ar_to_dream(net: PreTrainedModel, mask_token_id: int) -> PreTrainedModel:
             if name in missing:
                 param.zero_()
     return dream
+
+
+def ar_to_llada(net: PreTrainedModel, mask_token_id: int) -> PreTrainedModel:
+    net.config.is_causal = False
+    net.config.d3llm_family = "llada"
+    net.config.mask_token_id = mask_token_id
+    return net

@@ -157,10 +157,11 @@ def _tokenizer(config: TrainConfig, out: Path):
 def _network(config: TrainConfig, tokenizer):
     if config.init_from:
         net = load_network(config.init_from, dtype=torch.float32)
-        if config.family == "dream" and net.config.d3llm_family == "ar":
-            from d3llm.models.convert import ar_to_dream
+        if net.config.d3llm_family == "ar" and config.family != "ar":
+            from d3llm.models.convert import ar_to_dream, ar_to_llada
 
-            net = ar_to_dream(net, mask_token_id=tokenizer.mask_token_id)
+            adapt = ar_to_dream if config.family == "dream" else ar_to_llada
+            net = adapt(net, mask_token_id=tokenizer.mask_token_id)
         if net.config.d3llm_family != config.family:
             raise D3llmError(f"`init_from` holds a {net.config.d3llm_family} model, not {config.family}")
         return net.train()
