@@ -100,6 +100,71 @@ def train(
     typer.echo(f"model written to {folder}")
 
 
+def _key_values(items: list[str], what: str) -> dict:
+    """`["masking=random", "windows=[16,32]"]` -> {"masking": "random", "windows": [16, 32]} (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise D3llmError(f"{what} {item!r} must be NAME=VALUE")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+    return out
+
+
+@app.command()
+def trajectories(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM: bundled name or folder.")],
+    tasks: Annotated[list[str], typer.Option("--task", help="TASK=N problems (repeatable), e.g. arith=2000.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
+    split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
+    block_size: Annotated[int, typer.Option(help="Teacher block size.")] = 32,
+    chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+) -> None:
+    """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them;
+    killed, the same command resumes; when all chunks are done they are merged."""
+    from d3llm.trajectory.rollout import run
+
+    counts = {}
+    for name, n in _key_values(tasks, "--task").items():
+        if not isinstance(n, int):
+            raise D3llmError(f"--task {name}={n!r}: the count must be an integer")
+        counts[name.replace("_", "-")] = n
+    folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
+                 block_size=block_size, chunk_size=chunk_size, batch_size=batch_size)
+    typer.echo(f"trajectories in {folder}")
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM (the student starts from it).")],
+    trajectories: Annotated[Path, typer.Option(help="Folder made by `d3llm trajectories`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (run again to resume).")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (YAML) with a distill: section.")] = None,
+    settings: Annotated[list[str], typer.Option("--set", help="NAME=VALUE: a distill setting (masking=random, "
+                                                 "progressive_noise=false, windows=[32], complementary=false, "
+                                                 "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
+) -> None:
+    """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
+    import yaml
+
+    from d3llm.train.distill import distill_config
+    from d3llm.train.trainer import train as run
+
+    recipe = {}
+    if config is not None:
+        if not config.is_file():
+            raise D3llmError(f"--config {config} not found")
+        recipe = yaml.safe_load(config.read_text()) or {}
+    train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
+    folder = run(train_config, out, command=["d3llm", *sys.argv[1:]])
+    typer.echo(f"student written to {folder}")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],

@@ -28,6 +28,7 @@ from d3llm.errors import D3llmError
 Strategy = Literal["topk", "confidence", "entropy"]
 CachePolicy = Literal["none", "prefix", "dual", "delayed"]
 Forcing = Literal["block", "global"]
+RankBy = Literal["confidence", "entropy"]
 STRATEGIES = ("topk", "confidence", "entropy")
 CACHE_POLICIES = ("none", "prefix", "dual", "delayed")
 
@@ -39,6 +40,7 @@ class DecodeConfig:
     block_size: int = 32  # block length (the last block may be shorter)
     strategy: Strategy = "topk"  # how masked positions are chosen for commitment
     tokens_per_step: int = 1  # topk: positions committed per forward in the current block
+    rank_by: RankBy = "confidence"  # topk: most probable proposals (LLaDA) or lowest entropy (Dream)
     threshold: float = 0.5  # entropy: max nats; confidence: min probability of the argmax
     block_add_threshold: float = 1.0  # create the next block when the last reaches this progress
     block_activate_threshold: float = 1.0  # a block is fully active when its predecessor reaches this
@@ -58,6 +60,7 @@ class DecodeConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("cache", self.cache, CACHE_POLICIES)
         _choice("forcing", self.forcing, ("block", "global"))
+        _choice("rank_by", self.rank_by, ("confidence", "entropy"))
         if self.strategy == "entropy" and not 0 < self.threshold <= 10:
             raise D3llmError(f"`threshold` must be in (0, 10] nats for entropy selection, got {self.threshold}")
         if self.strategy == "confidence" and not 0 < self.threshold <= 1:

@@ -43,6 +43,7 @@ class DecodeOutput:
     seconds: float  # wall time of the decode
     forward_seconds: float  # of which inside model forwards (the rest is decode overhead)
     trace: torch.Tensor | None = None  # (B, N) iteration that committed each position (diffusion)
+    response: torch.Tensor | None = None  # (B, N) the whole response canvas, EOS tail included
 
     @property
     def tokens_per_forward(self) -> float:
@@ -124,7 +125,8 @@ def generate(
         response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
         row_forwards = state.row_forwards.tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)
-    return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds, trace)
+    return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds,
+                        trace, response)
 
 
 def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:

@@ -4,7 +4,8 @@
 distribution at every position. `select` is the strategy (`DecodeConfig.strategy`):
 
 - `topk`: in the current block (the first fully-active block with masks), the
-  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla);
+  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla), or with the
+  lowest entropy (`rank_by="entropy"`, Dream's teacher rule);
 - `confidence`: every created-block position whose proposal has p >= threshold (Fast-dLLM);
 - `entropy`: every created-block position with H <= threshold nats (dParallel, d3LLM).
 
@@ -78,7 +79,8 @@ def select(
     `fully_active`: per position, whether its block is fully active; `block_of`: (n,) block ids."""
     target = current_block(candidates, fully_active, block_of)
     if config.strategy == "topk":
-        ranked = torch.where(target, s.confidence, float("-inf"))
+        goodness = s.confidence if config.rank_by == "confidence" else -s.entropy
+        ranked = torch.where(target, goodness, float("-inf"))
         k = min(config.tokens_per_step, ranked.shape[1])
         top = ranked.topk(k, dim=1).indices
         return torch.zeros_like(target).scatter_(1, top, True) & target

@@ -13,6 +13,7 @@ See `configs/*.yaml` for the bundled models' recipes.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import yaml
 
 from d3llm.errors import D3llmError
 from d3llm.models.lm import FAMILIES
+from d3llm.train.distill import DistillSettings
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class TrainConfig:
     eval_every: int = 250  # validation accuracy interval in steps (0 = off)
     eval_n: int = 32  # validation problems per task at each evaluation
     threads: int | None = None  # torch threads (None = torch's default)
+    eval_method: str | None = None  # validation decode preset (None: vanilla, or ar for AR models)
+    distill: DistillSettings | None = None  # set: distil `init_from` (the teacher) from trajectories
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -62,6 +66,10 @@ class TrainConfig:
                 raise D3llmError(f"`{name}` must be positive, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise D3llmError(f"`lr` must be in (0, 1), got {self.lr}")
+        if self.distill is not None and (not self.init_from or not self.distill.trajectories):
+            raise D3llmError("distillation needs the teacher (`init_from`) and `distill.trajectories`")
+        if self.distill is not None and self.family == "ar":
+            raise D3llmError("distillation trains a diffusion student; `family` cannot be ar")
         if not self.tasks or min(self.tasks.values()) < 0:
             raise D3llmError(f"`tasks` must map task names to non-negative weights, got {self.tasks}")
 
@@ -89,7 +97,14 @@ class TrainConfig:
             if bad:
                 raise D3llmError(f"{source}: unknown model key(s) {bad}; valid: {', '.join(sorted(shape_keys))}")
             raw["model"] = ModelShape(**raw["model"])
+        if raw.get("distill") is not None:
+            keys = {f.name for f in dataclasses.fields(DistillSettings)}
+            bad = sorted(set(raw["distill"]) - keys)
+            if bad:
+                raise D3llmError(f"{source}: unknown distill key(s) {bad}; valid: {', '.join(sorted(keys))}")
+            raw["distill"] = DistillSettings(**raw["distill"])
         return cls(**raw)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON/YAML types (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))

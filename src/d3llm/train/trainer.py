@@ -32,11 +32,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from d3llm.decode import preset
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
-from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config
+from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
 from d3llm.train.config import TrainConfig
 from d3llm.train.data import build_examples, collate
+from d3llm.train.distill import collate_distill, distill_examples, distill_loss, with_lora
 from d3llm.train.objectives import masked_diffusion_loss, next_token_loss
 from d3llm.version import code_version
 
@@ -56,12 +57,15 @@ def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[
 class _DiffusionTrainer(Trainer):
     """Trainer whose loss is a d3llm objective on the (possibly DDP-wrapped) network."""
 
-    def __init__(self, *args, facts, **kwargs):
+    def __init__(self, *args, facts, distill=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.facts = facts
+        self.facts, self.distill = facts, distill
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm = DiffusionLM(model, self.facts)  # model may be DDP-wrapped: call through it
+        if self.distill is not None:
+            progress = self.state.global_step / max(self.state.max_steps, 1)
+            return distill_loss(lm, inputs, self.distill, progress)[0]
         if self.facts.is_diffusion:
             return masked_diffusion_loss(lm, inputs)
         return next_token_loss(lm, inputs)
@@ -119,12 +123,13 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[
     was_training = net.training
     net.eval()
     lm = LoadedModel(DiffusionLM(net), tokenizer, out, out.name)
-    method = "vanilla" if lm.facts.is_diffusion else "ar"
+    method = config.eval_method or ("vanilla" if lm.facts.is_diffusion else "ar")
     metrics = {}
     for name in config.tasks:
         result = evaluate(lm, get_task(name), preset(method, max_new_tokens=config.gen_length),
                           n=config.eval_n, seed=0, split="validation", batch_size=16)
         metrics[f"{name}_accuracy_pct"] = round(result.accuracy_pct, 2)
+        metrics[f"{name}_tpf"] = round(result.tokens_per_forward, 3)
     net.train(was_training)
     return metrics
 
@@ -144,7 +149,7 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 def _tokenizer(config: TrainConfig, out: Path):
     if config.tokenizer_from:
-        return load_tokenizer(Path(config.tokenizer_from))
+        return load_tokenizer(resolve_model(config.tokenizer_from))
     if (out / "tokenizer.json").is_file():  # a resumed run keeps the tokenizer it started with
         return load_tokenizer(out)
     corpus = []
@@ -156,7 +161,7 @@ def _tokenizer(config: TrainConfig, out: Path):
 
 def _network(config: TrainConfig, tokenizer):
     if config.init_from:
-        net = load_network(config.init_from, dtype=torch.float32)
+        net = load_network(resolve_model(config.init_from), dtype=torch.float32)
         if net.config.d3llm_family == "ar" and config.family != "ar":
             from d3llm.models.convert import ar_to_dream, ar_to_llada
 
@@ -204,8 +209,14 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tokenizer.save_pretrained(out)
     net = _network(config, tokenizer)
-    gen_length = config.gen_length if config.family != "ar" else None
-    examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
+    trained = with_lora(net, config.distill.lora_rank) if config.distill and config.distill.lora_rank else net
+    if config.distill:
+        examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
+        collate_fn = collate_distill
+    else:
+        gen_length = config.gen_length if config.family != "ar" else None
+        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
+        collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
@@ -218,8 +229,8 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     clock = _Clock(out)
     validation = _ValidationCallback(config, net, tokenizer, out, clock)
     trainer = _DiffusionTrainer(
-        model=net, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts,
-        data_collator=lambda items: collate(items[0], tokenizer.pad_token_id),
+        model=trained, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts, distill=config.distill,
+        data_collator=lambda items: collate_fn(items[0], tokenizer.pad_token_id),
         callbacks=[validation, _ClockCallback(clock)],
     )
     resume = last_complete_checkpoint(out / CHECKPOINTS)
@@ -233,6 +244,8 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         final = validation.last
         if config.eval_every and final.get("step") != config.steps:
             final = validation.record(config.steps)
+        if trained is not net:  # LoRA: fold the adapters into the weights, save a plain model
+            net = trained.merge_and_unload()
         net.save_pretrained(out)
         _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version)
     return out

@@ -1,0 +1,1 @@
+"""Teacher trajectories: rollouts through the decode loop (`rollout`) and their storage (`store`)."""
