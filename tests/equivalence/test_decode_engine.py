@@ -15,8 +15,9 @@ PAD = 0
 MIXED = {"llada": 1.5, "dream": 1.8}
 
 
-def reference_vanilla(model, prompt, max_new_tokens, block_size):
-    """LLaDA's vanilla decoder written plainly, one row, one token per forward."""
+def reference_vanilla(model, prompt, max_new_tokens, block_size, rank_by="confidence"):
+    """LLaDA's vanilla decoder written plainly, one row, one token per forward (Dream's
+    teacher rule with `rank_by="entropy"`: the lowest-entropy position first)."""
     mask = model.facts.mask_token_id
     x = torch.tensor([prompt + [mask] * max_new_tokens])
     start = len(prompt)
@@ -25,18 +26,22 @@ def reference_vanilla(model, prompt, max_new_tokens, block_size):
         while (x[0, block_start:block_end] == mask).any():
             probs = torch.softmax(model(x).logits[0, block_start:block_end].float(), -1)
             confidence, token = probs.max(-1)
-            confidence[x[0, block_start:block_end] != mask] = -1
+            if rank_by == "entropy":
+                confidence = (probs * probs.log()).sum(-1)  # minus the entropy
+            confidence[x[0, block_start:block_end] != mask] = float("-inf")
             i = int(confidence.argmax())
             x[0, block_start + i] = token[i]
     return x[0, start:].tolist()
 
 
+@pytest.mark.parametrize("rank_by", ["confidence", "entropy"])
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_vanilla_equals_the_plain_reference(family):
+def test_vanilla_equals_the_plain_reference(family, rank_by):
     model = toy_model(family)
     for prompt in PROMPTS:
-        out = generate(model, [prompt], preset("vanilla", max_new_tokens=10, block_size=4), PAD)
-        expected = reference_vanilla(model, prompt, 10, 4)
+        config = preset("vanilla", max_new_tokens=10, block_size=4, rank_by=rank_by)
+        out = generate(model, [prompt], config, PAD)
+        expected = reference_vanilla(model, prompt, 10, 4, rank_by)
         eos = model.facts.eos_token_id
         assert out.sequences[0] == (expected[: expected.index(eos)] if eos in expected else expected)
 

@@ -104,7 +104,7 @@ class WindowMasks:
 
 def window_masks(
     rank: torch.Tensor, prompt_len: torch.Tensor, response_len: torch.Tensor, k: int, t: torch.Tensor,
-    masking: str = "trajectory", generator=None,
+    masking: str = "trajectory", generator=None, index: torch.Tensor | None = None,
 ) -> WindowMasks:
     """Choose one window of size `k` per row and mask it.
 
@@ -112,11 +112,13 @@ def window_masks(
     anything outside the response ignored); `prompt_len`, `response_len`, `t`: (B,).
     Trajectory masking keeps the window positions the teacher had decoded by snapshot
     `(s - P) + floor((1 - t)(e - s))` and masks the rest; random masking masks each window
-    position with probability t."""
+    position with probability t. `index` (B,) fixes each row's window instead of drawing it."""
     B, L = rank.shape
     r = torch.arange(L, device=rank.device).unsqueeze(0) - prompt_len.unsqueeze(1)  # response index, <0 in the prompt
     windows = (response_len + k - 1) // k  # windows holding response positions
-    j = (torch.rand(B, generator=generator).to(rank.device) * windows).long().clamp(max=windows - 1)
+    if index is None:
+        index = (torch.rand(B, generator=generator).to(rank.device) * windows).long()
+    j = torch.minimum(index, windows - 1)
     s = (j * k).unsqueeze(1)
     e = torch.minimum(s + k, response_len.unsqueeze(1))
     window = (r >= s) & (r < e)
@@ -172,7 +174,7 @@ def distill_loss(
         if settings.entropy_on_complementary:
             entropy = entropy + certainty_entropy(logits_rev, ids, flipped, settings.entropy_temperature)
     loss = (ce + ce_rev + settings.entropy_weight * entropy) / 4
-    parts = {"ce": float(ce), "ce_rev": float(ce_rev), "entropy": float(entropy), "window": k}
+    parts = {"ce": ce.item(), "ce_rev": ce_rev.item(), "entropy": entropy.item(), "window": k}
     return loss, parts
 
 

@@ -1,0 +1,150 @@
+"""Teacher rollouts and distillation end to end on a toy teacher: storage, resume under two
+processes, a few distillation steps, and the errors for mismatched or damaged inputs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from d3llm.errors import D3llmError
+from d3llm.models import load_model
+from d3llm.train.distill import distill_config
+from d3llm.train.trainer import train
+from d3llm.trajectory import store
+from d3llm.trajectory.rollout import run
+from tests.conftest import toy_model
+
+ROLLOUT = dict(max_new_tokens=32, block_size=16, chunk_size=4, batch_size=4, progress=False)
+
+
+def save_toy_teacher(path, tokenizer, seed=0):
+    model = toy_model("llada", seed=seed, vocab_size=len(tokenizer), max_length=160)
+    model.net.config.mask_token_id = tokenizer.mask_token_id
+    model.net.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_tokenizer):
+    return save_toy_teacher(tmp_path_factory.mktemp("teacher") / "toy", tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory, teacher):
+    return run(teacher, {"arith": 16}, tmp_path_factory.mktemp("traj") / "t", **ROLLOUT)
+
+
+def test_records_hold_rank_vectors_and_a_rerun_changes_nothing(teacher, trajectories):
+    manifest = store.read_manifest(trajectories)
+    assert manifest["num_records"] == 16 and manifest["decode_config"]["tokens_per_step"] == 1
+    rows, _ = store.load(trajectories, keep="all")
+    assert [r["index"] for r in rows] == list(range(16))
+    for r in rows:
+        assert sorted(r["rank"]) == list(range(32))  # one token per step
+        assert len(r["final_ids"]) == len(r["target_ids"]) == 32
+        # teacher blocks of 16: the first block is finished before the second begins
+        assert max(r["rank"][:16]) < min(r["rank"][16:])
+    stamps = {p: p.stat().st_mtime_ns for p in (trajectories / "chunks").iterdir()}
+    run(teacher, {"arith": 16}, trajectories, **ROLLOUT)
+    assert {p: p.stat().st_mtime_ns for p in (trajectories / "chunks").iterdir()} == stamps
+
+
+def _torchrun(teacher, out, n):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "d3llm.cli", "trajectories", "--teacher", str(teacher),
+               "--task", f"arith={n}", "--out", str(out), "--max-new-tokens", "32", "--block-size", "16",
+               "--chunk-size", "2", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_two_process_rollouts_killed_and_resumed_lose_and_repeat_nothing(tmp_path, teacher):
+    out, n = tmp_path / "sharded", 96
+    proc = _torchrun(teacher, out, n)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "chunks").glob("*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "chunks").glob("*.parquet")))
+    assert 2 <= done_before < n // 2 and not (out / store.MERGED).exists()
+    resumed = _torchrun(teacher, out, n)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    merged = pq.read_table(out / store.MERGED).to_pylist()
+    assert [r["index"] for r in merged] == list(range(n))
+    # the same records as one uninterrupted process
+    single = run(teacher, {"arith": n}, tmp_path / "single", **{**ROLLOUT, "chunk_size": 2, "batch_size": 2})
+    assert merged == pq.read_table(single / store.MERGED).to_pylist()
+
+
+def _distill(teacher, trajectories, out, **overrides):
+    settings = {"steps": 40, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0, "threads": 1,
+                "save_every": 40, "keep": "all", "progressive_noise": False, "progressive_window": False,
+                "windows": [8], **overrides}
+    return train(distill_config(str(teacher), str(trajectories), overrides=settings), out)
+
+
+def test_a_few_distillation_steps_lower_the_loss(tmp_path, teacher, trajectories):
+    out = _distill(teacher, trajectories, tmp_path / "student")
+    history = json.loads((out / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
+    assert load_model(out).facts.family == "llada"
+    assert json.loads((out / "provenance.json").read_text())["config"]["distill"]["masking"] == "trajectory"
+
+
+def test_lora_student_saves_a_plain_model(tmp_path, teacher, trajectories):
+    out = _distill(teacher, trajectories, tmp_path / "lora", steps=4, save_every=4, lora_rank=4)
+    student, original = load_model(out).model.net.state_dict(), load_model(teacher).model.net.state_dict()
+    assert student.keys() == original.keys()  # adapters folded in
+    assert any((student[k] != original[k]).any() for k in student)
+
+
+def test_trajectories_of_another_teacher_or_tokenizer_are_refused(tmp_path, tiny_tokenizer, trajectories):
+    other = save_toy_teacher(tmp_path / "other", tiny_tokenizer, seed=5)
+    with pytest.raises(D3llmError, match="holds rollouts of"):
+        _distill(other, trajectories, tmp_path / "s1")
+    from d3llm.models.tokenizer import build_tokenizer
+
+    foreign = build_tokenizer(["a b c 1 2 3 def return"], vocab_size=280)
+    odd = save_toy_teacher(tmp_path / "odd", foreign)
+    with pytest.raises(D3llmError, match="another tokenizer"):
+        _distill(odd, trajectories, tmp_path / "s2")
+
+
+def test_damaged_missing_or_empty_trajectory_sets(tmp_path, teacher, trajectories):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trajectories, copy)
+    (copy / store.MERGED).unlink()
+    chunk = store.chunk_path(copy, 1)
+    chunk.write_bytes(chunk.read_bytes()[:100])  # truncated
+    with pytest.raises(D3llmError, match="chunk-00001.parquet is damaged or truncated"):
+        store.load(copy)
+    chunk.unlink()
+    with pytest.raises(D3llmError, match="1 of 4 chunks are missing"):
+        store.load(copy)
+    # a random toy teacher answers nothing right: keep=correct leaves no examples
+    with pytest.raises(D3llmError, match="no trajectories to train on"):
+        store.load(trajectories, keep="correct")
+
+
+def test_other_settings_into_the_same_folder_are_refused(teacher, trajectories):
+    before = (trajectories / store.MANIFEST).read_bytes()
+    with pytest.raises(D3llmError, match="different settings"):
+        run(teacher, {"arith": 11}, trajectories, **ROLLOUT)
+    assert (trajectories / store.MANIFEST).read_bytes() == before
