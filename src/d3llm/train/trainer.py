@@ -199,7 +199,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     out.mkdir(parents=True, exist_ok=True)
     version = code_version()  # the code this process runs, read before anything can change it
     saved = out / "train_config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != config.to_dict():
+    if saved.is_file() and _recipe(yaml.safe_load(saved.read_text())) != _recipe(config.to_dict()):
         raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -251,9 +251,16 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     return out
 
 
+def _recipe(config: dict) -> dict:
+    """What defines a run: everything but how many threads it happens to use (a run resumed
+    with another `--threads` is the same run; runs.jsonl records each invocation's)."""
+    return {k: v for k, v in config.items() if k != "threads"}
+
+
 def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str], version: str) -> None:
     """One line per run of the command in OUT/runs.jsonl: where it started, on how many processes."""
     row = {"start_step": int(resume.name.split("-")[1]) if resume else 0, "world_size": world_size,
+           "torch_threads": torch.get_num_threads(),
            "code_version": version, "command": " ".join(command),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with (out / "runs.jsonl").open("a") as f:
