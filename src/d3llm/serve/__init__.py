@@ -1,0 +1,44 @@
+"""Serving: an OpenAI-compatible HTTP server over the batched decode loop, and terminal chat.
+
+    from d3llm import load_model
+    from d3llm.serve import create_app, background_server
+    app = create_app(load_model("tiny-ar"), api_key="secret", max_batch=8)
+
+Modules, from the model outwards:
+
+    scheduler.py  dynamic batching: jobs (prompt ids + DecodeConfig) -> batched decode -> events
+    text.py       chat prompts; final token prefixes -> text pieces cut at stop strings
+    service.py    per-request settings and limits checked, jobs submitted, answers read back
+    protocol.py   OpenAI request and response bodies
+    app.py        the FastAPI app (routes, API key, errors, server-sent events)
+    server.py     uvicorn in the foreground (`d3llm serve`) or in a background thread
+    chat.py       `d3llm chat`: a conversation in the terminal through the same scheduler
+
+The web pieces need the `serve` extra (fastapi, uvicorn); `scheduler`, `text`, `service` and
+`chat` do not, so names are imported lazily.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatSession", "Scheduler", "background_server", "create_app", "run_server"]
+
+
+def __getattr__(name: str):
+    if name in ("create_app", "background_server", "run_server"):
+        try:
+            from d3llm.serve import app, server
+        except ImportError as exc:
+            from d3llm.errors import D3llmError
+
+            raise D3llmError(f"serving needs the `serve` extra ({exc.name} is missing): "
+                             "pip install 'd3llm[serve]'") from None
+        return getattr(app if name == "create_app" else server, name)
+    if name == "Scheduler":
+        from d3llm.serve.scheduler import Scheduler
+
+        return Scheduler
+    if name == "ChatSession":
+        from d3llm.serve.chat import ChatSession
+
+        return ChatSession
+    raise AttributeError(f"module 'd3llm.serve' has no attribute {name!r}")

@@ -1,0 +1,178 @@
+"""The OpenAI-compatible wire format: request bodies (validated) and response bodies.
+
+Requests follow OpenAI's `/v1/completions` and `/v1/chat/completions`, plus d3llm's decode
+settings as extra body fields (the `openai` client sends them with `extra_body=`):
+
+    method     decode preset (vanilla, fast-dllm, ..., d3llm, d3llm-cache, ar)
+    threshold  the preset's selection threshold (entropy nats or confidence)
+
+Unknown fields are rejected (422) rather than silently ignored; OpenAI fields that clients
+commonly send with neutral values (`n`=1, `top_p`=1, zero penalties, `user`) are accepted
+only at those values.
+
+Usage in every answer: `prompt_tokens`, `completion_tokens` (generated tokens up to and
+including the end-of-sequence token, as TPF counts them), `total_tokens`, and a `d3llm`
+object: `method`, `nfe` (model forwards this answer took part in until it was final),
+`tokens_per_forward`, `batch_size` (rows decoded together) and `seconds` (queue wait included).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from d3llm.serve.scheduler import Finished
+
+Kind = Literal["text", "chat"]  # /v1/completions or /v1/chat/completions
+MAX_STOP_STRINGS = 8
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False  # a last chunk with `usage` (and no choices) before [DONE]
+
+
+class DecodeRequest(BaseModel):
+    """Fields shared by both endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None  # must name the served model when given
+    max_tokens: int | None = Field(None, ge=1)  # response canvas (max_new_tokens)
+    temperature: float | None = Field(None, ge=0)  # 0 or absent: greedy
+    seed: int | None = None  # sampling seed (temperature > 0)
+    stop: str | list[str] | None = None  # cut the answer at the first of these strings
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    method: str | None = None  # d3llm: decode preset (default: the server's)
+    threshold: float | None = Field(None, gt=0)  # d3llm: the preset's selection threshold
+    # Accepted only at their neutral values: clients send them by default.
+    n: int = 1
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None  # informational
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"must be 1 (one answer per request; the server batches concurrent requests), got {n}")
+        return n
+
+    @field_validator("top_p")
+    @classmethod
+    def _no_nucleus(cls, top_p: float | None) -> float | None:
+        if top_p not in (None, 1, 1.0):
+            raise ValueError(f"must be 1: nucleus sampling is not supported (use `temperature`), got {top_p}")
+        return top_p
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float | None) -> float | None:
+        if value not in (None, 0, 0.0):
+            raise ValueError(f"must be 0: penalties are not supported, got {value}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS or any(not s for s in strings):
+            raise ValueError(f"must be at most {MAX_STOP_STRINGS} non-empty strings")
+        return stop
+
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def wants_usage_chunk(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(DecodeRequest):
+    """/v1/completions: the prompt is continued as it is (no chat template)."""
+
+    prompt: str | list[int] = Field(min_length=1)  # text, or token ids
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None  # informational
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(DecodeRequest):
+    """/v1/chat/completions: the conversation is formatted by the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of `max_tokens`
+
+    def model_post_init(self, context) -> None:
+        if self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+
+
+# --- response bodies -----------------------------------------------------------------------
+
+def new_id(kind: Kind) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def finish_reason(result: Finished, stopped_by_string: bool) -> str:
+    return "stop" if result.hit_eos or stopped_by_string else "length"
+
+
+def usage(prompt_tokens: int, result: Finished, method: str) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": result.num_tokens,
+        "total_tokens": prompt_tokens + result.num_tokens,
+        "d3llm": {"method": method, "nfe": result.forwards, "tokens_per_forward": round(result.tokens_per_forward, 4),
+                  "batch_size": result.batch_size, "seconds": round(result.seconds, 4)},
+    }
+
+
+def _envelope(kind: Kind, rid: str, model: str, chunk: bool) -> dict:
+    obj = {"chat": "chat.completion", "text": "text_completion"}[kind] + (".chunk" if chunk and kind == "chat" else "")
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model}
+
+
+def response_body(kind: Kind, rid: str, model: str, text: str, reason: str, usage_: dict) -> dict:
+    """The whole answer of a non-streamed request."""
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+    return {**_envelope(kind, rid, model, chunk=False), "choices": [choice], "usage": usage_}
+
+
+def chunk_body(kind: Kind, rid: str, model: str, piece: str | None = None, reason: str | None = None,
+               first: bool = False) -> dict:
+    """One streamed chunk: a text piece, or (piece None) the end with its finish reason."""
+    if kind == "chat":
+        delta = {"role": "assistant", "content": piece or ""} if first else ({"content": piece} if piece else {})
+        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+    else:
+        choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": reason}
+    return {**_envelope(kind, rid, model, chunk=True), "choices": [choice]}
+
+
+def usage_chunk(kind: Kind, rid: str, model: str, usage_: dict) -> dict:
+    """The last chunk when the client asked `stream_options.include_usage`."""
+    return {**_envelope(kind, rid, model, chunk=True), "choices": [], "usage": usage_}
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -1,0 +1,137 @@
+"""What the HTTP routes call: a request's decode settings and prompt checked, its job
+submitted to the scheduler, and its answer read back as final text pieces.
+
+Everything a request can get wrong is checked here, before its job is queued, so that one
+bad request never fails the batch it would have joined (the decode loop checks a whole
+batch at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from d3llm.decode import DecodeConfig, preset
+from d3llm.errors import D3llmError
+from d3llm.models import LoadedModel
+from d3llm.serve.scheduler import Failed, Finished, Job, Scheduler
+from d3llm.serve.text import TextStream
+
+if TYPE_CHECKING:  # the service itself needs no web framework (`d3llm chat` uses it too)
+    from starlette.requests import Request
+
+DISCONNECT_POLL_SECONDS = 0.5  # how often a request waiting for news checks that its client is still there
+
+
+class DecodeFailed(Exception):
+    """The batch holding this request could not be decoded (a server error, not the client's)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while its answer was being decoded."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int | None  # None: whatever fits the model with `max_tokens`
+    max_tokens_limit: int  # largest `max_tokens` a request may ask for
+    default_max_tokens: int  # `max_tokens` of a request that gives none
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise D3llmError(f"`max_prompt_tokens` must be >= 1 or None, got {self.max_prompt_tokens}")
+        if self.max_tokens_limit < 1:
+            raise D3llmError(f"`max_tokens_limit` must be >= 1, got {self.max_tokens_limit}")
+
+
+class ModelService:
+    """One loaded model served through a scheduler, with per-request settings and limits."""
+
+    def __init__(self, lm: LoadedModel, scheduler: Scheduler, default_method: str | None, limits: Limits,
+                 model_id: str):
+        self.lm, self.scheduler, self.limits, self.model_id = lm, scheduler, limits, model_id
+        self.default_method = default_method or ("d3llm" if lm.facts.is_diffusion else "ar")
+        self.decode_config()  # a default method that cannot decode this model fails at start
+
+    def decode_config(self, method: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
+                      seed: int | None = None, threshold: float | None = None) -> DecodeConfig:
+        """A request's `DecodeConfig`: its preset (`method`) with its overrides, validated for this model."""
+        max_tokens = max_tokens or min(self.limits.default_max_tokens, self.limits.max_tokens_limit)
+        if max_tokens > self.limits.max_tokens_limit:
+            raise D3llmError(f"`max_tokens` must be <= {self.limits.max_tokens_limit} on this server, got {max_tokens}")
+        overrides: dict = {"max_new_tokens": max_tokens}
+        if temperature:  # a greedy answer keeps the preset's seed, so seeds do not split batches
+            overrides.update(temperature=temperature, seed=seed or 0)
+        if threshold is not None:
+            overrides["threshold"] = threshold
+        config = preset(method or self.default_method, **overrides)
+        if threshold is not None and config.strategy == "topk":
+            raise D3llmError(f"`threshold` has no effect with method {config.method!r}; "
+                             "use a threshold method (fast-dllm, dparallel, d3llm, ...)")
+        if config.is_autoregressive == self.lm.facts.is_diffusion:
+            kind = "a diffusion" if self.lm.facts.is_diffusion else "an autoregressive"
+            raise D3llmError(f"`method` {config.method!r} cannot decode {kind} model; "
+                             f"this server's default is {self.default_method!r}")
+        return config
+
+    def check_prompt(self, ids: list[int], config: DecodeConfig) -> None:
+        """A prompt that is empty, over `max_prompt_tokens`, or too long for the model with
+        `max_tokens` is the client's error."""
+        if not ids:
+            raise D3llmError("the prompt is empty")
+        if self.limits.max_prompt_tokens is not None and len(ids) > self.limits.max_prompt_tokens:
+            raise D3llmError(f"the prompt has {len(ids)} tokens; this server accepts at most "
+                             f"{self.limits.max_prompt_tokens} (max_prompt_tokens)")
+        vocab = self.lm.model.config.vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise D3llmError(f"the prompt's token ids must be in [0, {vocab})")
+        longest = self.lm.facts.max_length
+        if len(ids) + config.max_new_tokens > longest:
+            raise D3llmError(f"prompt ({len(ids)} tokens) + `max_tokens` ({config.max_new_tokens}) exceeds the "
+                             f"model's maximum length {longest}")
+
+    def submit(self, ids: list[int], config: DecodeConfig) -> "Submission":
+        """Queue the job (`QueueFull` when the queue is full); its events arrive on this loop."""
+        return Submission(self.scheduler, ids, config)
+
+
+class Submission:
+    """A submitted job and the asyncio queue its events arrive on (from the worker thread)."""
+
+    def __init__(self, scheduler: Scheduler, ids: list[int], config: DecodeConfig):
+        loop = asyncio.get_running_loop()
+        self.scheduler, self.events = scheduler, asyncio.Queue()
+        self.job = Job(ids, config, deliver=lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event))
+        scheduler.submit(self.job)
+
+    async def answer(self, request: "Request", text: TextStream) -> AsyncIterator[str | Finished]:
+        """Final text pieces as they come, then the `Finished` event. Leaving early (the client
+        went away, or the consumer stopped iterating) cancels the job and frees its slot."""
+        try:
+            while True:
+                event = await self._next(request)
+                if isinstance(event, Failed):
+                    raise DecodeFailed(event.message)
+                piece = text.release(event)
+                if piece:
+                    yield piece
+                if isinstance(event, Finished):
+                    yield event
+                    return
+        finally:
+            self.scheduler.cancel(self.job)
+
+    async def _next(self, request: "Request"):
+        """The next event; `ClientGone` if the client disconnects while we wait."""
+        getter = asyncio.ensure_future(self.events.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return getter.result()
+                if await request.is_disconnected():
+                    raise ClientGone
+        finally:
+            getter.cancel()
