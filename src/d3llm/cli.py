@@ -41,7 +41,8 @@ def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int, 
     from d3llm.decode.config import parse_overrides
 
     name = method or ("d3llm" if is_diffusion else "ar")
-    return preset(name, max_new_tokens=max_new_tokens, **parse_overrides(settings))
+    overrides = {"max_new_tokens": max_new_tokens, **parse_overrides(settings)}  # --set wins
+    return preset(name, **overrides)
 
 
 @app.command()
@@ -200,27 +201,52 @@ def eval_(
                f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
 
 
+def _demo_table(board, n: int, seed: int):
+    from rich.table import Table
+
+    y_max = ", ".join(f"{t.task} {t.y_max:.1f}%" for t in board.tasks)
+    table = Table(title=f"Bundled models on held-out test problems (n={n} per task, seed {seed}); "
+                        f"AUP against y_max {y_max}")
+    columns = ("model", "task", "method", "accuracy %", "TPF", "tokens/s", "AUP")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "task", "method") else "right")
+    for task in board.tasks:
+        for row in task.rows:
+            cells = {"model": row.model, "task": task.task, "method": row.method, **row.cells()}
+            table.add_row(*(cells[c] for c in columns), end_section=row is task.rows[-1])
+    return table
+
+
 @app.command()
 def demo(
     n: Annotated[int, typer.Option(help="Test problems per task.")] = 20,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for result files, leaderboard and plots.")] = Path("runs/demo"),
+    tasks: Annotated[list[str], typer.Option("--task", help="Only these tasks (repeatable; default: all).")] = [],  # noqa: B006
+    methods: Annotated[list[str], typer.Option("--method", help="Only these diffusion presets (repeatable; "
+                                               "default: all); the AR baseline always runs.")] = [],  # noqa: B006
 ) -> None:
-    """Every bundled model on every task: accuracy, TPF and tokens/s in one table."""
+    """Every bundled model on every task: accuracy, TPF, tokens/s and AUP in one table, the AR
+    baseline comparison, and the result files, leaderboard and plots written to OUT."""
     from rich.console import Console
-    from rich.table import Table
 
-    from d3llm.eval.demo import run_demo
+    from d3llm.eval.demo import run_demo, write_demo
+    from d3llm.eval.plots import matplotlib_available
 
     console = Console()
     with console.status("decoding") as status:
-        results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"))
-    table = Table(title=f"Bundled models on held-out test problems (n={n} per task, seed {seed})")
-    for column in ("model", "task", "method", "accuracy %", "TPF", "tokens/s"):
-        table.add_column(column, justify="left" if column in ("model", "task", "method") else "right")
-    for r in results:
-        table.add_row(r.model, r.task, r.method, f"{r.accuracy_pct:.1f}", f"{r.tokens_per_forward:.2f}",
-                      f"{r.tokens_per_second:.1f}")
-    console.print(table)
+        results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"),
+                           tasks=tasks, methods=methods)
+    report = write_demo(results, out, plots=matplotlib_available())
+    console.print(_demo_table(report.board, n, seed))
+    for comparison in report.comparisons:
+        console.print(comparison.sentence(), highlight=False)
+    if not report.comparisons:
+        console.print("no AR baseline to compare with (the bundled models are all of one kind)")
+    if not matplotlib_available():
+        console.print("plots skipped: matplotlib is not installed (pip install 'd3llm[plot]')")
+    console.print(f"results in {out / 'results'}; leaderboard: " + ", ".join(str(f) for f in report.files),
+                  highlight=False)
 
 
 @app.command()
@@ -300,6 +326,90 @@ def aup(
         cells = [f"{result['aup'][t][method]:.1f}" if method in result["aup"][t] else "-" for t in tasks]
         view.add_row(method, *cells, f"{mean:.1f}")
     Console().print(view)
+
+
+@app.command()
+def leaderboard(
+    results: Annotated[list[Path], typer.Argument(help="Result files (d3llm eval --json, d3llm sweep) or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for leaderboard.md, leaderboard.json and plots.")],
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Compare results of one task measured with "
+                                              "different n, seed or split.")] = False,
+    alpha: Annotated[float, typer.Option(help="AUP weight steepness (the authors' 3).")] = 3.0,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw accuracy-vs-TPF and AUP PNGs.")] = True,
+) -> None:
+    """Compare results by task and (model, method): accuracy, TPF, tokens/s and AUP as
+    Markdown, JSON and plots; prints the Markdown."""
+    from d3llm.eval.leaderboard import build_leaderboard, load_results, write_leaderboard
+
+    board = build_leaderboard(load_results(results), allow_mixed=allow_mixed, alpha=alpha)
+    files = write_leaderboard(board, out, plots=plots)
+    typer.echo(board.to_markdown())
+    typer.echo("written: " + ", ".join(map(str, files)), err=True)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    method: Annotated[Optional[str], typer.Option(help="Default decode preset (default: d3llm / ar).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="D3LLM_API_KEY",
+                                                   help="Require `Authorization: Bearer KEY`.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
+
+    /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
+    from d3llm.models import load_model
+    from d3llm.serve import create_app, run_server
+
+    lm = load_model(model, dtype=_torch_dtype(dtype))
+    server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                        max_queue=max_queue, max_tokens_limit=max_tokens_limit)
+    typer.echo(f"serving {server.state.service.model_id} at http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    run_server(server, host, port, api_key)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 128,
+    settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+) -> None:
+    """Talk to a model in the terminal, answers streamed, with NFE, TPF and tokens/s.
+
+    Reads one message per line; /reset starts a new conversation; /exit or end of input quits."""
+    from d3llm.decode.config import parse_overrides
+    from d3llm.models import load_model
+    from d3llm.serve.chat import ChatSession
+
+    lm = load_model(model, dtype=_torch_dtype(dtype))
+    with ChatSession(lm, method, max_new_tokens, **parse_overrides(settings)) as session:
+        while True:
+            if sys.stdin.isatty():
+                typer.echo("> ", nl=False)
+            line = sys.stdin.readline()
+            if not line or line.strip() == "/exit":
+                return
+            if line.strip() == "/reset":
+                session.reset()
+            elif line.strip():
+                try:
+                    for piece in session.ask(line.strip()):
+                        typer.echo(piece, nl=False)
+                except D3llmError as exc:  # e.g. the conversation outgrew the model: say so, keep going
+                    typer.secho(f"error: {exc} (/reset starts over)", err=True, fg=typer.colors.RED)
+                    continue
+                last = session.last
+                typer.echo("")
+                typer.echo(f"[{session.config.method}] nfe={last.forwards} tpf={last.tokens_per_forward:.2f} "
+                           f"tokens/s={last.num_tokens / max(last.seconds, 1e-9):.1f}", err=True)
 
 
 @app.command()

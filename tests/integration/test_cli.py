@@ -144,3 +144,10 @@ def test_sweep_writes_points_and_resumes(monkeypatch, capsys, model_dir, tmp_pat
     code, _, err = run_cli(monkeypatch, capsys, "sweep", "--model", model_dir, "--task", "arith",
                            "--param", "threshold=0.5,-1", "--out", out)
     assert_one_line_error(code, err, "`threshold` must be in (0, 10]")
+
+
+def test_a_set_max_new_tokens_overrides_the_option(monkeypatch, capsys, model_dir):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--method", "vanilla",
+                             "--set", "max_new_tokens=6", "--set", "block_size=3", "--stats", "How many apples?")
+    assert code in (0, None), err
+    assert "nfe=6" in err

@@ -1,35 +1,117 @@
-"""The demo behind `make demo`: every bundled model on every task, one table.
+"""The demo behind `make demo`: every bundled model on every task, one leaderboard.
 
 Each diffusion model is decoded with every diffusion preset (vanilla LLaDA decoding,
 Fast-dLLM, dParallel-style, d3LLM with and without its cache) and the AR model with `ar`
 (greedy, KV cache), on the same held-out test problems.
+
+    results = run_demo(n=20, seed=0)
+    report = write_demo(results, Path("runs/demo"))  # result files, leaderboard.md/.json, plots
+    report.board, report.comparisons
+
+`write_demo` stores one results file per (model, task, method) under `OUT/results/` (the
+input format of `d3llm leaderboard`), scores them with `d3llm.eval.leaderboard`, and names
+the AR baseline comparison: on each task, the dLLM row with the best AUP against the best AR
+row, as a tokens/s ratio measured in the same run and the two accuracies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from d3llm.decode import PRESETS, preset
 from d3llm.errors import D3llmError
+from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard, write_leaderboard
 from d3llm.eval.runner import EvalResult, evaluate
 from d3llm.models import bundled_models, load_model
 from d3llm.tasks import TASK_NAMES, get_task
 
-
 DIFFUSION_METHODS = tuple(name for name in PRESETS if name != "ar")
 
 
-def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None) -> list[EvalResult]:
+def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
+             tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[EvalResult]:
+    """Evaluate every bundled model on `tasks` (default: all), `n` test problems each: a dLLM with
+    `methods` (default: every diffusion preset), the AR baseline always with `ar`."""
     names = list(bundled_models())
     if not names:
         raise D3llmError("no bundled models are installed (train them: see README, 'Bundled models')")
+    the_tasks = [get_task(t) for t in (tasks or TASK_NAMES)]  # unknown names fail before decoding
+    for method in methods or ():
+        preset(method)
     results = []
     for name in names:
         lm = load_model(name)
-        methods = DIFFUSION_METHODS if lm.facts.is_diffusion else ("ar",)
-        for task in TASK_NAMES:
-            for method in methods:
+        own = DIFFUSION_METHODS if lm.facts.is_diffusion else ("ar",)
+        for task in the_tasks:
+            for method in [m for m in own if not methods or m in methods or m == "ar"]:  # the baseline always runs
                 if progress:
-                    progress(f"{name} / {task} / {method}")
-                results.append(evaluate(lm, get_task(task), preset(method), n=n, seed=seed))
+                    progress(f"{name} / {task.name} / {method}")
+                results.append(evaluate(lm, task, preset(method), n=n, seed=seed))
     return results
+
+
+@dataclass
+class ArComparison:
+    """On one task: the best dLLM row (by AUP) against the best AR row, same run and machine."""
+
+    task: str
+    dllm: Row
+    ar: Row
+
+    @property
+    def speedup(self) -> float:
+        """tokens/s of the dLLM's most accurate point over the AR model's."""
+        return self.dllm.best_point.tokens_per_second / self.ar.best_point.tokens_per_second
+
+    def sentence(self) -> str:
+        d, a = self.dllm.best_point, self.ar.best_point
+        return (f"{self.task}: {self.dllm.label} decodes {self.speedup:.2f}x the tokens/s of the AR baseline "
+                f"{self.ar.label} ({d.tokens_per_second:.1f} vs {a.tokens_per_second:.1f} tokens/s, "
+                f"TPF {d.tokens_per_forward:.2f}), at {d.accuracy_pct:.1f}% vs {a.accuracy_pct:.1f}% accuracy")
+
+
+def _strength(row: Row) -> tuple:
+    """Best AUP first; with AUP undefined (all accuracies 0), the faster row."""
+    return (row.aup if row.aup is not None else -1.0, row.best_point.tokens_per_second)
+
+
+def ar_comparisons(board: Leaderboard) -> list[ArComparison]:
+    """Per task with both kinds of rows: the best dLLM row against the best AR row."""
+    comparisons = []
+    for task in board.tasks:
+        ar = [r for r in task.rows if r.method == "ar"]
+        dllm = [r for r in task.rows if r.method != "ar"]
+        if ar and dllm:
+            comparisons.append(ArComparison(task.task, max(dllm, key=_strength), max(ar, key=_strength)))
+    return comparisons
+
+
+@dataclass
+class DemoReport:
+    board: Leaderboard
+    comparisons: list[ArComparison]
+    files: list[Path]  # leaderboard.md, leaderboard.json, plots; results under OUT/results/
+
+
+def _file_name(result: EvalResult) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{result.model}__{result.task}__{result.method}") + ".json"
+
+
+def write_demo(results: list[EvalResult], out: Path, plots: bool = True) -> DemoReport:
+    """Write each result to `out/results/`, then the leaderboard (with the AR comparison) to `out`."""
+    folder = out / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for result in results:
+        file = folder / _file_name(result)
+        file.write_text(json.dumps(result.to_dict(), indent=2))
+        records.append(Result.from_record(result.to_dict(), str(file)))
+    board = build_leaderboard(records)
+    comparisons = ar_comparisons(board)
+    preamble = "\n".join(f"- {c.sentence()}" for c in comparisons) or "- no AR baseline to compare with"
+    files = write_leaderboard(board, out, plots=plots, preamble="AR baseline (same run, same machine):\n\n" + preamble)
+    return DemoReport(board, comparisons, files)

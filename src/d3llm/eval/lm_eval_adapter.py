@@ -1,0 +1,171 @@
+"""lm-evaluation-harness adapter: our models and decode presets as the lm-eval model `d3llm`.
+
+    pip install 'd3llm[eval]'
+    python -m d3llm.eval.lm_eval_cli run --model d3llm --tasks gsm8k --batch_size 8 \\
+        --model_args model=tiny-teacher,method=d3llm,max_new_tokens=256,threshold=0.4
+
+    import lm_eval, d3llm.eval.lm_eval_adapter  # importing registers "d3llm"
+    lm_eval.simple_evaluate(model="d3llm", model_args="model=PATH,method=d3llm-cache", tasks=[...])
+
+`python -m d3llm.eval.lm_eval_cli` is lm-eval's own command line with the model registered
+(the plain `lm_eval` command does not import this package). Model arguments: `model`
+(bundled name or folder), `method` (a decode preset; default d3llm, or ar for AR models),
+`max_new_tokens` (the response canvas; default: each task's `max_gen_toks`), `batch_size`
+(prompts decoded together; on lm-eval's command line give `--batch_size N` instead, whose
+default is 1), `dtype`, `chat` (wrap each context as one user message in the model's chat
+template; default true, and skipped when lm-eval's `--apply_chat_template` has formatted it),
+and any `DecodeConfig` field (`threshold=0.4`, `block_size=32`, ...).
+
+Only generation tasks (`output_type: generate_until`) are supported: a diffusion model has no
+left-to-right likelihood. A diffusion decode fills its whole canvas, so stop sequences
+(`until`) cut the decoded text afterwards, as in the LLaDA and d3LLM evaluation code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
+
+from d3llm.decode import DecodeConfig, generate, preset
+from d3llm.errors import D3llmError
+from d3llm.models import load_model
+from d3llm.models.tokenizer import prompt_ids
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Generation kwargs lm-eval tasks send that the decode loop honours; `do_sample` and
+# `temperature` map to DecodeConfig.temperature (0 = argmax).
+SUPPORTED_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
+
+
+@register_model("d3llm")
+class D3llmLM(LM):
+    """lm-eval `LM` that answers `generate_until` requests with the d3llm decode loop."""
+
+    def __init__(self, model: str = "tiny-teacher", method: str | None = None, max_new_tokens: int | None = None,
+                 batch_size: int | str | None = 8, dtype: str = "auto", chat: bool = True,
+                 device: str | None = None, max_batch_size: int | None = None, **settings) -> None:
+        super().__init__()
+        if dtype not in DTYPES:
+            raise D3llmError(f"model_args `dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if batch_size is None:
+            batch_size = 8
+        if isinstance(batch_size, str) and batch_size.isdigit():  # lm-eval's --batch_size is text
+            batch_size = int(batch_size)
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise D3llmError(f"model_args `batch_size` must be a positive integer ('auto' is not supported), "
+                             f"got {batch_size!r}")
+        if max_batch_size is not None:  # lm-eval passes it (None unless asked); it only bounds 'auto'
+            raise D3llmError("`max_batch_size` applies to batch_size=auto, which d3llm does not support")
+        self.lm = load_model(model, dtype=DTYPES[dtype], device=_device(device))
+        name = method or ("d3llm" if self.lm.facts.is_diffusion else "ar")
+        fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        self.config = preset(name, **settings, **fixed)  # validates every setting before the first forward
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.chat = chat
+        self.harness_templates = False  # set when lm-eval formats chats through apply_chat_template
+        self.num_tokens = self.forwards = 0  # totals over every request: TPF of the whole run
+
+    # --- what lm-eval asks of a model -------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Decode every request's context and cut the text at its first stop sequence."""
+        answers: list[str | None] = [None] * len(requests)
+        for (config, until), indices in self._groups(requests).items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                for i, text in zip(chunk, self._decode([requests[i].args[0] for i in chunk], config)):
+                    answers[i] = _cut(text, until)
+        log.info("d3llm %s: %d tokens in %d forwards (TPF %.2f)", self.config.method, self.num_tokens,
+                 self.forwards, self.tokens_per_forward)
+        return answers  # type: ignore[return-value]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            "the d3llm lm-eval model supports generation tasks only (output_type: generate_until); "
+            "a diffusion LM has no left-to-right log-likelihood, so loglikelihood/multiple-choice tasks "
+            "cannot be scored with it")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self.loglikelihood(requests)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self.harness_templates = True
+        return self.lm.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                     add_generation_prompt=add_generation_prompt)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.lm.path).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.lm.tokenizer.chat_template
+
+    def get_model_info(self) -> dict:
+        """Recorded by lm-eval in its results: what decoded the answers, and its TPF."""
+        return {"d3llm_model": self.lm.name, "d3llm_method": self.config.method,
+                "d3llm_settings": asdict(self.config), "d3llm_max_new_tokens": self.max_new_tokens or "task",
+                "d3llm_tokens_per_forward": self.tokens_per_forward}
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.num_tokens / max(self.forwards, 1)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _groups(self, requests) -> dict[tuple[DecodeConfig, tuple[str, ...]], list[int]]:
+        """Request indices grouped by (decode config, stop sequences): one batch shares both."""
+        groups: dict[tuple[DecodeConfig, tuple[str, ...]], list[int]] = {}
+        for i, request in enumerate(requests):
+            config, until = self._request_config(request.args[1])
+            groups.setdefault((config, tuple(until)), []).append(i)
+        return groups
+
+    def _request_config(self, gen_kwargs: dict) -> tuple[DecodeConfig, list[str]]:
+        """The decode config and stop sequences of one request's generation kwargs."""
+        kwargs = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_new_tokens or 256)
+        unsupported = sorted(set(kwargs) - SUPPORTED_GEN_KWARGS)
+        if unsupported:
+            raise D3llmError(f"generation kwargs {unsupported} are not supported by d3llm decoding "
+                             f"(supported: {', '.join(sorted(SUPPORTED_GEN_KWARGS))})")
+        config = self.config.override(max_new_tokens=self.max_new_tokens or kwargs["max_gen_toks"],
+                                      temperature=kwargs["temperature"] if kwargs["do_sample"] else 0.0)
+        return config, [s for s in kwargs["until"] if s]
+
+    def _encode(self, context: str) -> list[int]:
+        """Token ids of a context: wrapped as a user message unless lm-eval formatted the chat."""
+        if self.chat and not self.harness_templates:
+            return prompt_ids(self.lm.tokenizer, context)
+        return self.lm.tokenizer(context, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, contexts: list[str], config: DecodeConfig) -> list[str]:
+        tok = self.lm.tokenizer
+        out = generate(self.lm.model, [self._encode(c) for c in contexts], config, tok.pad_token_id)
+        self.num_tokens += sum(out.num_tokens)
+        self.forwards += sum(out.row_forwards)
+        return [tok.decode(ids, skip_special_tokens=True) for ids in out.sequences]
+
+
+def _device(device: str | None) -> str:
+    """The torch device; lm-eval's command line asks for cuda:0 by default, so without CUDA
+    (a laptop, CI) a CUDA request falls back to the CPU, as lm-eval's own HF model does."""
+    if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
+        if device is not None:
+            log.warning("device %r requested but CUDA is not available; decoding on the CPU", device)
+        return "cpu"
+    return device
+
+
+def _cut(text: str, until: list[str]) -> str:
+    """`text` up to the first occurrence of any stop sequence."""
+    for stop in until:
+        text = text.split(stop, 1)[0]
+    return text
+

@@ -1,0 +1,219 @@
+"""`d3llm leaderboard` and the demo's report: result files of real `evaluate` runs on toy models
+-> Markdown, JSON and PNG plots with AUP computed from the points; refused inputs."""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from d3llm.cli import main
+from d3llm.decode import preset
+from d3llm.errors import D3llmError
+from d3llm.eval.demo import ar_comparisons, write_demo
+from d3llm.eval.leaderboard import Result, build_leaderboard, load_results
+from d3llm.eval.runner import evaluate
+from d3llm.eval.sweep import sweep
+from d3llm.metrics import aup
+from d3llm.models import LoadedModel
+from d3llm.tasks import ArithTask
+from tests.conftest import toy_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ParityTask(ArithTask):
+    """Arithmetic prompts scored by the parity of answer + response length: a toy model gets a
+    deterministic accuracy strictly between 0 and 100 that differs between decode methods."""
+
+    def __init__(self):
+        super().__init__(name="parity")
+
+    def score(self, problem, response):
+        return (int(problem.answer) + len(response)) % 2 == 0
+
+
+def loaded(family, tokenizer, name):
+    model = toy_model(family, vocab_size=len(tokenizer), max_length=160)
+    model.net.config.eos_token_id = tokenizer.eos_token_id
+    if family != "ar":
+        model.net.config.mask_token_id = tokenizer.mask_token_id
+    return LoadedModel(model, tokenizer, Path(name), name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_tokenizer):
+    """Result files as `d3llm eval --json` and `d3llm sweep` write them (n=6, seed 0)."""
+    root = tmp_path_factory.mktemp("runs")
+    dllm, ar, task = loaded("llada", tiny_tokenizer, "toy-llada"), loaded("ar", tiny_tokenizer, "toy-ar"), ParityTask()
+    files = []
+    for lm, method in ((dllm, "vanilla"), (ar, "ar")):
+        result = evaluate(lm, task, preset(method, max_new_tokens=16, block_size=8), n=6, seed=0)
+        files.append(root / f"{lm.name}-{method}.json")
+        files[-1].write_text(json.dumps(result.to_dict(), indent=2))
+    sweep(dllm, task, "d3llm", {"threshold": ["0.05", "3.0"], "block_size": ["8"]}, n=6, seed=0,
+          out=root / "sweep", max_new_tokens=16)
+    return root, files
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["d3llm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_leaderboard_from_eval_and_sweep_files(monkeypatch, capsys, runs, tmp_path):
+    root, files = runs
+    code, out, err = run_cli(monkeypatch, capsys, "leaderboard", *files, root / "sweep", "--out", tmp_path / "board")
+    assert code in (0, None), err
+
+    # Every point comes from a results file; the sweep's curve.json is not read as a point.
+    records = [json.loads(f.read_text()) for f in files] + \
+              [json.loads(f.read_text()) for f in sorted((root / "sweep").glob("point-*.json"))]
+    y_max = max(r["accuracy_pct"] for r in records)
+    assert 0 < y_max < 100  # the parity scorer gives the comparison something to weigh
+    board = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    task = board["tasks"]["parity"]
+    assert task["y_max"] == y_max
+    rows = {(r["model"], r["method"]): r for r in task["rows"]}
+    assert set(rows) == {("toy-llada", "vanilla"), ("toy-llada", "d3llm"), ("toy-ar", "ar")}
+    assert len(rows["toy-llada", "d3llm"]["points"]) == 2 and len(rows["toy-ar", "ar"]["points"]) == 1
+    for (model, method), row in rows.items():
+        points = [(r["tokens_per_forward"], r["accuracy_pct"]) for r in records
+                  if (r["model"], r["method"]) == (model, method)]
+        assert row["aup"] == pytest.approx(aup(points, y_max))
+    assert [r["aup"] for r in task["rows"]] == sorted((r["aup"] for r in task["rows"]), reverse=True)
+
+    ar_record = next(r for r in records if r["method"] == "ar")
+    assert f"## parity (y_max {y_max:.1f}%; seed 0, test)" in out
+    assert (f"| toy-ar | ar | {ar_record['accuracy_pct']:.1f} | 1.00 | {ar_record['tokens_per_second']:.1f} | "
+            f"{rows['toy-ar', 'ar']['aup']:.1f} | 6 | 1 |") in out
+    assert out.strip() == (tmp_path / "board" / "leaderboard.md").read_text().strip()
+    for name in ("accuracy_vs_tpf.png", "aup.png"):
+        width, height = png_size(tmp_path / "board" / name)
+        assert width > 300 and height > 200
+
+
+def test_aup_of_the_reference_values():
+    """Spec section 5: points (2, 70), (5, 69) against y_max 70 give 344.157993; the best
+    accuracy of all rows is the y_max, and one point at TPF 1 scores its accuracy."""
+    def result(method, tpf, accuracy):
+        return Result("m", "gsm8k", method, 100, 0, "test", accuracy, tpf, 10.0 * tpf)
+
+    board = build_leaderboard([result("d3llm", 2.0, 70), result("d3llm", 5.0, 69), result("vanilla", 1.0, 65)])
+    (task,) = board.tasks
+    assert task.y_max == 70
+    assert [(r.method, round(r.aup, 6)) for r in task.rows] == [("d3llm", 344.157993), ("vanilla", 65.0)]
+    assert task.rows[0].cells()["accuracy %"] == "69.0-70.0" and task.rows[0].cells()["TPF"] == "2.00-5.00"
+
+
+def test_zero_accuracy_leaves_aup_undefined():
+    board = build_leaderboard([Result("m", "code", "d3llm", 10, 0, "test", 0.0, 2.0, 5.0)])
+    assert board.tasks[0].rows[0].aup is None
+    assert "| undefined |" in board.to_markdown()
+
+
+def assert_one_line_error(code, err, *parts):
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for part in parts:
+        assert part in err, err
+
+
+def test_mixed_problem_sets_are_refused_unless_allowed(monkeypatch, capsys, runs, tmp_path):
+    root, files = runs
+    other = json.loads(files[1].read_text()) | {"n": 3}
+    (tmp_path / "ar-n3.json").write_text(json.dumps(other))
+    args = ["leaderboard", files[0], tmp_path / "ar-n3.json", "--out", tmp_path / "board", "--no-plots"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, "task 'parity' mixes results of different problem sets", "n=6 seed=0",
+                          "n=3 seed=0", str(files[0]), "ar-n3.json", "--allow-mixed")
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--allow-mixed")
+    assert code in (0, None), err
+    assert "| toy-ar | ar |" in out and "| 3 | 1 |" in out
+    assert not list((tmp_path / "board").glob("*.png"))  # --no-plots
+
+
+def test_bad_inputs(monkeypatch, capsys, runs, tmp_path):
+    root, files = runs
+    out = ["--out", tmp_path / "board"]
+    code, _, err = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "missing.json", *out)
+    assert_one_line_error(code, err, "results path", "missing.json does not exist")
+    code, _, err = run_cli(monkeypatch, capsys, "leaderboard", root / "sweep" / "curve.json", *out)
+    assert_one_line_error(code, err, "curve.json is not a results record: it lacks", "accuracy_pct")
+    (tmp_path / "broken.json").write_text("{not json")
+    code, _, err = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "broken.json", *out)
+    assert_one_line_error(code, err, "broken.json cannot be read as JSON")
+    partial = {k: v for k, v in json.loads(files[0].read_text()).items() if k != "seed"}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    code, _, err = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "partial.json", *out)
+    assert_one_line_error(code, err, "partial.json is not a results record: it lacks seed")
+    for key, value, message in (("accuracy_pct", 140, "accuracy must be a percentage in 0..100, got 140"),
+                                ("tokens_per_forward", "fast", "a point must be [tpf, accuracy_pct]"),
+                                ("n", "20", "`n` must be a number, got '20'")):
+        (tmp_path / "bad.json").write_text(json.dumps(json.loads(files[0].read_text()) | {key: value}))
+        code, _, err = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "bad.json", *out)
+        assert_one_line_error(code, err, "bad.json: ", message)
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "empty", *out)
+    assert_one_line_error(code, err, "no results records found in")
+    with pytest.raises(D3llmError, match="`alpha` must be >= 0"):
+        build_leaderboard(load_results(files), alpha=-1)
+
+
+def test_demo_report_names_the_ar_comparison(runs, tiny_tokenizer, tmp_path):
+    dllm, ar, task = loaded("llada", tiny_tokenizer, "toy-llada"), loaded("ar", tiny_tokenizer, "toy-ar"), ParityTask()
+    results = [evaluate(lm, task, preset(method, max_new_tokens=16, block_size=8), n=4, seed=1)
+               for lm, method in ((dllm, "vanilla"), (dllm, "d3llm"), (ar, "ar"))]
+    report = write_demo(results, tmp_path / "demo", plots=False)
+
+    assert sorted(p.name for p in (tmp_path / "demo" / "results").iterdir()) == [
+        "toy-ar__parity__ar.json", "toy-llada__parity__d3llm.json", "toy-llada__parity__vanilla.json"]
+    (comparison,) = report.comparisons
+    dllm_rows = [r for r in report.board.tasks[0].rows if r.method != "ar"]
+    assert comparison.dllm is max(dllm_rows, key=lambda r: (r.aup, r.best_point.tokens_per_second))
+    by_method = {r.method: r for r in results}
+    assert comparison.speedup == pytest.approx(
+        by_method[comparison.dllm.method].tokens_per_second / by_method["ar"].tokens_per_second)
+    markdown = (tmp_path / "demo" / "leaderboard.md").read_text()
+    assert comparison.sentence() in markdown and "the AR baseline toy-ar / ar" in markdown
+    without_ar = [p for r in report.board.tasks[0].rows if r.method != "ar" for p in r.points]
+    assert ar_comparisons(build_leaderboard(without_ar)) == []
+
+
+def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys, tiny_tokenizer, tmp_path):
+    """`d3llm demo` over a toy dLLM and the bundled AR model (bundled dLLMs are replaced by the
+    toy one so that the test's cost does not grow with the bundle), on two tasks and methods."""
+    from d3llm.models import bundled_models
+
+    toy = tmp_path / "toy-llada"
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=256)
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.save_pretrained(toy)
+    tiny_tokenizer.save_pretrained(toy)
+    monkeypatch.setattr("d3llm.eval.demo.bundled_models", lambda: {str(toy): toy, "tiny-ar": bundled_models()["tiny-ar"]})
+
+    code, out, err = run_cli(monkeypatch, capsys, "demo", "--n", 2, "--out", tmp_path / "demo", "--task", "arith",
+                             "--task", "arith:medium", "--method", "vanilla", "--method", "d3llm-cache")
+    assert code in (0, None), err
+    assert "AUP" in out and "decodes" in out and "the AR baseline tiny-ar / ar" in out
+    board = json.loads((tmp_path / "demo" / "leaderboard.json").read_text())
+    assert set(board["tasks"]) == {"arith", "arith:medium"}
+    for task in board["tasks"].values():  # the AR baseline runs whatever --method says
+        assert sorted(r["method"] for r in task["rows"]) == ["ar", "d3llm-cache", "vanilla"]
+        assert all(p["n"] == 2 for r in task["rows"] for p in r["points"])
+    assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 2 * 3
+    assert png_size(tmp_path / "demo" / "aup.png")[0] > 300
+
+    code, _, err = run_cli(monkeypatch, capsys, "demo", "--out", tmp_path / "demo", "--method", "turbo")
+    assert_one_line_error(code, err, "unknown method 'turbo'")
