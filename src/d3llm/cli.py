@@ -219,7 +219,7 @@ def _demo_table(board, n: int, seed: int):
 
 @app.command()
 def demo(
-    n: Annotated[int, typer.Option(help="Test problems per task.")] = 20,
+    n: Annotated[int, typer.Option(help="Test problems per task.")] = 10,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for result files, leaderboard and plots.")] = Path("runs/demo"),
     tasks: Annotated[list[str], typer.Option("--task", help="Only these tasks (repeatable; default: all).")] = [],  # noqa: B006
