@@ -91,11 +91,11 @@ def test_total_loss_combines_the_terms():
     only_ce = DistillSettings(trajectories="x", complementary=False, entropy_weight=0.0, t_min=0.8)
     torch.manual_seed(0)
     loss, parts = distill_loss(model, batch, only_ce, progress=0.0)
-    assert math.isclose(float(loss), parts["ce"] / 4, rel_tol=1e-6)
+    assert math.isclose(loss.item(), parts["ce"] / 4, rel_tol=1e-6)
     full = DistillSettings(trajectories="x", t_min=0.8)
     torch.manual_seed(0)
     loss, parts = distill_loss(model, batch, full, progress=0.0)
-    assert math.isclose(float(loss), (parts["ce"] + parts["ce_rev"] + 2.0 * parts["entropy"]) / 4, rel_tol=1e-5)
+    assert math.isclose(loss.item(), (parts["ce"] + parts["ce_rev"] + 2.0 * parts["entropy"]) / 4, rel_tol=1e-5)
     assert parts["ce_rev"] > 0
 
 
