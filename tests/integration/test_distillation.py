@@ -148,3 +148,9 @@ def test_other_settings_into_the_same_folder_are_refused(teacher, trajectories):
     with pytest.raises(D3llmError, match="different settings"):
         run(teacher, {"arith": 11}, trajectories, **ROLLOUT)
     assert (trajectories / store.MANIFEST).read_bytes() == before
+
+
+def test_a_canvas_too_short_for_the_targets_fails_before_any_rollout(tmp_path, teacher):
+    with pytest.raises(D3llmError, match="more than `gen_length`=8"):
+        run(teacher, {"arith": 4}, tmp_path / "short", **{**ROLLOUT, "max_new_tokens": 8})
+    assert not (tmp_path / "short" / "chunks").exists()

@@ -108,6 +108,11 @@ def run(
         raise D3llmError(f"the teacher must be a diffusion model; {teacher} is autoregressive")
     config = teacher_config(lm, max_new_tokens, block_size)
     problems = work_list(tasks, split, seed)
+    for problem in problems:  # a target longer than the canvas fails now, not hours into the run
+        try:
+            encode_example(lm.tokenizer, problem, max_new_tokens)
+        except D3llmError as exc:
+            raise D3llmError(f"{exc} (the response canvas): raise `max_new_tokens`") from None
     manifest = {
         "format": store.FORMAT, "version": store.VERSION, "teacher": str(teacher),
         "teacher_fingerprint": store.fingerprint(lm.path), "tokenizer_fingerprint": store.tokenizer_fingerprint(lm.tokenizer),
