@@ -7,6 +7,8 @@ the machine.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -33,6 +35,33 @@ def toy_model(family: str, seed: int = 0, vocab_size: int = VOCAB, **shape) -> D
         # more than float noise, so greedy decisions are not decided by rounding.
         model.net.lm_head.weight.mul_(25)
     return model
+
+
+def tokenizer_model(tokenizer, family: str = "llada", seed: int = 0, **shape) -> DiffusionLM:
+    """A toy model of `family` over `tokenizer`'s vocabulary and special token ids."""
+    model = toy_model(family, seed=seed, vocab_size=len(tokenizer), **{"max_length": 160, **shape})
+    model.net.config.eos_token_id = tokenizer.eos_token_id
+    if family != "ar":
+        model.net.config.mask_token_id = tokenizer.mask_token_id
+    return model
+
+
+def save_toy_model(path, tokenizer, family: str = "llada", seed: int = 0, **shape):
+    """`tokenizer_model` saved with its tokenizer as a loadable model folder; returns `path`."""
+    tokenizer_model(tokenizer, family, seed, **shape).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """Run `d3llm ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from d3llm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["d3llm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="session")

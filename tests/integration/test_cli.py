@@ -6,27 +6,12 @@ import sys
 
 import pytest
 
-from d3llm.cli import main
-from tests.conftest import toy_model
+from tests.conftest import run_cli, save_toy_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("cli") / "toy-llada"
-    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=160)
-    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
-    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["d3llm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return save_toy_model(tmp_path_factory.mktemp("cli") / "toy-llada", tiny_tokenizer)
 
 
 def assert_one_line_error(code, err, pattern):

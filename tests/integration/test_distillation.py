@@ -18,23 +18,14 @@ from d3llm.train.distill import distill_config
 from d3llm.train.trainer import train
 from d3llm.trajectory import store
 from d3llm.trajectory.rollout import run
-from tests.conftest import toy_model
+from tests.conftest import save_toy_model
 
 ROLLOUT = dict(max_new_tokens=32, block_size=16, chunk_size=4, batch_size=4, progress=False)
 
 
-def save_toy_teacher(path, tokenizer, seed=0):
-    model = toy_model("llada", seed=seed, vocab_size=len(tokenizer), max_length=160)
-    model.net.config.mask_token_id = tokenizer.mask_token_id
-    model.net.config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_tokenizer):
-    return save_toy_teacher(tmp_path_factory.mktemp("teacher") / "toy", tiny_tokenizer)
+    return save_toy_model(tmp_path_factory.mktemp("teacher") / "toy", tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +105,13 @@ def test_lora_student_saves_a_plain_model(tmp_path, teacher, trajectories):
 
 
 def test_trajectories_of_another_teacher_or_tokenizer_are_refused(tmp_path, tiny_tokenizer, trajectories):
-    other = save_toy_teacher(tmp_path / "other", tiny_tokenizer, seed=5)
+    other = save_toy_model(tmp_path / "other", tiny_tokenizer, seed=5)
     with pytest.raises(D3llmError, match="holds rollouts of"):
         _distill(other, trajectories, tmp_path / "s1")
     from d3llm.models.tokenizer import build_tokenizer
 
     foreign = build_tokenizer(["a b c 1 2 3 def return"], vocab_size=280)
-    odd = save_toy_teacher(tmp_path / "odd", foreign)
+    odd = save_toy_model(tmp_path / "odd", foreign)
     with pytest.raises(D3llmError, match="another tokenizer"):
         _distill(odd, trajectories, tmp_path / "s2")
 

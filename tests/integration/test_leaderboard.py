@@ -3,12 +3,10 @@
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-from d3llm.cli import main
 from d3llm.decode import preset
 from d3llm.errors import D3llmError
 from d3llm.eval.demo import ar_comparisons, write_demo
@@ -18,7 +16,7 @@ from d3llm.eval.sweep import sweep
 from d3llm.metrics import aup
 from d3llm.models import LoadedModel
 from d3llm.tasks import ArithTask
-from tests.conftest import toy_model
+from tests.conftest import run_cli, save_toy_model, tokenizer_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,11 +33,7 @@ class ParityTask(ArithTask):
 
 
 def loaded(family, tokenizer, name):
-    model = toy_model(family, vocab_size=len(tokenizer), max_length=160)
-    model.net.config.eos_token_id = tokenizer.eos_token_id
-    if family != "ar":
-        model.net.config.mask_token_id = tokenizer.mask_token_id
-    return LoadedModel(model, tokenizer, Path(name), name)
+    return LoadedModel(tokenizer_model(tokenizer, family), tokenizer, Path(name), name)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +49,6 @@ def runs(tmp_path_factory, tiny_tokenizer):
     sweep(dllm, task, "d3llm", {"threshold": ["0.05", "3.0"], "block_size": ["8"]}, n=6, seed=0,
           out=root / "sweep", max_new_tokens=16)
     return root, files
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["d3llm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -195,12 +181,7 @@ def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys,
     toy one so that the test's cost does not grow with the bundle), on two tasks and methods."""
     from d3llm.models import bundled_models
 
-    toy = tmp_path / "toy-llada"
-    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=256)
-    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
-    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.save_pretrained(toy)
-    tiny_tokenizer.save_pretrained(toy)
+    toy = save_toy_model(tmp_path / "toy-llada", tiny_tokenizer, max_length=256)
     monkeypatch.setattr("d3llm.eval.demo.bundled_models", lambda: {str(toy): toy, "tiny-ar": bundled_models()["tiny-ar"]})
 
     code, out, err = run_cli(monkeypatch, capsys, "demo", "--n", 2, "--out", tmp_path / "demo", "--task", "arith",

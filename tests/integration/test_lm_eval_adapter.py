@@ -22,7 +22,7 @@ from d3llm.eval.runner import evaluate  # noqa: E402
 from d3llm.models import load_model  # noqa: E402
 from d3llm.models.tokenizer import prompt_ids  # noqa: E402
 from d3llm.tasks import get_task  # noqa: E402
-from tests.conftest import toy_model  # noqa: E402
+from tests.conftest import save_toy_model  # noqa: E402
 
 N = 6
 TASK_YAML = """\
@@ -70,13 +70,7 @@ def task_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("lm_eval_model") / "toy-llada"
-    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=160)
-    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
-    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_toy_model(tmp_path_factory.mktemp("lm_eval_model") / "toy-llada", tiny_tokenizer)
 
 
 def run_harness(task_dir, model_args, **options):

@@ -26,8 +26,7 @@ from d3llm.serve import background_server, create_app
 from d3llm.serve import scheduler as scheduler_module
 from d3llm.serve.scheduler import Failed, Finished, Job, Partial, Scheduler
 from d3llm.serve.text import TextStream, chat_prompt_ids
-from tests.conftest import toy_model
-from tests.integration.test_cli import run_cli
+from tests.conftest import run_cli, save_toy_model
 
 KEY = "test-key"
 QUESTION = "Tom has 3 apples. Tom buys 2 more apples. How many apples does Tom have now?"
@@ -35,13 +34,7 @@ QUESTION = "Tom has 3 apples. Tom buys 2 more apples. How many apples does Tom h
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("serve") / "toy-llada"
-    model = toy_model("llada", vocab_size=len(tiny_tokenizer), max_length=160)
-    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
-    model.net.config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_toy_model(tmp_path_factory.mktemp("serve") / "toy-llada", tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
