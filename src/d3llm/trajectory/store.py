@@ -71,9 +71,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` then rename onto `path`: a kill leaves the old file or the whole new one."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -91,7 +92,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
             )
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(file, json.dumps(manifest, indent=2).encode())
+    _write_atomically(file, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -119,9 +120,7 @@ def write_chunk(folder: Path, chunk: int, rows: list[dict]) -> None:
     path = chunk_path(folder, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    _write_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_table(path: Path, expected_rows: int | None = None) -> pa.Table:
@@ -156,9 +155,7 @@ def merge(folder: Path) -> pa.Table:
         )
     tables = [read_table(chunk_path(folder, c), n) for c, n in enumerate(chunk_sizes(manifest))]
     merged = pa.concat_tables(tables)
-    tmp = folder / (MERGED + f".tmp{os.getpid()}")
-    pq.write_table(merged, tmp)
-    os.replace(tmp, folder / MERGED)
+    _write_atomically(folder / MERGED, lambda tmp: pq.write_table(merged, tmp))
     return merged
 
 
