@@ -6,17 +6,35 @@ decode time spent outside model forwards. Prints a Markdown table (the README's 
 Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
 this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
 nothing and its numbers depend on the machine.
+
+First it prints the ceiling any batching can reach here: rows per second of one bare model
+forward over a canvas of each task's typical length, at each batch size. Where a forward of 8
+rows costs 8 forwards of one (a compute-bound CPU), no decoder makes batch 8 faster per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+
 import torch
 
 from d3llm.decode import preset
 from d3llm.eval.runner import evaluate
 from d3llm.models import load_model
+from d3llm.models.tokenizer import prompt_ids
 from d3llm.tasks import get_task
+
+
+def forward_rows_per_second(model, length: int, batch_size: int, repeats: int = 10) -> float:
+    """Rows per second of one full forward over `length` tokens at `batch_size` (after warm-up)."""
+    ids = torch.randint(5, model.config.vocab_size, (batch_size, length), device=model.device)
+    with torch.no_grad():
+        model(ids)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(ids)
+    return batch_size * repeats / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -34,6 +52,14 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     header = ["task", "method", "accuracy %", "TPF"] + [f"tok/s b{b}" for b in batch_sizes] + ["outside fwd b1"]
     print(f"model {args.model}, n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
+    for task_name in args.tasks.split(","):
+        problems = get_task(task_name).problems("test", 8, 0)
+        length = max(len(prompt_ids(lm.tokenizer, p.prompt)) for p in problems) + preset("vanilla").max_new_tokens
+        rates = [forward_rows_per_second(lm.model, length, b) for b in batch_sizes]
+        cells = ", ".join(f"b{b} {r:.0f} rows/s" for b, r in zip(batch_sizes, rates))
+        print(f"bare forward, {task_name} canvas ({length} tokens): {cells} -> ceiling "
+              f"b{batch_sizes[-1]}/b{batch_sizes[0]} = {rates[-1] / rates[0]:.2f}x")
+    print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for task_name in args.tasks.split(","):

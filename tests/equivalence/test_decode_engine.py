@@ -136,13 +136,46 @@ def test_forced_progress_commits_one_token_when_nothing_is_certain():
 
 def test_streaming_prefix_only_grows_and_ends_at_the_answer():
     model = toy_model("llada", seed=2)
-    seen = []
+    seen = {row: [] for row in range(len(PROMPTS))}  # batch row -> final prefix length per step
+    steps = []
+
+    def record(state):
+        steps.append(state.step)
+        for row, n in zip(state.rows.tolist(), final_prefix_lengths(state).tolist()):
+            seen[row].append(n)
+
     out = generate(model, PROMPTS, preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4), PAD,
-                   on_step=lambda state: seen.append(final_prefix_lengths(state).tolist()))
-    assert len(seen) == out.nfe
-    for before, after in zip(seen, seen[1:]):
-        assert all(a >= b for a, b in zip(after, before))
-    assert seen[-1] == out.num_tokens
+                   on_step=record)
+    assert steps == list(range(1, out.nfe + 1))
+    for row, lengths in seen.items():
+        assert lengths == sorted(lengths) and lengths[-1] == out.num_tokens[row]
+        assert len(lengths) == out.row_forwards[row]  # a row is seen until it finishes, then leaves
+
+
+@pytest.mark.parametrize("cache", ["none", "delayed", "dual"])
+def test_finished_rows_leave_the_forward(cache):
+    """Forward k sees exactly the rows that needed more than k forwards, and every row gets
+    what it gets alone (for the policies that are exact: delayed at refresh_interval 1)."""
+    model = toy_model("llada", seed=2)
+    rows_per_call = []
+    forward = model.forward
+
+    def counting(input_ids, *args, **kwargs):
+        rows_per_call.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    model.forward = counting
+    config = preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4)
+    if cache != "none":
+        config = config.override(cache=cache, refresh_interval=1, cache_delay=0)
+    out = generate(model, PROMPTS, config, PAD)
+    assert len(set(out.row_forwards)) > 1  # rows finish at different iterations
+    assert rows_per_call == [sum(f > k for f in out.row_forwards) for k in range(out.nfe)]
+    model.forward = forward
+    if cache == "dual":  # approximate by design: its stale suffix depends on the batch
+        return
+    for i, prompt in enumerate(PROMPTS):
+        assert generate(model, [prompt], config, PAD).sequences[0] == out.sequences[i]
 
 
 def test_bad_settings_fail_before_any_forward():

@@ -19,7 +19,8 @@ cache as context and crops back to the target (keeping any newly cached block).
   `[prefix, suffix]` and the block's keys are appended (and dropped again) after them.
 
 A batch shares one cache, so its length is the minimum over rows: a row ahead of the others
-simply caches less (correct, slightly slower). For shifted families (Dream) the prediction of
+simply caches less (correct, slightly slower). Rows that finish leave the cache with the batch
+(`select_rows`). For shifted families (Dream) the prediction of
 the first uncached column comes from the last cached one; we keep it (`boundary_logits`) from
 the forward that computed it and pass it as `prev_logits`.
 """
@@ -37,18 +38,34 @@ class NoCache:
     def __init__(self, config: DecodeConfig):
         self.config = config
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only rows `index` of the batch (finished rows leave it)."""
+
     def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
         out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
                     logits_to_keep=state.num_new)
         return out.logits, state.start
 
 
-class _PrefixCache:
+class _Cached(NoCache):
+    """What the cached policies hold per row: the cache and the boundary prediction."""
+
     def __init__(self, config: DecodeConfig):
-        self.config = config
+        super().__init__(config)
         self.cache: DynamicCache | None = None
+        self.boundary_logits: torch.Tensor | None = None  # (B, V) prediction for the first uncached column
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.batch_select_indices(index)
+        if self.boundary_logits is not None:
+            self.boundary_logits = self.boundary_logits[index]
+
+
+class _PrefixCache(_Cached):
+    def __init__(self, config: DecodeConfig):
+        super().__init__(config)
         self.end = 0  # cached columns [0, end)
-        self.boundary_logits: torch.Tensor | None = None  # (B, V) prediction for column `end`
 
     def target(self, state: DecodeState) -> int:
         raise NotImplementedError
@@ -112,15 +129,13 @@ def first_incomplete_block_start(state: DecodeState) -> int:
     return min(state.start + int(first.min()) * state.block_size, state.canvas.shape[1])
 
 
-class DualCache:
+class DualCache(_Cached):
     """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration;
     rebuilt whenever the current block changes."""
 
     def __init__(self, config: DecodeConfig):
-        self.config = config
-        self.cache: DynamicCache | None = None
+        super().__init__(config)
         self.block = (0, 0)  # current block columns [begin, end)
-        self.boundary_logits: torch.Tensor | None = None
 
     def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
         begin = first_incomplete_block_start(state)

@@ -9,9 +9,14 @@ the selection strategy (`select.py`), the block thresholds (`state.py`) and the 
 Autoregressive models take `_generate_ar` (greedy, KV cache): a different algorithm, not a
 variant of this loop.
 
-Streaming: `on_step(state)` is called after every iteration; `final_prefix_lengths(state)`
-says how many response tokens of each row are final (the contiguous committed prefix), which
-is what a streaming client may be sent.
+Finished rows leave the batch: each iteration forwards only the rows that still have masks
+(with their cache entries), so a batch whose rows stop at different lengths does not pay for
+the finished ones.
+
+Streaming: `on_step(state)` is called after every iteration with the unfinished rows (row `i`
+of `state` is row `state.rows[i]` of the batch; a row is seen once finished before it leaves);
+`final_prefix_lengths(state)` says how many response tokens of each row are final (the
+contiguous committed prefix), which is what a streaming client may be sent.
 
 Counts follow shared/design.md: per row, generated tokens up to and including the first EOS;
 NFE = forwards for the whole batch.
@@ -130,16 +135,25 @@ def generate(
 
 
 def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
+    """Decode until no row has masks. Rows leave the forward as soon as they finish, so a
+    batch costs the work of its unfinished rows; the returned state holds every row."""
     facts = model.facts
-    state = DecodeState.start_from(prompts, config, facts.mask_token_id, facts.eos_token_id, pad_id, model.device)
+    batch = DecodeState.start_from(prompts, config, facts.mask_token_id, facts.eos_token_id, pad_id, model.device)
+    state = batch  # the unfinished rows; written back into `batch` as they finish
     cache = CACHE_POLICIES[config.cache](config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
-    while not state.finished():
+    while True:
         if config.early_stop:
             state.apply_early_stop()
-            if state.finished():
-                break
+        done = state.row_finished()
+        if done.any():
+            batch.write_back(state.select(done))
+            keep = (~done).nonzero().flatten()
+            if len(keep) == 0:
+                return batch
+            state = state.select(keep)
+            cache.select_rows(keep)
         state.update_blocks(config)
         logits, first_column = cache.forward(model, state)  # columns [first, first + width)
         lo = max(first_column - state.start, 0)  # response positions computed: [lo, hi)
@@ -156,7 +170,6 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         state.commit(full_chosen, tokens)
         if on_step:
             on_step(state)
-    return state
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:

@@ -10,11 +10,14 @@ shorter). Block life cycle (shared/reference/d3llm_method.md section 3):
 `created` counts the created blocks of each row (blocks are created in order), `fully_active`
 and `completed_at` are (B, nb) tensors; progress and completeness are derived from the canvas,
 so there is no second copy of the truth to keep in sync.
+
+Finished rows leave the batch (`select`): the loop forwards only the rows that still have
+masks, and `rows` names each remaining row's index in the batch it started as.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -36,6 +39,7 @@ class DecodeState:
     stopped: torch.Tensor  # (B,) bool: an EOS was committed and early stop has filled the tail
     trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
+    rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
     step: int = 0  # iterations (= batch forwards) so far
 
     @classmethod
@@ -60,6 +64,7 @@ class DecodeState:
             stopped=torch.zeros(batch, dtype=torch.bool, device=device),
             trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
             row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
+            rows=torch.arange(batch, device=device),
         )
         state.fully_active[:, 0] = True  # block 0's predecessor, the prompt, is complete
         return state
@@ -104,6 +109,26 @@ class DecodeState:
 
     def finished(self) -> bool:
         return not bool(self.masked().any())
+
+    def row_finished(self) -> torch.Tensor:
+        """(B,) bool: rows without masks."""
+        return ~self.masked().any(1)
+
+    # --- rows leaving the batch ----------------------------------------------------------
+
+    def _per_row_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]
+
+    def select(self, index: torch.Tensor) -> "DecodeState":
+        """The state of rows `index` only (every per-row tensor indexed, the rest shared)."""
+        return replace(self, **{name: getattr(self, name)[index] for name in self._per_row_fields()})
+
+    def write_back(self, part: "DecodeState") -> None:
+        """Copy the rows of `part` (a `select` of this state, at any later step) into this one."""
+        at = part.rows
+        for name in self._per_row_fields():
+            getattr(self, name)[at] = getattr(part, name)
+        self.step = max(self.step, part.step)
 
     # --- transitions ---------------------------------------------------------------------
 

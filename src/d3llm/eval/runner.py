@@ -64,11 +64,15 @@ def evaluate(
     correct = nfe = calls = tokens = 0
     seconds = forward_seconds = 0.0
     tok = lm.tokenizer
+    prompts = [prompt_ids(tok, p.prompt) for p in problems]
+    # Batches of similar prompt lengths: rows are left-padded to the longest prompt of their batch.
+    order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))
     # Warm-up (untimed, unscored): first calls pay for allocations and kernel selection.
-    generate(lm.model, [prompt_ids(tok, problems[0].prompt)], config, tok.pad_token_id)
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        out = generate(lm.model, [prompt_ids(tok, p.prompt) for p in chunk], config, tok.pad_token_id)
+    generate(lm.model, [prompts[0]], config, tok.pad_token_id)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        chunk = [problems[i] for i in indices]
+        out = generate(lm.model, [prompts[i] for i in indices], config, tok.pad_token_id)
         texts = [tok.decode(ids, skip_special_tokens=True) for ids in out.sequences]
         correct += sum(task.score_many(chunk, texts))
         nfe += sum(out.row_forwards)

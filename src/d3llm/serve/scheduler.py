@@ -213,17 +213,19 @@ class _Rows:
         self.done = torch.zeros(len(batch), dtype=torch.bool)  # (B,) Finished/Failed delivered
 
     def on_step(self, state: DecodeState) -> None:
-        """After each iteration: send grown final prefixes; finish rows whose answer is final."""
+        """After each iteration: send grown final prefixes; finish rows whose answer is final.
+        `state` holds the unfinished rows; `state.rows` maps them to rows of `self.batch`."""
         self.done |= torch.tensor([job.cancelled for job in self.batch])
-        final = final_prefix_lengths(state).cpu()  # (B,)
-        grown = (final > self.sent) & ~self.done
+        rows = state.rows.cpu()
+        final = final_prefix_lengths(state).cpu()  # (b,) for the rows in `state`
+        grown = (final > self.sent[rows]) & ~self.done[rows]
         forwards = state.row_forwards.cpu()
-        for row in grown.nonzero().flatten().tolist():  # only rows with news: each has its own client
-            n = int(final[row])
-            ids = state.response[row, :n].tolist()
+        for i in grown.nonzero().flatten().tolist():  # only rows with news: each has its own client
+            row, n = int(rows[i]), int(final[i])
+            ids = state.response[i, :n].tolist()
             if ids[-1] == self.eos_id or n == state.num_new:
                 hit_eos = ids[-1] == self.eos_id
-                self.finish(row, ids[:-1] if hit_eos else ids, n, int(forwards[row]), hit_eos)
+                self.finish(row, ids[:-1] if hit_eos else ids, n, int(forwards[i]), hit_eos)
             else:
                 _deliver(self.batch[row], Partial(ids))
             self.sent[row] = n
