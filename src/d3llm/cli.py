@@ -76,7 +76,7 @@ def generate(
             shown[0] = text
 
     out = decode(lm.model, [ids], config, lm.tokenizer.pad_token_id,
-                 on_step=show_final_text if stream and lm.facts.is_diffusion else None)
+                 on_step=show_final_text if stream else None)
     answer = lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True)
     typer.echo(answer[len(shown[0]):] if answer.startswith(shown[0]) else answer)
     if stats:

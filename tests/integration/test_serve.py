@@ -212,6 +212,7 @@ def test_bundled_ar_model_streams_the_same_answer():
                   if c.choices]
     assert whole.choices[0].message.content == d3llm.generate(lm, QUESTION, max_new_tokens=48).texts[0]
     assert "".join(pieces) == whole.choices[0].message.content
+    assert len([piece for piece in pieces if piece]) > 1  # sent as it is generated, not at the end
     assert whole.usage.model_extra["d3llm"]["method"] == "ar"
 
 

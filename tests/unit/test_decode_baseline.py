@@ -65,6 +65,20 @@ def test_ar_with_cache_equals_greedy_without_cache():
     assert out.sequences[0] + ([1] if out.num_tokens[0] > len(out.sequences[0]) else []) == reference
 
 
+def test_ar_streams_one_final_token_per_forward():
+    from d3llm.decode import final_prefix_lengths
+
+    model = toy_model("ar", seed=1)
+    seen = []
+    out = generate(model, PROMPTS, preset("ar", max_new_tokens=10), pad_token_id=0,
+                   on_step=lambda state: seen.append(final_prefix_lengths(state).tolist()))
+    assert len(seen) == out.nfe
+    for step, lengths in enumerate(seen, start=1):  # one more token per step until the row's EOS
+        assert lengths == [min(step, n) for n in out.num_tokens]
+    assert out.row_forwards == out.num_tokens and out.trace[0, : out.num_tokens[0]].tolist() == list(
+        range(out.num_tokens[0]))
+
+
 def test_counts_stop_at_the_first_eos():
     model = toy_model("llada")
     head = torch.nn.Linear(model.config.hidden_size, VOCAB)

@@ -6,8 +6,8 @@ the selection strategy (`select.py`), the block thresholds (`state.py`) and the 
 
     early stop -> update blocks -> forward (cache policy) -> score -> select -> commit
 
-Autoregressive models take `_generate_ar` (greedy, KV cache): a different algorithm, not a
-variant of this loop.
+Autoregressive models take `_generate_ar` (next token, KV cache): a different algorithm, not a
+variant of this loop, on the same `DecodeState`, so streaming and counts work the same.
 
 Finished rows leave the batch: each iteration forwards only the rows that still have masks
 (with their cache entries), so a batch whose rows stop at different lengths does not pay for
@@ -47,7 +47,7 @@ class DecodeOutput:
     row_forwards: list[int]  # per row: forwards made while that row was unfinished
     seconds: float  # wall time of the decode
     forward_seconds: float  # of which inside model forwards (the rest is decode overhead)
-    trace: torch.Tensor | None = None  # (B, N) iteration that committed each position (diffusion)
+    trace: torch.Tensor | None = None  # (B, N) iteration that committed each position
     response: torch.Tensor | None = None  # (B, N) the whole response canvas, EOS tail included
 
     @property
@@ -122,13 +122,10 @@ def generate(
     _check(model, prompts, config)
     started = time.perf_counter()
     timed = _ForwardTimer(model)
-    if config.is_autoregressive:
-        response, nfe, row_forwards = _generate_ar(timed, prompts, config, pad_token_id)
-        trace = None
-    else:
-        state = _generate_diffusion(timed, prompts, config, pad_token_id, on_step)
-        response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
-        row_forwards = state.row_forwards.tolist()
+    run = _generate_ar if config.is_autoregressive else _generate_diffusion
+    state = run(timed, prompts, config, pad_token_id, on_step)
+    response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
+    row_forwards = state.row_forwards.tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)
     return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds,
                         trace, response)
@@ -181,34 +178,32 @@ def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], li
     return sequences, counts
 
 
-def _generate_ar(model, prompts, config, pad_id):
-    eos = model.facts.eos_token_id
-    width = max(len(p) for p in prompts)
-    canvas = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(canvas)
-    for row, p in enumerate(prompts):
-        canvas[row, width - len(p) :] = torch.tensor(p)
-        attention[row, width - len(p) :] = 1
-    canvas, attention = canvas.to(model.device), attention.to(model.device)
+NOT_YET = -1  # the AR canvas's "masked" value: a column not generated yet (never fed to the model)
+
+
+def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
+    """Greedy (or sampled) next-token decoding with a KV cache, one response column per
+    forward. It keeps the same `DecodeState` as the diffusion loop (columns not generated yet
+    count as masked), so counts, traces and `on_step` streaming are the same for both."""
+    state = DecodeState.start_from(prompts, config, NOT_YET, model.facts.eos_token_id, pad_id, model.device)
     cache = DynamicCache(config=model.config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
-    positions = (attention.cumsum(1) - 1).clamp(min=0)
-    out = model(canvas, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
-    nfe, produced = 1, []
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=canvas.device)
-    row_forwards = torch.ones(len(prompts), dtype=torch.long)
-    while True:
+    start = state.start
+    out = model(state.canvas[:, :start], attention_mask=state.attention[:, :start],
+                position_ids=state.positions[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for column in range(state.num_new):
         token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
-        token = torch.where(done, eos, token)
-        produced.append(token)
-        done |= token == eos
-        if done.all() or len(produced) == config.max_new_tokens:
+        chosen = torch.zeros_like(state.response, dtype=torch.bool)
+        chosen[:, column] = True
+        tokens = state.response.clone()
+        tokens[:, column] = token
+        state.commit(chosen & state.masked(), tokens)  # rows that stopped are full already
+        state.apply_early_stop()  # a row's EOS fills its tail: it is finished, and not counted again
+        if on_step:
+            on_step(state)
+        if state.finished():
             break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], 1)
-        position = attention.sum(1, keepdim=True) - 1
-        out = model(token[:, None], attention_mask=attention, position_ids=position, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
-        nfe += 1
-        row_forwards += (~done).long().cpu()
-    return torch.stack(produced, 1).cpu(), nfe, row_forwards.tolist()
+        at = slice(start + column, start + column + 1)
+        out = model(state.canvas[:, at], attention_mask=state.attention[:, : at.stop],
+                    position_ids=state.positions[:, at], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return state

@@ -23,14 +23,13 @@ Batching rules:
   delivered at once, from the streaming callback, not when the batch ends; and the batch
   stops as soon as no row has anything left to deliver (every answer final, or its client
   gone). So a long row delays other rows' delivery by nothing, and the only cost of sharing
-  a batch is that each forward computes all rows. Rows cannot join a running batch
-  (continuous batching would need the loop to admit rows mid-decode).
-- Autoregressive models decode through the loop's greedy path, which has no streaming
-  callback: their rows are delivered when the batch ends (the AR path already stops at the
-  last row's EOS), and a client that leaves cannot stop a running AR batch.
+  a batch is that each forward computes its unfinished rows. Rows cannot join a running
+  batch (continuous batching would need the loop to admit rows mid-decode).
+- Autoregressive models stream the same way: their decode path calls the same callback after
+  every token.
 - `cancel(job)` removes a waiting job (freeing its queue slot) or marks a running row so that
-  nothing more is delivered for it; when every row of a running diffusion batch is cancelled
-  or delivered, the batch stops at the next iteration.
+  nothing more is delivered for it; when every row of a running batch is cancelled or
+  delivered, the batch stops at the next iteration.
 """
 
 from __future__ import annotations
@@ -192,7 +191,7 @@ class Scheduler:
         rows = _Rows(batch, self.model.facts.eos_token_id)
         try:
             out = generate(self.model, [job.prompt for job in batch], config, self.pad_token_id,
-                           on_step=None if config.is_autoregressive else rows.on_step)
+                           on_step=rows.on_step)
         except _BatchDone:
             return
         except Exception as exc:  # a bad batch must fail its requests, not the server
