@@ -193,17 +193,13 @@ def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
                 position_ids=state.positions[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
     for column in range(state.num_new):
         token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
-        chosen = torch.zeros_like(state.response, dtype=torch.bool)
-        chosen[:, column] = True
-        tokens = state.response.clone()
-        tokens[:, column] = token
-        state.commit(chosen & state.masked(), tokens)  # rows that stopped are full already
-        state.apply_early_stop()  # a row's EOS fills its tail: it is finished, and not counted again
+        state.commit_column(column, token)
         if on_step:
             on_step(state)
-        if state.finished():
+        if bool(state.stopped.all()):
             break
         at = slice(start + column, start + column + 1)
         out = model(state.canvas[:, at], attention_mask=state.attention[:, : at.stop],
                     position_ids=state.positions[:, at], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    state.apply_early_stop()  # the columns after each row's EOS
     return state

@@ -36,7 +36,7 @@ class DecodeState:
     created: torch.Tensor  # (B,) number of created blocks
     fully_active: torch.Tensor  # (B, nb) bool
     completed_at: torch.Tensor  # (B, nb) iteration at which the block became complete, -1 if not
-    stopped: torch.Tensor  # (B,) bool: an EOS was committed and early stop has filled the tail
+    stopped: torch.Tensor  # (B,) bool: an EOS was committed (and, but mid-way in AR, the tail filled)
     trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
     rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
@@ -165,6 +165,17 @@ class DecodeState:
         """Write `tokens` (B, N) at `chosen` (B, N) positions; end the iteration."""
         self.row_forwards += self.masked().any(1).long()  # rows this forward was needed for
         self._write(chosen, tokens)
+        self.step += 1
+
+    def commit_column(self, column: int, tokens: torch.Tensor) -> None:
+        """An autoregressive step: `tokens` (B,) at response `column`. Rows that already wrote
+        EOS get EOS; `stopped` marks a written EOS (`apply_early_stop` fills the rest at the end).
+        Cheaper than `commit`, which an AR step would pay for on every token."""
+        live = ~self.stopped
+        self.row_forwards += live.long()
+        self.response[:, column] = torch.where(live, tokens, self.eos_id)
+        self.trace[:, column] = self.step
+        self.stopped |= tokens == self.eos_id
         self.step += 1
 
     def _write(self, where: torch.Tensor, tokens: torch.Tensor) -> None:
