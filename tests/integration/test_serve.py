@@ -259,14 +259,14 @@ def scheduler(lm):
 
 @pytest.fixture
 def forwards(monkeypatch):
-    """Iterations of every diffusion decode the scheduler runs, recorded through `on_step`."""
+    """(iteration, rows forwarded) of every decode the scheduler runs, recorded via `on_step`."""
     steps = []
     real_generate = scheduler_module.generate
 
     def counting_generate(model, prompts, config, pad_token_id, on_step=None):
         def counted(state):
-            steps.append(state.step)
-            on_step(state)
+            steps.append((state.step, len(state.rows)))
+            return on_step(state)
 
         return real_generate(model, prompts, config, pad_token_id, on_step=counted)
 
@@ -294,10 +294,11 @@ def test_a_failing_batch_fails_its_requests_and_the_scheduler_goes_on(monkeypatc
     assert isinstance(served.events[-1], Finished) and served.events[-1].num_tokens == 8
 
 
-def test_a_finished_row_is_delivered_before_its_batch_ends(lm):
+def test_a_finished_row_is_delivered_before_its_batch_ends(lm, forwards):
     """With the token at response position 2 as EOS, QUESTION's answer is final as soon as
-    positions 0-2 are committed; vanilla decoding goes on filling its canvas (no early stop),
-    but the answer is delivered at that iteration, while the other row still decodes."""
+    positions 0-2 are committed; vanilla decoding would go on filling its canvas (no early
+    stop), but the answer is delivered at that iteration and the row leaves the batch, while
+    the other row still decodes."""
     config = preset("vanilla", max_new_tokens=32)
     ids = chat_prompt_ids(lm.tokenizer, [{"role": "user", "content": QUESTION}])
     plain = generate(lm.model, [ids], config, lm.tokenizer.pad_token_id)
@@ -314,6 +315,8 @@ def test_a_finished_row_is_delivered_before_its_batch_ends(lm):
     assert early.events[-1] == Finished(plain.sequences[0][:first_eos], first_eos + 1, final_at, True, 2,
                                         early.events[-1].seconds)
     assert final_at < 32 and isinstance(other.events[-1], Finished)
+    assert all(rows == (2 if step <= final_at else 1) for step, rows in forwards)
+    assert len(forwards) > final_at  # the other row went on alone
 
 
 def test_serve_command_answers_and_stops_gracefully_on_ctrl_c(model_dir):

@@ -16,7 +16,9 @@ the finished ones.
 Streaming: `on_step(state)` is called after every iteration with the unfinished rows (row `i`
 of `state` is row `state.rows[i]` of the batch; a row is seen once finished before it leaves);
 `final_prefix_lengths(state)` says how many response tokens of each row are final (the
-contiguous committed prefix), which is what a streaming client may be sent.
+contiguous committed prefix), which is what a streaming client may be sent. `on_step` may
+return a (b,) bool tensor of rows whose answer is no longer wanted (delivered, or its client
+left): they leave the batch as they are, and their output is whatever they had.
 
 Counts follow shared/design.md: per row, generated tokens up to and including the first EOS;
 NFE = forwards for the whole batch.
@@ -116,7 +118,7 @@ def generate(
     prompts: list[list[int]],
     config: DecodeConfig,
     pad_token_id: int,
-    on_step: Callable[[DecodeState], None] | None = None,
+    on_step: Callable[[DecodeState], torch.Tensor | None] | None = None,
 ) -> DecodeOutput:
     """Decode a batch of tokenised prompts with `config`."""
     _check(model, prompts, config)
@@ -140,10 +142,11 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
     cache = CACHE_POLICIES[config.cache](config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
+    unwanted = None  # rows the caller no longer needs (returned by `on_step`)
     while True:
         if config.early_stop:
             state.apply_early_stop()
-        done = state.row_finished()
+        done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
         if done.any():
             batch.write_back(state.select(done))
             keep = (~done).nonzero().flatten()
@@ -166,7 +169,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         tokens[:, window] = scores.tokens
         state.commit(full_chosen, tokens)
         if on_step:
-            on_step(state)
+            unwanted = on_step(state)
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:
@@ -194,8 +197,9 @@ def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
     for column in range(state.num_new):
         token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
         state.commit_column(column, token)
-        if on_step:
-            on_step(state)
+        unwanted = on_step(state) if on_step else None
+        if unwanted is not None:
+            state.stopped |= unwanted  # they write EOS from here on
         if bool(state.stopped.all()):
             break
         at = slice(start + column, start + column + 1)

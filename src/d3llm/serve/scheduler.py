@@ -20,16 +20,16 @@ Batching rules:
   `max_wait_ms`. Under load the worker finds jobs that have waited longer than that while it
   was busy, so the wait only adds latency to an idle server.
 - A row whose answer is final (its final prefix reaches its EOS, or fills the canvas) is
-  delivered at once, from the streaming callback, not when the batch ends; and the batch
-  stops as soon as no row has anything left to deliver (every answer final, or its client
-  gone). So a long row delays other rows' delivery by nothing, and the only cost of sharing
-  a batch is that each forward computes its unfinished rows. Rows cannot join a running
-  batch (continuous batching would need the loop to admit rows mid-decode).
+  delivered at once, from the streaming callback, not when the batch ends, and then leaves
+  the batch (the callback tells the loop so), as does a row whose client is gone; the batch
+  ends when no row is left. So a long row delays other rows' delivery by nothing, and the
+  only cost of sharing a batch is that each forward computes the rows still wanted. Rows
+  cannot join a running batch (continuous batching would need the loop to admit rows
+  mid-decode).
 - Autoregressive models stream the same way: their decode path calls the same callback after
   every token.
 - `cancel(job)` removes a waiting job (freeing its queue slot) or marks a running row so that
-  nothing more is delivered for it; when every row of a running batch is cancelled or
-  delivered, the batch stops at the next iteration.
+  nothing more is delivered for it; the row leaves the batch at the next iteration.
 """
 
 from __future__ import annotations
@@ -89,10 +89,6 @@ class Job:
 
 class QueueFull(D3llmError):
     """The scheduler holds `max_queue` waiting jobs (or is shutting down); retry later."""
-
-
-class _BatchDone(Exception):
-    """Raised from the streaming callback to stop a batch with nothing left to deliver."""
 
 
 class Scheduler:
@@ -192,8 +188,6 @@ class Scheduler:
         try:
             out = generate(self.model, [job.prompt for job in batch], config, self.pad_token_id,
                            on_step=rows.on_step)
-        except _BatchDone:
-            return
         except Exception as exc:  # a bad batch must fail its requests, not the server
             log.exception("decoding a batch of %d failed", len(batch))
             rows.fail(f"decoding failed: {exc}")
@@ -211,9 +205,10 @@ class _Rows:
         self.sent = torch.zeros(len(batch), dtype=torch.long)  # (B,) final tokens already delivered
         self.done = torch.zeros(len(batch), dtype=torch.bool)  # (B,) Finished/Failed delivered
 
-    def on_step(self, state: DecodeState) -> None:
+    def on_step(self, state: DecodeState) -> torch.Tensor:
         """After each iteration: send grown final prefixes; finish rows whose answer is final.
-        `state` holds the unfinished rows; `state.rows` maps them to rows of `self.batch`."""
+        `state` holds the unfinished rows; `state.rows` maps them to rows of `self.batch`.
+        Returns the rows with nothing left to deliver: the loop stops decoding them."""
         self.done |= torch.tensor([job.cancelled for job in self.batch])
         rows = state.rows.cpu()
         final = final_prefix_lengths(state).cpu()  # (b,) for the rows in `state`
@@ -228,8 +223,7 @@ class _Rows:
             else:
                 _deliver(self.batch[row], Partial(ids))
             self.sent[row] = n
-        if self.done.all():
-            raise _BatchDone
+        return self.done[rows].to(state.rows.device)
 
     def finish(self, row: int, ids: list[int], num_tokens: int, forwards: int, hit_eos: bool) -> None:
         job = self.batch[row]
