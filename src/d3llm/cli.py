@@ -91,13 +91,15 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (run again to resume).")],
     steps: Annotated[Optional[int], typer.Option(help="Override `steps`.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Override `threads` (torch threads).")] = None,
+    stop_at: Annotated[Optional[int], typer.Option(
+        help="End at this step of the recipe (its schedule unchanged) and write that model.")] = None,
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
     from d3llm.train.trainer import train as run
 
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
-    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]])
+    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
     typer.echo(f"model written to {folder}")
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from d3llm.models import load_model
@@ -47,6 +48,24 @@ def test_dream_adapts_from_an_ar_model(tmp_path):
                                          "init_from": str(ar), "tokenizer_from": str(ar)}), tmp_path / "dream")
     lm = load_model(dream)
     assert lm.facts.family == "dream" and lm.facts.mask_token_id == lm.tokenizer.mask_token_id
+
+
+def test_stop_at_ends_early_on_the_recipes_schedule(tmp_path):
+    from d3llm.errors import D3llmError
+
+    config = TrainConfig.from_dict({**TINY, "family": "llada", "steps": 12, "save_every": 4})
+    with pytest.raises(D3llmError, match="`--stop-at` must be in 1..12"):
+        train(config, tmp_path / "bad", stop_at=13)
+    out = train(config, tmp_path / "run", stop_at=8)
+    state = json.loads((out / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and state["max_steps"] == 12  # the 12-step schedule, stopped at 8
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["stopped_at"] == 8 and provenance["config"]["steps"] == 12
+    weights = {k: v.clone() for k, v in load_model(out).model.net.state_dict().items()}
+    again = train(config, out, stop_at=8)  # already there: writes the same model, trains nothing
+    assert all(torch.equal(weights[k], v) for k, v in load_model(again).model.net.state_dict().items())
+    with pytest.raises(D3llmError, match="already at step 8, past `--stop-at` 4"):
+        train(config, out, stop_at=4)
 
 
 def _cli_train(config_path: Path, out: Path, launcher: list[str] | None = None) -> subprocess.Popen:

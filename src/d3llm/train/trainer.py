@@ -12,6 +12,10 @@ callback and the output folder:
       curve.jsonl           validation accuracy against step and training seconds
       runs.jsonl            one line per invocation (start step, processes): resumes are visible
       checkpoints/          Trainer checkpoints (resume: run the same command again)
+
+`stop_at` (`d3llm train --stop-at STEP`) ends a run early at a step of its recipe, with the
+recipe's learning-rate schedule unchanged: for a run that cannot finish in the time there is.
+The model written is that step's, and provenance.json says `stopped_at`.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ class _ValidationCallback(TrainerCallback):
 
     def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: "_Clock"):
         self.config, self.net, self.tokenizer, self.out, self.clock = config, net, tokenizer, out, clock
-        self.last: dict = {}
+        curve = out / "curve.jsonl"
+        rows = curve.read_text().splitlines() if curve.is_file() else []
+        self.last: dict = json.loads(rows[-1]) if rows else {}  # survives a resume
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.config.eval_every
@@ -93,6 +99,17 @@ class _ValidationCallback(TrainerCallback):
         log.info("validation at step %d: %s", step, metrics)
         self.last = row
         return row
+
+
+class _StopAt(TrainerCallback):
+    """End training (with a checkpoint) once `step` is reached."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_save = control.should_training_stop = True
 
 
 class _Clock:
@@ -193,8 +210,13 @@ def _ddp_backend() -> str | None:
     return None
 
 
-def train(config: TrainConfig, out: str | Path, command: list[str] | None = None) -> Path:
-    """Train (or resume) into `out`; returns the folder of the final model."""
+def train(config: TrainConfig, out: str | Path, command: list[str] | None = None,
+          stop_at: int | None = None) -> Path:
+    """Train (or resume) into `out`; returns the folder of the final model. `stop_at`: end at
+    that step of the recipe instead of its last."""
+    if stop_at is not None and not 0 < stop_at <= config.steps:
+        raise D3llmError(f"`--stop-at` must be in 1..{config.steps} (the recipe's steps), got {stop_at}")
+    end = stop_at or config.steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     version = code_version()  # the code this process runs, read before anything can change it
@@ -231,24 +253,34 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     trainer = _DiffusionTrainer(
         model=trained, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts, distill=config.distill,
         data_collator=lambda items: collate_fn(items[0], tokenizer.pad_token_id),
-        callbacks=[validation, _ClockCallback(clock)],
+        callbacks=[validation, _ClockCallback(clock)] + ([_StopAt(stop_at)] if stop_at else []),
     )
     resume = last_complete_checkpoint(out / CHECKPOINTS)
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_world_process_zero():
         _log_invocation(out, resume, trainer.args.world_size, command or sys.argv, version)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    at = _step_of(resume) if resume else 0
+    if at > end:
+        raise D3llmError(f"{out} is already at step {at}, past `--stop-at` {end}")
+    if at == end and trained is net:  # already there (a stop before the end): just finish
+        net.load_state_dict(load_network(resume).state_dict())
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         clock.save()
         final = validation.last
-        if config.eval_every and final.get("step") != config.steps:
-            final = validation.record(config.steps)
+        if config.eval_every and final.get("step") != end:
+            final = validation.record(end)
         if trained is not net:  # LoRA: fold the adapters into the weights, save a plain model
             net = trained.merge_and_unload()
         net.save_pretrained(out)
-        _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version)
+        _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
     return out
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
 
 
 def _recipe(config: dict) -> dict:
@@ -259,7 +291,7 @@ def _recipe(config: dict) -> dict:
 
 def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str], version: str) -> None:
     """One line per run of the command in OUT/runs.jsonl: where it started, on how many processes."""
-    row = {"start_step": int(resume.name.split("-")[1]) if resume else 0, "world_size": world_size,
+    row = {"start_step": _step_of(resume) if resume else 0, "world_size": world_size,
            "torch_threads": torch.get_num_threads(),
            "code_version": version, "command": " ".join(command),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -268,7 +300,8 @@ def _log_invocation(out: Path, resume: Path | None, world_size: int, command: li
 
 
 def _write_provenance(
-    out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net, version: str
+    out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net, version: str,
+    stop_at: int | None = None,
 ) -> None:
     runs = out / "runs.jsonl"
     provenance = {
@@ -280,6 +313,7 @@ def _write_provenance(
         "parameters": sum(p.numel() for p in net.parameters()),
         "torch_threads": torch.get_num_threads(),
         "final_validation": final,
+        "stopped_at": stop_at,  # a step before the recipe's last, or null
         "config": config.to_dict(),
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
