@@ -256,15 +256,15 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         callbacks=[validation, _ClockCallback(clock)] + ([_StopAt(stop_at)] if stop_at else []),
     )
     resume = last_complete_checkpoint(out / CHECKPOINTS)
+    at = _step_of(resume) if resume else 0
+    if at > end:
+        raise D3llmError(f"{out} is already at step {at}, past `--stop-at` {end}")
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_world_process_zero():
         _log_invocation(out, resume, trainer.args.world_size, command or sys.argv, version)
-    at = _step_of(resume) if resume else 0
-    if at > end:
-        raise D3llmError(f"{out} is already at step {at}, past `--stop-at` {end}")
-    if at == end and trained is net:  # already there (a stop before the end): just finish
-        net.load_state_dict(load_network(resume).state_dict())
+    if at == end:  # already there (a stop before the end): load that step's weights, finish
+        trainer._load_from_checkpoint(str(resume))  # the Trainer's own loader (plain or LoRA)
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
