@@ -146,14 +146,9 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
     while True:
         if config.early_stop:
             state.apply_early_stop()
-        done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
-        if done.any():
-            batch.write_back(state.select(done))
-            keep = (~done).nonzero().flatten()
-            if len(keep) == 0:
-                return batch
-            state = state.select(keep)
-            cache.select_rows(keep)
+        state = _without_finished(batch, state, cache, unwanted)
+        if state is None:
+            return batch
         state.update_blocks(config)
         logits, first_column = cache.forward(model, state)  # columns [first, first + width)
         lo = max(first_column - state.start, 0)  # response positions computed: [lo, hi)
@@ -170,6 +165,20 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         state.commit(full_chosen, tokens)
         if on_step:
             unwanted = on_step(state)
+
+
+def _without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
+    """Write the rows of `state` that are finished (or `unwanted`) back into `batch`; return
+    the state of the others (dropped from the cache too), or None when no row is left."""
+    done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
+    if not done.any():
+        return state
+    batch.write_back(state.select(done))
+    keep = (~done).nonzero().flatten()
+    if len(keep) == 0:
+        return None
+    cache.select_rows(keep)
+    return state.select(keep)
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:
