@@ -11,6 +11,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from d3llm.errors import D3llmError
 from d3llm.models import load_model
@@ -102,6 +103,11 @@ def test_lora_student_saves_a_plain_model(tmp_path, teacher, trajectories):
     student, original = load_model(out).model.net.state_dict(), load_model(teacher).model.net.state_dict()
     assert student.keys() == original.keys()  # adapters folded in
     assert any((student[k] != original[k]).any() for k in student)
+    # run again: its checkpoint (adapter weights only) is recognised, resumed at step 4, and
+    # the same merged model comes out
+    again = _distill(teacher, trajectories, tmp_path / "lora", steps=4, save_every=4, lora_rank=4)
+    assert json.loads((again / "runs.jsonl").read_text().splitlines()[-1])["start_step"] == 4
+    assert all(torch.equal(student[k], v) for k, v in load_model(again).model.net.state_dict().items())
 
 
 def test_trajectories_of_another_teacher_or_tokenizer_are_refused(tmp_path, tiny_tokenizer, trajectories):

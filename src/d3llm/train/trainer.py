@@ -156,11 +156,11 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     one behind: those are removed)."""
     found = []
     for ckpt in folder.glob("checkpoint-*"):
-        complete = (ckpt / "trainer_state.json").is_file() and (ckpt / "model.safetensors").is_file()
-        if not complete:
+        weights = (ckpt / "model.safetensors").is_file() or (ckpt / "adapter_model.safetensors").is_file()  # LoRA
+        if not ((ckpt / "trainer_state.json").is_file() and weights):
             shutil.rmtree(ckpt, ignore_errors=True)
             continue
-        found.append((int(ckpt.name.split("-")[1]), ckpt))
+        found.append((_step_of(ckpt), ckpt))
     return max(found)[1] if found else None
 
 
