@@ -36,7 +36,7 @@ class DecodeState:
     created: torch.Tensor  # (B,) number of created blocks
     fully_active: torch.Tensor  # (B, nb) bool
     completed_at: torch.Tensor  # (B, nb) iteration at which the block became complete, -1 if not
-    stopped: torch.Tensor  # (B,) bool: an EOS was committed (and, but mid-way in AR, the tail filled)
+    stopped: torch.Tensor  # (B,) bool: an EOS was committed; its tail is filled (AR: at the end)
     trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
     rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
@@ -106,9 +106,6 @@ class DecodeState:
     def is_created(self) -> torch.Tensor:
         """(B, nb) bool."""
         return torch.arange(self.num_blocks, device=self.canvas.device) < self.created.unsqueeze(1)
-
-    def finished(self) -> bool:
-        return not bool(self.masked().any())
 
     def row_finished(self) -> torch.Tensor:
         """(B,) bool: rows without masks."""
