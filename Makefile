@@ -8,12 +8,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all clean
 
-# torch first and pinned: the CPU build of 2.13.0 lies on the project machines' disk, while an
-# unpinned resolve could pull a multi-GB CUDA build.
+# torch first and pinned to the tested 2.13.0: pyproject.toml allows a range (a library must
+# not pin it), but the CPU build of 2.13.0 lies on the project machines' disk, while an
+# unpinned resolve could pull a multi-GB CUDA build. Raise it together with pyproject's bound.
+# -qq: pip prints errors only. A single -q still prints a "Location 'file:///...' is ignored"
+# warning for every package that a machine-configured local index lacks; errors (and a
+# non-zero exit) still show with -qq.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -qq torch==2.13.0
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -166,18 +166,20 @@ class DiffusionLM(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            # transformers >= 5.24 names the KV cache `cache` (in and out); `past_key_values`
+            # is its deprecated alias there (warns, removed in 5.40). Our API keeps the old name.
+            cache=past_key_values,
             use_cache=use_cache,
             logits_to_keep=raw_keep,
         )
         raw = out.logits  # (B, raw_keep, V)
         if self.facts.logit_shift == 0:
-            return LMOutput(raw, None, out.past_key_values)
+            return LMOutput(raw, None, out.cache)
         if raw_keep > keep:  # the window does not start at position 0: no boundary needed
-            return LMOutput(raw[:, :-1], raw[:, -1], out.past_key_values)
+            return LMOutput(raw[:, :-1], raw[:, -1], out.cache)
         first = raw[:, :1] if prev_logits is None else prev_logits.unsqueeze(1)
         aligned = torch.cat([first, raw[:, :-1]], dim=1)
-        return LMOutput(aligned, raw[:, -1], out.past_key_values)
+        return LMOutput(aligned, raw[:, -1], out.cache)
 
     def save_pretrained(self, folder, **kwargs) -> None:
         """An ordinary Hugging Face folder: config.json + model.safetensors."""
