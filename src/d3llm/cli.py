@@ -254,12 +254,20 @@ def demo(
 @app.command()
 def export(
     source: Annotated[str, typer.Argument(help="Model folder or bundled name.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Destination folder (replaced).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Destination folder: new, empty, or a previous export (replaced). A folder holding other "
+        "files is refused unless --overwrite."))],
     layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Write into a folder holding other files: replace only the files an export "
+                            "writes (config, weights, tokenizer, training records); keep every other file.")] = False,
 ) -> None:
-    """Write a model in another layout or precision (with tokenizer and training records)."""
+    """Write a model in another layout or precision (with tokenizer and training records).
+
+    The export is written beside --out and moved into place only once complete: a failed export
+    leaves --out as it was."""
     from d3llm.models import resolve_model
     from d3llm.models.checkpoint import export_model
 
@@ -268,8 +276,9 @@ def export(
     if shards < 1:
         _fail(f"`--shards` must be >= 1, got {shards}")
     try:
-        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards)
-    except ValueError as exc:  # a family that the layout cannot hold
+        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards,
+                              overwrite=overwrite)
+    except ValueError as exc:  # e.g. a tensor the layout has no place for
         _fail(str(exc))
     typer.echo(f"written to {folder}")
 

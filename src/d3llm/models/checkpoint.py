@@ -11,9 +11,13 @@ config) is a `ModelLoadError` that names the file and the tensor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from d3llm.errors import ModelLoadError
+from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
@@ -137,12 +141,10 @@ def write_checkpoint(
     expect them; `load_network` reads all three back.
     """
     folder = Path(folder)
+    problem = _layout_problem(layout, net.config.d3llm_family)
+    if problem:
+        raise ValueError(problem)
     folder.mkdir(parents=True, exist_ok=True)
-    family = net.config.d3llm_family
-    if layout == "llada" and family != "llada":
-        raise ValueError(f"the LLaDA layout holds llada models, not {family}")
-    if layout == "dream" and family != "dream":
-        raise ValueError(f"the Dream layout holds dream models, not {family}")
     rename = hf_name_to_llada if layout == "llada" else (lambda n: n)
     state = {rename(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in net.state_dict().items()
              if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
@@ -167,27 +169,128 @@ def write_checkpoint(
     return folder
 
 
+def _layout_problem(layout: str, family: str) -> str | None:
+    """Why `layout` cannot hold a `family` model, or None when it can."""
+    if layout not in ("hf", "llada", "dream"):
+        return f"the layout must be hf, llada or dream, got {layout!r}"
+    if layout == "llada" and family != "llada":
+        return f"the LLaDA layout holds llada models, not {family}"
+    if layout == "dream" and family != "dream":
+        return f"the Dream layout holds dream models, not {family}"
+    return None
+
+
 # Files a trained model folder carries beside its weights (see d3llm.train.trainer).
 RECORD_FILES = ("provenance.json", "curve.jsonl", "runs.jsonl", "train_config.yaml")
+# Every file name an export may write (the tokenizer's own file names are added per export):
+# a folder holding only such files, with a config and weights, is a previous export.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
+)
+EXPORT_FILES = frozenset(("config.json", SINGLE_FILE, INDEX_FILE, *TOKENIZER_FILES, *RECORD_FILES))
+SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def export_model(
-    source: str | Path, out: str | Path, layout: str = "hf", dtype: torch.dtype | None = None, shards: int = 1
+    source: str | Path, out: str | Path, layout: str = "hf", dtype: torch.dtype | None = None, shards: int = 1,
+    overwrite: bool = False,
 ) -> Path:
     """Copy a model folder to `out` in another layout and/or precision, with its tokenizer and
-    its training records (how the bundled models are made from training runs)."""
+    its training records (how the bundled models are made from training runs).
+
+    Nothing in `out` is touched until the source is loaded and every argument checked; the export
+    is written into a temporary folder beside `out` (`.NAME.tmp-XXXX`) and moved into place at the
+    end, so a failed export leaves `out` as it was. `out` may be missing, empty, or a previous
+    export (a folder holding only files an export writes: config.json, weights, the safetensors
+    index, tokenizer files, training records), which is replaced. A folder holding anything else is
+    refused unless `overwrite`: then the files an export writes are replaced (stale ones, such as
+    an older export's shards, removed) and every other file and subfolder is left in place.
+    """
     from d3llm.models.loading import load_tokenizer  # loading imports this module
 
-    source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve():
+    source, given = Path(source), Path(out)
+    out = given.resolve()
+    if shards < 1:
+        raise D3llmError(f"`shards` must be >= 1, got {shards}")
+    if out == source.resolve():
         raise ModelLoadError(f"`out` must differ from the source folder {source}")
     net = load_network(source)
     tokenizer = load_tokenizer(source)
-    if out.exists():
-        shutil.rmtree(out)
-    write_checkpoint(net, out, layout=layout, shards=shards, dtype=dtype)
-    tokenizer.save_pretrained(out)
-    for name in RECORD_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, out / name)
-    return out
+    problem = _layout_problem(layout, net.config.d3llm_family)
+    if problem:
+        raise D3llmError(problem)
+    ours = EXPORT_FILES | set(getattr(tokenizer, "vocab_files_names", {}).values())
+    replaced = _files_to_replace(out, given, ours, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise D3llmError(f"cannot write beside {given}: {exc.strerror or exc}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become `out`'s mode
+        write_checkpoint(net, staging, layout=layout, shards=shards, dtype=dtype)
+        tokenizer.save_pretrained(staging)
+        for name in RECORD_FILES:
+            if (source / name).is_file():
+                shutil.copy(source / name, staging / name)
+        _move_into_place(staging, out, replaced)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return given
+
+
+def _is_export_file(entry: Path, ours: set[str] | frozenset[str]) -> bool:
+    return (entry.name in ours or bool(SHARD_FILE.fullmatch(entry.name))) and entry.is_file()
+
+
+def _files_to_replace(out: Path, given: Path, ours, overwrite: bool) -> list[Path]:
+    """The files of `out` an export replaces; raises when `out` may not be written."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise D3llmError(f"--out {given} exists and is not a folder; choose another --out")
+    entries = sorted(out.iterdir())
+    mine = [e for e in entries if _is_export_file(e, ours)]
+    others = [e.name for e in entries if e not in mine]
+    names = {e.name for e in mine}
+    previous_export = not others and "config.json" in names and bool({SINGLE_FILE, INDEX_FILE} & names)
+    if entries and not previous_export and not overwrite:
+        listed = others or [e.name for e in mine]
+        raise D3llmError(
+            f"--out {given} is not empty and not a previous export (it holds {', '.join(listed[:3])}"
+            f"{', ...' if len(listed) > 3 else ''}); pass --overwrite to replace only the files an export "
+            "writes there (the others are kept), or choose another --out"
+        )
+    blocked = [name for name in others if name in ours]
+    if blocked:
+        raise D3llmError(f"--out {given} holds a folder named {blocked[0]}, where export writes a file")
+    return mine
+
+
+def _move_into_place(staging: Path, out: Path, replaced: list[Path]) -> None:
+    """Move the finished export from `staging` into `out`; the replaced files are kept aside until
+    the new ones are in, and put back if that fails."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    moved_aside, moved_in = [], []
+    try:
+        for path in replaced:
+            path.rename(aside / path.name)
+            moved_aside.append(path.name)
+        for path in sorted(staging.iterdir()):
+            path.rename(out / path.name)
+            moved_in.append(path.name)
+    except BaseException:
+        for name in moved_in:
+            (out / name).unlink(missing_ok=True)
+        for name in moved_aside:
+            (aside / name).rename(out / name)
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

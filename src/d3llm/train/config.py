@@ -22,6 +22,7 @@ import yaml
 from d3llm.errors import D3llmError
 from d3llm.models.lm import FAMILIES
 from d3llm.train.distill import DistillSettings
+from d3llm.train.objectives import DiffusionObjective
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TrainConfig:
     threads: int | None = None  # torch threads (None = torch's default)
     eval_method: str | None = None  # validation decode preset (None: vanilla, or ar for AR models)
     distill: DistillSettings | None = None  # set: distil `init_from` (the teacher) from trajectories
+    objective: DiffusionObjective = field(default_factory=DiffusionObjective)  # diffusion families
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -97,6 +99,12 @@ class TrainConfig:
             if bad:
                 raise D3llmError(f"{source}: unknown model key(s) {bad}; valid: {', '.join(sorted(shape_keys))}")
             raw["model"] = ModelShape(**raw["model"])
+        if "objective" in raw:
+            keys = {f.name for f in dataclasses.fields(DiffusionObjective)}
+            bad = sorted(set(raw["objective"] or {}) - keys)
+            if bad:
+                raise D3llmError(f"{source}: unknown objective key(s) {bad}; valid: {', '.join(sorted(keys))}")
+            raw["objective"] = DiffusionObjective(**(raw["objective"] or {}))
         if raw.get("distill") is not None:
             keys = {f.name for f in dataclasses.fields(DistillSettings)}
             bad = sorted(set(raw["distill"]) - keys)

@@ -61,9 +61,9 @@ def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[
 class _DiffusionTrainer(Trainer):
     """Trainer whose loss is a d3llm objective on the (possibly DDP-wrapped) network."""
 
-    def __init__(self, *args, facts, distill=None, **kwargs):
+    def __init__(self, *args, facts, distill=None, objective=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.facts, self.distill = facts, distill
+        self.facts, self.distill, self.objective = facts, distill, objective
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm = DiffusionLM(model, self.facts)  # model may be DDP-wrapped: call through it
@@ -71,7 +71,7 @@ class _DiffusionTrainer(Trainer):
             progress = self.state.global_step / max(self.state.max_steps, 1)
             return distill_loss(lm, inputs, self.distill, progress)[0]
         if self.facts.is_diffusion:
-            return masked_diffusion_loss(lm, inputs)
+            return masked_diffusion_loss(lm, inputs, objective=self.objective)
         return next_token_loss(lm, inputs)
 
 
@@ -164,7 +164,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _tokenizer(config: TrainConfig, out: Path):
+def tokenizer_for(config: TrainConfig, out: Path):
+    """The recipe's tokenizer: `tokenizer_from`'s, a resumed run's, or a new one."""
     if config.tokenizer_from:
         return load_tokenizer(resolve_model(config.tokenizer_from))
     if (out / "tokenizer.json").is_file():  # a resumed run keeps the tokenizer it started with
@@ -176,7 +177,8 @@ def _tokenizer(config: TrainConfig, out: Path):
     return build_tokenizer(corpus, config.vocab_size)
 
 
-def _network(config: TrainConfig, tokenizer):
+def network_for(config: TrainConfig, tokenizer):
+    """The recipe's starting network: `init_from` (adapted from AR if need be) or a new one."""
     if config.init_from:
         net = load_network(resolve_model(config.init_from), dtype=torch.float32)
         if net.config.d3llm_family == "ar" and config.family != "ar":
@@ -218,19 +220,19 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         raise D3llmError(f"`--stop-at` must be in 1..{config.steps} (the recipe's steps), got {stop_at}")
     end = stop_at or config.steps
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise D3llmError(f"--out {out} exists and is not a folder; use another --out")
     version = code_version()  # the code this process runs, read before anything can change it
     saved = out / "train_config.yaml"
-    if saved.is_file() and _recipe(yaml.safe_load(saved.read_text())) != _recipe(config.to_dict()):
+    if saved.is_file() and _recipe(_saved_config(saved)) != _recipe(config.to_dict()):
         raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    tokenizer = _tokenizer(config, out)  # deterministic: every rank builds the same one
-    if _is_first_process():
-        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        tokenizer.save_pretrained(out)
-    net = _network(config, tokenizer)
+    # Everything the user's input can break (tokenizer, network, examples) is built before `out`
+    # is written: a failed start leaves nothing that blocks the corrected command.
+    tokenizer = tokenizer_for(config, out)  # deterministic: every rank builds the same one
+    net = network_for(config, tokenizer)
     trained = with_lora(net, config.distill.lora_rank) if config.distill and config.distill.lora_rank else net
     if config.distill:
         examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
@@ -240,6 +242,10 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
         collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if _is_first_process():
+        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tokenizer.save_pretrained(out)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
         learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
@@ -252,6 +258,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     validation = _ValidationCallback(config, net, tokenizer, out, clock)
     trainer = _DiffusionTrainer(
         model=trained, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts, distill=config.distill,
+        objective=config.objective,
         data_collator=lambda items: collate_fn(items[0], tokenizer.pad_token_id),
         callbacks=[validation, _ClockCallback(clock)] + ([_StopAt(stop_at)] if stop_at else []),
     )
@@ -281,6 +288,15 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
 
 def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
+
+
+def _saved_config(path: Path) -> dict:
+    """A run's saved recipe with today's defaults filled in (a field added since compares equal
+    when the run used its default)."""
+    try:
+        return TrainConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path)).to_dict()
+    except D3llmError:
+        return yaml.safe_load(path.read_text())
 
 
 def _recipe(config: dict) -> dict:
