@@ -81,3 +81,12 @@ def test_unknown_objective_key_is_refused():
     config = TrainConfig.from_dict({"objective": {"weighting": "token_mean"}})
     assert config.objective.weighting == "token_mean"
     assert TrainConfig.from_dict(config.to_dict()) == config  # survives the saved recipe
+
+
+def test_prefix_cuts_fall_in_the_content_not_the_eos_padding():
+    batch = _batch(rows=256, prompt=5, response=20)
+    batch["input_ids"][:, 5 + 6 :] = 1  # content: 6 tokens, then EOS (id 1) padding
+    maskable = maskable_positions(DiffusionObjective(prefix_rows=1.0), batch, torch.Generator().manual_seed(0), 1)
+    first = maskable.int().argmax(1)
+    assert int(first.min()) == 5 and int(first.max()) <= 5 + 6  # at most: clean through the first EOS
+    assert len(set(first.tolist())) == 7  # every cut in 0..6 occurs

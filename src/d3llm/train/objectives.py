@@ -71,17 +71,24 @@ def sample_mask_ratio(objective: DiffusionObjective, rows: int, generator: torch
 
 
 def maskable_positions(
-    objective: DiffusionObjective, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+    objective: DiffusionObjective,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator | None,
+    eos_token_id: int | None = None,
 ) -> torch.Tensor:
-    """(B, L) bool: the response, except, in `prefix_rows` of the rows, a clean prefix of it of
-    random length (uniform over the response's length)."""
+    """(B, L) bool: the response, except, in `prefix_rows` of the rows, a clean prefix of it.
+    The cut is uniform over the response's content: up to and including its first
+    `eos_token_id` (a canvas padded with EOS would otherwise put most cuts in the padding)."""
     in_response = response_mask(batch)
     if objective.prefix_rows == 0:
         return in_response
     rows, width = in_response.shape
+    content = in_response
+    if eos_token_id is not None:
+        eos = (batch["input_ids"] == eos_token_id) & in_response
+        content = in_response & ((eos.cumsum(1) - eos.long()) == 0)  # up to the first EOS
     cut_rows = torch.rand(rows, generator=generator) < objective.prefix_rows
-    response_len = in_response.sum(1)
-    cut = batch["prompt_len"] + (torch.rand(rows, generator=generator) * response_len).long()
+    cut = batch["prompt_len"] + (torch.rand(rows, generator=generator) * content.sum(1)).long()
     positions = torch.arange(width).unsqueeze(0)
     after_cut = positions >= torch.where(cut_rows, cut, batch["prompt_len"]).unsqueeze(1)
     return in_response & after_cut
@@ -95,7 +102,7 @@ def masked_diffusion_loss(
 ) -> torch.Tensor:
     objective = objective or DiffusionObjective()
     ids = batch["input_ids"]  # (B, L)
-    maskable = maskable_positions(objective, batch, generator)
+    maskable = maskable_positions(objective, batch, generator, model.facts.eos_token_id)
     t = sample_mask_ratio(objective, ids.shape[0], generator)  # (B, 1)
     masked = maskable & (torch.rand(ids.shape, generator=generator) < t)
     noisy = torch.where(masked, model.facts.mask_token_id, ids)
