@@ -11,6 +11,9 @@ loaded models; this function takes names and text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 from d3llm.decode import DecodeOutput, generate as decode, preset
 from d3llm.errors import D3llmError
@@ -25,18 +28,25 @@ class GenerateResult:
 
 
 def generate(
-    model: str | LoadedModel,
+    model: str | Path | LoadedModel,
     prompts: str | list[str],
     method: str | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
     **settings,
 ) -> GenerateResult:
-    """Answer `prompts` (chat-formatted for the model) with a decode preset and overrides."""
-    lm = load_model(model) if isinstance(model, str) else model
+    """Answer `prompts` (chat-formatted for the model) with a decode preset and overrides.
+
+    `max_new_tokens`: the response canvas (None: the preset's). `device`, `dtype`: where and in
+    what precision a model given by name is loaded ("auto": the best device, and its dtype;
+    see `d3llm.models.loading.resolve_device_dtype`); a `LoadedModel` stays where it is."""
+    lm = load_model(model, device=device, dtype=dtype) if isinstance(model, (str, Path)) else model
     batch = [prompts] if isinstance(prompts, str) else list(prompts)
     if not batch or any(not p.strip() for p in batch):
         raise D3llmError("`prompts` must be one or more non-empty strings")
-    config = preset(method or ("d3llm" if lm.facts.is_diffusion else "ar"), max_new_tokens=max_new_tokens, **settings)
+    fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    config = preset(method or ("d3llm" if lm.facts.is_diffusion else "ar"), **fixed, **settings)
     out = decode(lm.model, [prompt_ids(lm.tokenizer, p) for p in batch], config, lm.tokenizer.pad_token_id)
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out.sequences]
     return GenerateResult(texts, out)

@@ -1,6 +1,9 @@
 """The `d3llm` command. It parses arguments, calls the library, and prints; no logic lives here.
 
-Every user error (a `D3llmError`) is printed as one line on stderr with exit code 2.
+Every user error (a `D3llmError`) is printed as one line on stderr with exit code 2. Help is
+plain text (`-h` or `--help`): rich markup would swallow `[...]` in help texts and show a
+value for flags. Torch is imported by the commands that need it, not here: `d3llm models`,
+`-h` and `--version` stay fast.
 """
 
 from __future__ import annotations
@@ -16,7 +19,24 @@ import typer
 from d3llm.errors import D3llmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="d3llm: ultra-fast diffusion language models.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from d3llm.version import code_version
+
+        typer.echo(f"d3llm {code_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[Optional[bool], typer.Option(  # noqa: ARG001 (handled by the callback)
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """d3llm: ultra-fast diffusion language models."""
 
 
 def _fail(message: str) -> None:
@@ -25,6 +45,7 @@ def _fail(message: str) -> None:
 
 
 def _torch_dtype(name: str):
+    """`d3llm export --dtype`: the stored precision (auto: as the source), not a compute dtype."""
     import torch
 
     choices = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,36 +55,57 @@ def _torch_dtype(name: str):
 
 
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
+MODEL_HELP = "Bundled model name (see `d3llm models`) or model folder."
+CANVAS_HELP = "Response length (canvas). [default: the preset's max_new_tokens, 64]"
+# One spelling of --device / --dtype for every command that loads a model (vLLM and SGLang's).
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps; auto: CUDA if "
+                                     "available, else MPS, else the CPU.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16; auto: bfloat16 on a "
+                                    "CUDA GPU that supports it, float16 on other GPUs and MPS, float32 on the CPU.")]
 
 
-def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int, settings: list[str]):
+def _placement(device: str, dtype: str):
+    """(torch.device, torch.dtype) of --device / --dtype; a bad choice is a one-line error."""
+    from d3llm.models.loading import resolve_device_dtype
+
+    return resolve_device_dtype(device, dtype, names=("--device", "--dtype"))
+
+
+def _load(model: str, device: str, dtype: str):
+    from d3llm.models import load_model
+
+    where, precision = _placement(device, dtype)
+    return load_model(model, device=where, dtype=precision)
+
+
+def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int | None, settings: list[str]):
     from d3llm.decode import preset
     from d3llm.decode.config import parse_overrides
 
     name = method or ("d3llm" if is_diffusion else "ar")
-    overrides = {"max_new_tokens": max_new_tokens, **parse_overrides(settings)}  # --set wins
-    return preset(name, **overrides)
+    fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    return preset(name, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")] = "tiny-teacher",
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, ar for AR models).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     stream: Annotated[bool, typer.Option("--stream", help="Print text as soon as it is final.")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print NFE, TPF and tokens/s.")] = False,
 ) -> None:
     """Load a model and answer PROMPT."""
     from d3llm.decode import final_prefix_lengths, generate as decode
-    from d3llm.models import load_model
     from d3llm.models.tokenizer import prompt_ids
 
     if not prompt.strip():
         _fail("the prompt is empty")
-    lm = load_model(model, dtype=_torch_dtype(dtype))
+    lm = _load(model, device, dtype)
     config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
@@ -127,18 +169,22 @@ def trajectories(
     block_size: Annotated[int, typer.Option(help="Teacher block size.")] = 32,
     chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
-    """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them;
-    killed, the same command resumes; when all chunks are done they are merged."""
+    """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
+    CUDA device without an index is each process's own GPU); killed, the same command resumes;
+    when all chunks are done they are merged."""
     from d3llm.trajectory.rollout import run
 
+    where, precision = _placement(device, dtype)
     counts = {}
     for name, n in _key_values(tasks, "--task").items():
         if not isinstance(n, int):
             raise D3llmError(f"--task {name}={n!r}: the count must be an integer")
         counts[name.replace("_", "-")] = n
     folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
-                 block_size=block_size, chunk_size=chunk_size, batch_size=batch_size)
+                 block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
     typer.echo(f"trajectories in {folder}")
 
 
@@ -170,7 +216,7 @@ def distill(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     task: Annotated[str, typer.Option(help="arith | arith-long | code | arith:medium | gsm8k:PATH")],
     method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
@@ -178,17 +224,18 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
     batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result here.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Decode N problems of a task, score them, report accuracy, TPF and tokens/s."""
     from rich.progress import Progress
 
     from d3llm.eval.runner import evaluate
-    from d3llm.models import load_model
     from d3llm.tasks import get_task
 
-    lm = load_model(model)
+    lm = _load(model, device, dtype)
     config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
     the_task = get_task(task)
     with Progress(transient=True) as bar:
@@ -227,6 +274,8 @@ def demo(
     tasks: Annotated[list[str], typer.Option("--task", help="Only these tasks (repeatable; default: all).")] = [],  # noqa: B006
     methods: Annotated[list[str], typer.Option("--method", help="Only these diffusion presets (repeatable; "
                                                "default: all); the AR baseline always runs.")] = [],  # noqa: B006
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Every bundled model on every task: accuracy, TPF, tokens/s and AUP in one table, the AR
     baseline comparison, and the result files, leaderboard and plots written to OUT."""
@@ -235,10 +284,11 @@ def demo(
     from d3llm.eval.demo import run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
 
+    where, precision = _placement(device, dtype)
     console = Console()
     with console.status("decoding") as status:
         results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"),
-                           tasks=tasks, methods=methods)
+                           tasks=tasks, methods=methods, device=where, dtype=precision)
     report = write_demo(results, out, plots=matplotlib_available())
     console.print(_demo_table(report.board, n, seed))
     for comparison in report.comparisons:
@@ -258,7 +308,8 @@ def export(
         "Destination folder: new, empty, or a previous export (replaced). A folder holding other "
         "files is refused unless --overwrite."))],
     layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        help="Stored precision: auto (as the source) | float32 | bfloat16 | float16")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Write into a folder holding other files: replace only the files an export "
@@ -285,26 +336,37 @@ def export(
 
 @app.command()
 def sweep(
-    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     task: Annotated[str, typer.Option(help="Task name.")],
     params: Annotated[list[str], typer.Option("--param", help="NAME=V1,V2,... (repeatable: a grid).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for point files and curve.json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Folder for point files and curve.json; run again to resume (only a sweep of the same settings)."))],
     method: Annotated[str, typer.Option(help="Decode preset.")] = "d3llm",
+    settings: Annotated[list[str], typer.Option("--set", help="Fix a decode setting at every point, e.g. "
+                                                "--set block_size=16 (repeatable).")] = [],  # noqa: B006
     n: Annotated[int, typer.Option(help="Test problems per point.")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 64,
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
+    max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=(
+        "Replace the sweep files in --out (point-*.json, curve.json) when they hold a sweep of "
+        "other settings (model, task, method, n, seed, split, --set, grid, dtype); without it, refuse."))] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Evaluate a preset over a grid of settings; one results file per point plus the curve."""
+    from d3llm.decode.config import parse_overrides
     from d3llm.eval.sweep import parse_grid, sweep as run_sweep
-    from d3llm.models import load_model
     from d3llm.tasks import get_task
 
     grid = parse_grid(params)
+    fixed = parse_overrides(settings)
     the_task = get_task(task)
-    lm = load_model(model)
+    lm = _load(model, device, dtype)
     records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True))
+                        batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True),
+                        split=split, settings=fixed, overwrite=overwrite)
     for r in records:
         typer.echo(f"{r['sweep_point']}: accuracy {r['accuracy_pct']:.1f}%, TPF {r['tokens_per_forward']:.2f}")
     typer.echo(f"curve written to {out / 'curve.json'}")
@@ -360,7 +422,7 @@ def leaderboard(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     method: Annotated[Optional[str], typer.Option(help="Default decode preset (default: d3llm / ar).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -370,38 +432,41 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
 
     /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
-    from d3llm.models import load_model
     from d3llm.serve import create_app, run_server
 
-    lm = load_model(model, dtype=_torch_dtype(dtype))
+    lm = _load(model, device, dtype)
     server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_queue=max_queue, max_tokens_limit=max_tokens_limit)
-    typer.echo(f"serving {server.state.service.model_id} at http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
+    placement = f"{lm.model.device}, {str(lm.model.dtype).removeprefix('torch.')}"
+    typer.echo(f"serving {server.state.service.model_id} ({placement}) at http://{host}:{port}/v1 (Ctrl-C stops)",
+               err=True)
     run_server(server, host, port, api_key)
 
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Option("--model", "-m", help="Bundled model name or folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length (canvas).")] = 128,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Talk to a model in the terminal, answers streamed, with NFE, TPF and tokens/s.
 
     Reads one message per line; /reset starts a new conversation; /exit or end of input quits."""
-    from d3llm.decode.config import parse_overrides
-    from d3llm.models import load_model
+    from d3llm.decode.config import DecodeConfig, parse_overrides
     from d3llm.serve.chat import ChatSession
 
-    lm = load_model(model, dtype=_torch_dtype(dtype))
-    with ChatSession(lm, method, max_new_tokens, **parse_overrides(settings)) as session:
+    lm = _load(model, device, dtype)
+    canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
+    with ChatSession(lm, method, canvas, **parse_overrides(settings)) as session:
         while True:
             if sys.stdin.isatty():
                 typer.echo("> ", nl=False)
@@ -424,18 +489,35 @@ def chat(
 
 
 @app.command()
-def models() -> None:
-    """List the bundled models."""
-    from d3llm.models import bundled_models
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the bundled models: family, parameters, the method commands decode with unless
+    --method is given, and the final validation accuracy % of their training run (per task,
+    with the preset and problems it was measured with; provenance.json)."""
+    from dataclasses import asdict
 
-    for name, path in bundled_models().items():
-        typer.echo(f"{name}\t{path}")
+    from d3llm.models.catalog import bundled_models, describe  # no torch: fast
+
+    summaries = [describe(path, name) for name, path in bundled_models().items()]
+    if as_json:
+        typer.echo(json.dumps([{**asdict(s), "path": str(s.path)} for s in summaries], indent=2))
+        return
+    if not summaries:
+        typer.echo("no bundled models are installed")
+        return
+    header = ("model", "family", "params", "default method", "validation accuracy %", "path")
+    rows = [header, *[(s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
+                       s.accuracy_text(), str(s.path)) for s in summaries]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        typer.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
+        app(prog_name="d3llm")  # also under `python -m d3llm.cli` and torchrun
     except D3llmError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)

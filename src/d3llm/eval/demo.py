@@ -23,11 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from d3llm.decode import PRESETS, preset
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard, write_leaderboard
 from d3llm.eval.runner import EvalResult, evaluate
-from d3llm.models import bundled_models, load_model
+from d3llm.models import bundled_models, load_model, resolve_device_dtype
 from d3llm.tasks import TASK_NAMES, get_task
 
 DIFFUSION_METHODS = tuple(name for name in PRESETS if name != "ar")
@@ -43,9 +45,12 @@ DEMO_METHODS: dict[str, tuple[str, ...]] = {
 
 
 def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
-             tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[EvalResult]:
+             tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+             device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto") -> list[EvalResult]:
     """Evaluate every bundled model on `tasks` (default: all), `n` test problems each: a dLLM with
-    `methods` (default: every diffusion preset), the AR baseline always with `ar`."""
+    `methods` (default: every diffusion preset), the AR baseline always with `ar`; loaded on
+    `device` in `dtype` (`d3llm.models.loading.resolve_device_dtype`)."""
+    device, dtype = resolve_device_dtype(device, dtype)
     names = list(bundled_models())
     if not names:
         raise D3llmError("no bundled models are installed (train them: see README, 'Bundled models')")
@@ -54,7 +59,7 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
         preset(method)
     results = []
     for name in names:
-        lm = load_model(name)
+        lm = load_model(name, device=device, dtype=dtype)
         own = DEMO_METHODS.get(name, DIFFUSION_METHODS) if lm.facts.is_diffusion else ("ar",)
         for task in the_tasks:
             for method in [m for m in own if not methods or m in methods or m == "ar"]:  # the baseline always runs

@@ -12,7 +12,8 @@
 (bundled name or folder), `method` (a decode preset; default d3llm, or ar for AR models),
 `max_new_tokens` (the response canvas; default: each task's `max_gen_toks`), `batch_size`
 (prompts decoded together; on lm-eval's command line give `--batch_size N` instead, whose
-default is 1), `dtype`, `chat` (wrap each context as one user message in the model's chat
+default is 1), `dtype` (auto | float32 | bfloat16 | float16), `device` (auto | cpu | cuda |
+cuda:N | mps; lm-eval's own `--device` sets it), `chat` (wrap each context as one user message in the model's chat
 template; default true, and skipped when lm-eval's `--apply_chat_template` has formatted it),
 and any `DecodeConfig` field (`threshold=0.4`, `block_size=32`, ...).
 
@@ -33,12 +34,11 @@ from lm_eval.models.utils import normalize_gen_kwargs
 
 from d3llm.decode import DecodeConfig, generate, preset
 from d3llm.errors import D3llmError
-from d3llm.models import load_model
+from d3llm.models import load_model, resolve_device_dtype
 from d3llm.models.tokenizer import prompt_ids
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Generation kwargs lm-eval tasks send that the decode loop honours; `do_sample` and
 # `temperature` map to DecodeConfig.temperature (0 = argmax).
 SUPPORTED_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
@@ -52,8 +52,8 @@ class D3llmLM(LM):
                  batch_size: int | str | None = 8, dtype: str = "auto", chat: bool = True,
                  device: str | None = None, max_batch_size: int | None = None, **settings) -> None:
         super().__init__()
-        if dtype not in DTYPES:
-            raise D3llmError(f"model_args `dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        device, torch_dtype = resolve_device_dtype(_device(device), dtype,
+                                                   names=("model_args device", "model_args dtype"))
         if batch_size is None:
             batch_size = 8
         if isinstance(batch_size, str) and batch_size.isdigit():  # lm-eval's --batch_size is text
@@ -63,7 +63,7 @@ class D3llmLM(LM):
                              f"got {batch_size!r}")
         if max_batch_size is not None:  # lm-eval passes it (None unless asked); it only bounds 'auto'
             raise D3llmError("`max_batch_size` applies to batch_size=auto, which d3llm does not support")
-        self.lm = load_model(model, dtype=DTYPES[dtype], device=_device(device))
+        self.lm = load_model(model, dtype=torch_dtype, device=device)
         name = method or ("d3llm" if self.lm.facts.is_diffusion else "ar")
         fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         self.config = preset(name, **settings, **fixed)  # validates every setting before the first forward
@@ -154,12 +154,14 @@ class D3llmLM(LM):
 
 
 def _device(device: str | None) -> str:
-    """The torch device; lm-eval's command line asks for cuda:0 by default, so without CUDA
-    (a laptop, CI) a CUDA request falls back to the CPU, as lm-eval's own HF model does."""
-    if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
-        if device is not None:
-            log.warning("device %r requested but CUDA is not available; decoding on the CPU", device)
-        return "cpu"
+    """The device to resolve: None is "auto" (the best available); lm-eval's command line asks
+    for cuda:0 by default, so without CUDA (a laptop, CI) a CUDA request falls back to the
+    best device there is, as lm-eval's own HF model does."""
+    if device is None:
+        return "auto"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %r requested but CUDA is not available; decoding on the best device there is", device)
+        return "auto"
     return device
 
 

@@ -87,14 +87,17 @@ def evaluate(
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds, decode_config=asdict(config),
-        code_version=code_version(), machine=machine_description(),
+        code_version=code_version(), machine=machine_description(lm.model.device),
     )
 
 
-def machine_description() -> str:
-    """Where a number was measured: CPU model / GPU name, core count, torch version."""
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
+def machine_description(where: torch.device | None = None) -> str:
+    """Where a number was measured: the GPU the model ran on, or the CPU model; core count,
+    torch version."""
+    if where is not None and where.type == "cuda":
+        device = torch.cuda.get_device_name(where)
+    elif where is not None and where.type == "mps":
+        device = f"Apple MPS ({platform.machine()})"
     else:
         device = platform.processor() or platform.machine()
     return f"{device}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"

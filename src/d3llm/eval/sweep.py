@@ -5,6 +5,11 @@
 Each grid point is written to `OUT/point-NNN.json` as soon as it is done (a killed sweep
 keeps what it finished and skips it when run again), and `OUT/curve.json` lists the
 (tokens per forward, accuracy %) points in TPF order: the input of AUP.
+
+Every point file and the curve record the sweep's settings (`sweep_settings`: model and its
+weights' fingerprint, dtype, task, method, n, seed, split, the fixed decode overrides and the
+grid). A folder is resumed only when they all match; a folder holding a sweep of other
+settings is refused, naming what differs, unless `overwrite=True` replaces it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import LoadedModel
 from d3llm.tasks import Task
+from d3llm.tasks.base import check_split
 
 
 def parse_grid(params: list[str]) -> dict[str, list[str]]:
@@ -36,14 +42,69 @@ def parse_grid(params: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+SWEEP_FILES = ("point-*.json", "point-*.tmp", "curve.json")
+
+
+def sweep_settings(lm: LoadedModel, task: Task, method: str, grid: dict[str, list[str]], n: int, seed: int,
+                   split: str, fixed: dict) -> dict:
+    """Everything that decides a sweep's points (not its speed settings such as batch size)."""
+    from d3llm.trajectory.store import fingerprint
+
+    return {"model": lm.name, "model_fingerprint": fingerprint(lm.path),
+            "dtype": str(lm.model.dtype).removeprefix("torch."), "task": task.name, "method": method,
+            "n": n, "seed": seed, "split": split, "fixed": dict(sorted(fixed.items())),
+            "grid": {k: list(v) for k, v in grid.items()}}
+
+
+def _differences(old: dict | None, new: dict) -> str:
+    if old is None:
+        return "settings not recorded (written by an older d3llm)"
+    diffs = [f"{key} {old.get(key)!r} there, {new[key]!r} now" for key in new if old.get(key) != new[key]]
+    return "; ".join(diffs)
+
+
+def _existing(out: Path) -> list[Path]:
+    return sorted(f for pattern in SWEEP_FILES for f in out.glob(pattern) if f.is_file())
+
+
+def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
+    """Refuse (or with `overwrite`, clear) a folder whose sweep files have other settings."""
+    for file in _existing(out):
+        if file.suffix == ".tmp":
+            continue
+        try:
+            old = json.loads(file.read_text()).get("sweep_settings")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old == settings:
+            continue
+        if overwrite:
+            for stale in _existing(out):
+                stale.unlink()
+            return
+        raise D3llmError(f"--out {out} holds a sweep with other settings ({file.name}: "
+                         f"{_differences(old, settings)}); use --overwrite to replace it, or another --out")
+
+
 def sweep(
     lm: LoadedModel, task: Task, method: str, grid: dict[str, list[str]], n: int, seed: int, out: Path,
-    max_new_tokens: int = 64, batch_size: int = 8, progress: Callable[[str], None] | None = None,
+    max_new_tokens: int | None = None, batch_size: int = 8, progress: Callable[[str], None] | None = None,
+    split: str = "test", settings: dict | None = None, overwrite: bool = False,
 ) -> list[dict]:
+    """Evaluate `method` at every point of `grid` (with the fixed overrides `settings` and
+    `max_new_tokens`, None: the preset's) and write the point files and the curve to `out`."""
     names = list(grid)
+    fixed = {**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}), **(settings or {})}
+    clash = sorted(set(fixed) & set(grid))
+    if clash:
+        raise D3llmError(f"{', '.join(clash)} is both swept (--param) and fixed (--set); give it once")
     points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    configs = [preset(method, max_new_tokens=max_new_tokens, **parse_overrides([f"{k}={v}" for k, v in p.items()]))
+    configs = [preset(method, **fixed, **parse_overrides([f"{k}={v}" for k, v in p.items()]))
                for p in points]  # every point is validated before the first forward
+    split = check_split(split)  # an unknown split fails now
+    record_settings = sweep_settings(lm, task, method, grid, n, seed, split, fixed)
+    if out.is_dir():
+        check_resumable(out, record_settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for index, (point, config) in enumerate(zip(points, configs)):
@@ -55,7 +116,8 @@ def sweep(
                 continue
         if progress:
             progress(", ".join(f"{k}={v}" for k, v in point.items()))
-        record = {**evaluate(lm, task, config, n=n, seed=seed, batch_size=batch_size).to_dict(), "sweep_point": point}
+        result = evaluate(lm, task, config, n=n, seed=seed, split=split, batch_size=batch_size)
+        record = {**result.to_dict(), "sweep_point": point, "sweep_settings": record_settings}
         tmp = file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2))
         tmp.replace(file)  # atomic: a point file is whole or absent
@@ -63,5 +125,6 @@ def sweep(
     curve = sorted(({"tokens_per_forward": r["tokens_per_forward"], "accuracy_pct": r["accuracy_pct"],
                      "settings": r["sweep_point"]} for r in records), key=lambda c: c["tokens_per_forward"])
     (out / "curve.json").write_text(json.dumps({"model": lm.name, "task": task.name, "method": method,
-                                                "n": n, "seed": seed, "points": curve}, indent=2))
+                                                "n": n, "seed": seed, "split": split, "points": curve,
+                                                "sweep_settings": record_settings}, indent=2))
     return records

@@ -1,9 +1,13 @@
 """Resolve a model by bundled name or folder, and load it with its tokenizer.
 
     from d3llm.models import load_model
-    lm = load_model("tiny-teacher")          # bundled, ships in the package
-    lm = load_model("/ckpt/LLaDA-8B-Instruct", dtype=torch.bfloat16)
+    lm = load_model("tiny-teacher")          # bundled, ships in the package; best device, its dtype
+    lm = load_model("/ckpt/LLaDA-8B-Instruct", device="cuda:1", dtype="bfloat16")
     lm.model(input_ids).logits; lm.tokenizer; lm.facts
+
+`resolve_device_dtype` is the one place `device` / `dtype` choices ("auto", "cuda:1",
+"bfloat16", torch objects) become torch objects: the CLI, the Python API, the server, the
+demo, sweeps, teacher rollouts and the lm-eval adapter all go through it.
 
 Bundled models live in `d3llm/bundled/<name>/` (weights, tokenizer, and `provenance.json`
 with the command, seed, code version and metrics that produced them).
@@ -13,26 +17,85 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from d3llm.errors import ModelLoadError
+from d3llm.errors import D3llmError, ModelLoadError
+from d3llm.models.catalog import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported)
 from d3llm.models.checkpoint import load_network, read_json
 from d3llm.models.lm import DiffusionLM, ModelFacts
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIR = Path(str(resources.files("d3llm"))) / "bundled"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 
-def bundled_models() -> dict[str, Path]:
-    """Bundled model names -> folders (those that exist in this installation)."""
-    if not BUNDLED_DIR.is_dir():
-        return {}
-    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / "config.json").is_file()}
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _device(device: str | torch.device | None, arg: str) -> torch.device:
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    shown = f"{arg} {device}"
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        try:
+            parsed = torch.device(device.strip().lower())
+        except RuntimeError:
+            parsed = None
+    else:
+        raise D3llmError(f"{shown}: a device is a string ({' | '.join(DEVICE_CHOICES)}) or a torch.device, "
+                         f"got {type(device).__name__}")
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise D3llmError(f"{shown}: unknown device; choose one of {', '.join(DEVICE_CHOICES)}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise D3llmError(f"{shown}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise D3llmError(f"{shown}: only {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''})")
+    if parsed.type == "mps" and not _mps_available():
+        raise D3llmError(f"{shown}: MPS (Apple GPU) is not available on this machine")
+    return torch.device("cpu") if parsed.type == "cpu" else parsed
+
+
+def _dtype(dtype: str | torch.dtype | None, device: torch.device, arg: str) -> torch.dtype:
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        if device.type == "cuda":  # native bf16 (compute capability >= 8), not emulated
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.strip().lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.strip().lower().removeprefix("torch.")]
+    raise D3llmError(f"{arg} {dtype}: unknown dtype; choose one of {', '.join(DTYPE_CHOICES)}")
+
+
+def resolve_device_dtype(
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    names: tuple[str, str] = ("device", "dtype"),
+) -> tuple[torch.device, torch.dtype]:
+    """The torch device and dtype to load and decode with.
+
+    `device`: "auto" (or None) is the best available: CUDA, else MPS, else the CPU; "cpu",
+    "cuda", "cuda:N", "mps" or a `torch.device` are checked to exist. `dtype`: "auto" (or None)
+    is bfloat16 on a CUDA GPU that supports it, float16 on other GPUs and MPS, float32 on the
+    CPU; otherwise "float32", "bfloat16", "float16" or a floating `torch.dtype`. A bad choice
+    is a one-line `D3llmError` naming the argument as `names` spells it (the CLI passes
+    ("--device", "--dtype"))."""
+    resolved = _device(device, names[0])
+    return resolved, _dtype(dtype, resolved, names[1])
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -101,28 +164,18 @@ def _check_tokenizer(facts: ModelFacts, tokenizer: PreTrainedTokenizerBase, fold
             )
 
 
-def _small_half_precision(net) -> bool:
-    first = next(net.parameters())
-    return first.dtype in (torch.float16, torch.bfloat16) and sum(p.numel() for p in net.parameters()) < 1e9
-
-
 def load_model(
-    name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
 ) -> LoadedModel:
-    """Load a bundled model by name, or a folder in our or an official layout.
-
-    `dtype=None` keeps the stored precision, except that half-precision weights of small
-    models (< 1B parameters, e.g. the bundled ones, stored in float16 to stay small) are
-    computed in float32 on a CPU, where bf16/fp16 matmuls are 3-7x slower
-    (shared/reference/platform_notes.md). Pass `dtype` to choose yourself.
-    """
+    """Load a bundled model by name, or a folder in our or an official layout, onto `device`
+    in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU,
+    where bf16/fp16 matmuls are 3-7x slower, shared/reference/platform_notes.md)."""
+    device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
-    net = load_network(folder, dtype=dtype)
-    if dtype is None and torch.device(device).type == "cpu" and _small_half_precision(net):
-        net = net.float()
-    net = net.to(device)
+    net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy
     model = DiffusionLM(net)
     tokenizer = load_tokenizer(folder)
     _check_tokenizer(model.facts, tokenizer, folder)
-    log.info("loaded %s (%s, %.1fM parameters)", folder, model.facts.family, model.num_parameters() / 1e6)
+    log.info("loaded %s (%s, %.1fM parameters) on %s in %s", folder, model.facts.family,
+             model.num_parameters() / 1e6, device, str(dtype).removeprefix("torch."))
     return LoadedModel(model, tokenizer, folder, str(name_or_path))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from d3llm.decode import generate, preset
 from d3llm.errors import D3llmError
-from d3llm.models import LoadedModel, load_model
+from d3llm.models import LoadedModel, load_model, resolve_device_dtype
 from d3llm.models.tokenizer import prompt_ids
 from d3llm.tasks import Problem, get_task
 from d3llm.train.data import encode_example
@@ -97,13 +97,20 @@ def run(
     chunk_size: int = 64,
     batch_size: int = 16,
     progress: bool = True,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
 ) -> Path:
-    """Roll out (or resume) into `out`; returns the folder once every chunk is merged."""
+    """Roll out (or resume) into `out`; returns the folder once every chunk is merged.
+    `device`, `dtype`: see `d3llm.models.loading.resolve_device_dtype`; under torchrun a CUDA
+    device without an index is each process's own GPU (LOCAL_RANK)."""
     out = Path(out)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if chunk_size <= 0 or batch_size <= 0:
         raise D3llmError("`chunk_size` and `batch_size` must be positive")
-    lm = load_model(teacher)
+    device, dtype = resolve_device_dtype(device, dtype)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    lm = load_model(teacher, device=device, dtype=dtype)
     if not lm.facts.is_diffusion:
         raise D3llmError(f"the teacher must be a diffusion model; {teacher} is autoregressive")
     config = teacher_config(lm, max_new_tokens, block_size)

@@ -1,0 +1,87 @@
+"""The bundled models and what their records say about them, read without torch.
+
+    bundled_models()            # name -> folder
+    describe(folder)            # family, parameters, default method, validation accuracy
+
+`d3llm models` prints `describe` of every bundled model; it reads config.json,
+provenance.json and the safetensors header only, so listing takes a fraction of a second
+(importing torch and transformers would take seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+BUNDLED_DIR = Path(str(resources.files("d3llm"))) / "bundled"
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled model names -> folders (those that exist in this installation)."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / "config.json").is_file()}
+
+
+@dataclass
+class ModelSummary:
+    """What a model folder's records say: enough to choose a model without loading it."""
+
+    name: str
+    path: Path
+    family: str  # llada | dream | ar | the config's model_type when not ours
+    parameters: int | None  # None when no record or weights header gives it
+    default_method: str  # what generate / eval / serve decode with unless --method is given
+    validation: dict[str, float] = field(default_factory=dict)  # task -> accuracy % (final validation)
+    validation_method: str | None = None  # the preset the validation accuracy was measured with
+    validation_n: int | None = None  # problems per task
+
+    def accuracy_text(self) -> str:
+        if not self.validation:
+            return "-"
+        scores = ", ".join(f"{task} {pct:.1f}" for task, pct in self.validation.items())
+        how = ", ".join(x for x in (self.validation_method, f"n={self.validation_n}" if self.validation_n else "") if x)
+        return f"{scores} ({how})" if how else scores
+
+
+def _read(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parameters_from_weights(folder: Path) -> int | None:
+    """Parameter count from the safetensors headers (shapes only; no tensor data is read)."""
+    total, files = 0, sorted(folder.glob("*.safetensors"))
+    for file in files:
+        try:
+            with file.open("rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        except (OSError, ValueError):
+            return None
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total or None
+
+
+def describe(folder: Path, name: str | None = None) -> ModelSummary:
+    """The summary of a model folder from config.json, provenance.json and the weights header.
+
+    Ties (an AR model's lm_head sharing the embedding) are counted once by the trainer's
+    record; the header fallback counts stored tensors."""
+    config, provenance = _read(folder / "config.json"), _read(folder / "provenance.json")
+    model_type = str(config.get("model_type", "?")).lower()  # official layouts; plain Llama/Qwen2 load as AR
+    family = config.get("d3llm_family") or {"llama": "ar", "qwen2": "ar"}.get(model_type, model_type)
+    default_method = "ar" if family == "ar" else "d3llm"
+    parameters = provenance.get("parameters") or _parameters_from_weights(folder)
+    final = provenance.get("final_validation") or {}
+    validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()
+                  if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}
+    recipe = provenance.get("config") or {}
+    method = recipe.get("eval_method") or ("ar" if default_method == "ar" else "vanilla")
+    return ModelSummary(name or folder.name, folder, family, parameters, default_method, validation,
+                        method if validation else None, recipe.get("eval_n") if validation else None)
