@@ -1,7 +1,7 @@
 """Shared fixtures: toy models of each family, a tiny tokenizer, one torch thread.
 
 Tests run with one torch thread: two processes with several threads each on 2 cores slow
-torch 30-50x (shared/reference/platform_notes.md), and a background training job may share
+torch 30-50x (docs/platform-notes.md), and a background training job may share
 the machine.
 """
 

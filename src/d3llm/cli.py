@@ -214,40 +214,80 @@ def distill(
     typer.echo(f"student written to {folder}")
 
 
+def _per_task_json(path: Path, task: str, several: bool) -> Path:
+    """`--json FILE`: FILE itself for one task; FILE's stem plus the task name for several
+    (r.json -> r-arith.json, r-code.json), so every file stays one `d3llm leaderboard` record."""
+    import re
+
+    if not several:
+        return path
+    return path.with_name(f"{path.stem}-{re.sub(r'[^A-Za-z0-9._-]+', '_', task)}{path.suffix or '.json'}")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    task: Annotated[str, typer.Option(help="arith | arith-long | code | arith:medium | gsm8k:PATH")],
+    tasks: Annotated[list[str], typer.Option("--task", help="arith | arith-long | code | arith:medium | gsm8k:PATH; "
+                                             "repeatable: one result per task.")],
     method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
-    n: Annotated[int, typer.Option(help="Number of test problems.")] = 100,
+    n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
     batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help=(
+        "Write the result record here; with several --task, one file per task named FILE's stem plus "
+        "the task (r.json -> r-arith.json, r-code.json)."))] = None,
+    log_samples: Annotated[Optional[Path], typer.Option("--log-samples", help=(
+        "Write one JSON line per problem here (task, prompt, response, extracted and reference answer, "
+        "correct, the row's NFE and TPF)."))] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ) -> None:
-    """Decode N problems of a task, score them, report accuracy, TPF and tokens/s."""
+    """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
+    from rich.console import Console
     from rich.progress import Progress
 
-    from d3llm.eval.runner import evaluate
+    from d3llm.eval.runner import clamp_n, evaluate
     from d3llm.tasks import get_task
+    from d3llm.tasks.base import check_split
 
+    if n < 1:
+        _fail(f"`--n` must be >= 1 (problems per task), got {n}")
+    the_tasks = [get_task(t) for t in dict.fromkeys(tasks)]  # unknown tasks fail before the model loads
+    names = [t.name for t in the_tasks]
+    if len(set(names)) < len(names):
+        _fail(f"--task {', '.join(tasks)}: two tasks share the name {max(names, key=names.count)!r} "
+              "(their results would be indistinguishable); evaluate them in separate runs")
+    split = check_split(split)
+    counts = {}
+    for the_task in the_tasks:
+        counts[the_task.name], note = clamp_n(the_task, split, n)
+        if note:
+            typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
     config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
-    the_task = get_task(task)
-    with Progress(transient=True) as bar:
-        job = bar.add_task(f"{task} / {config.method}", total=n)
-        result = evaluate(lm, the_task, config, n=n, seed=seed, split=split, batch_size=batch_size,
-                          progress=lambda k: bar.advance(job, k))
-    record = result.to_dict()
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(record, indent=2))
-    typer.echo(f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
-               f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
+    samples: list[dict] | None = [] if log_samples else None
+    results = []
+    console = Console(stderr=True)  # stdout holds only the results
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        for the_task in the_tasks:
+            job = bar.add_task(f"{the_task.name} / {config.method}", total=counts[the_task.name])
+            results.append(evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
+                                    batch_size=batch_size, progress=lambda k, job=job: bar.advance(job, k),
+                                    samples=samples))
+    for result in results:
+        if json_out:
+            path = _per_task_json(json_out, result.task, len(results) > 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result.to_dict(), indent=2))
+        typer.echo(f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
+                   f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
+    if log_samples:
+        log_samples.parent.mkdir(parents=True, exist_ok=True)
+        log_samples.write_text("".join(json.dumps(record) + "\n" for record in samples))
+        typer.echo(f"{len(samples)} samples written to {log_samples}", err=True)
 
 
 def _demo_table(board, n: int, seed: int):
@@ -357,7 +397,7 @@ def sweep(
 ) -> None:
     """Evaluate a preset over a grid of settings; one results file per point plus the curve."""
     from d3llm.decode.config import parse_overrides
-    from d3llm.eval.sweep import parse_grid, sweep as run_sweep
+    from d3llm.eval.sweep import parse_grid, points_table, sweep as run_sweep
     from d3llm.tasks import get_task
 
     grid = parse_grid(params)
@@ -367,8 +407,7 @@ def sweep(
     records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True),
                         split=split, settings=fixed, overwrite=overwrite)
-    for r in records:
-        typer.echo(f"{r['sweep_point']}: accuracy {r['accuracy_pct']:.1f}%, TPF {r['tokens_per_forward']:.2f}")
+    typer.echo(points_table(records))
     typer.echo(f"curve written to {out / 'curve.json'}")
 
 
@@ -378,7 +417,8 @@ def aup(
     alpha: Annotated[float, typer.Option(help="Weight steepness (the authors' 3).")] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """AUP per method and task, the y_max used per task, and each method's mean."""
+    """AUP per method and task, the y_max used per task, and each method's mean over the tasks
+    every method has (named in the mean column's header)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -388,17 +428,28 @@ def aup(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    tasks = list(result["aup"])
-    view = Table(title=f"AUP (alpha={alpha:g}; y_max per task: "
-                       + ", ".join(f"{t} {result['y_max'][t]:g}" for t in tasks) + ")")
+    tasks, common = list(result["aup"]), result["mean_tasks"]
+    if len(common) == len(tasks):
+        mean_header, mean_note = "mean", f"mean over all {len(tasks)} tasks"
+    elif common:
+        mean_header = f"mean ({', '.join(common)})"
+        mean_note = f"mean over the tasks every method has ({', '.join(common)}), so means compare alike"
+    else:
+        mean_header, mean_note = "mean", "no task has every method, so no mean"
+    typer.echo(f"AUP (alpha={alpha:g}) per method and task; y_max per task: "
+               + ", ".join(f"{t} {result['y_max'][t]:g}%" for t in tasks))
+    view = Table()
     view.add_column("method")
     for task in tasks:
         view.add_column(task, justify="right")
-    view.add_column("mean", justify="right")
+    view.add_column(mean_header, justify="right")
     for method, mean in result["mean"].items():
-        cells = [f"{result['aup'][t][method]:.1f}" if method in result["aup"][t] else "-" for t in tasks]
-        view.add_row(method, *cells, f"{mean:.1f}")
+        cells = [f"{result['aup'][t][method]:.1f}" if method in result["aup"][t] else "n/a" for t in tasks]
+        view.add_row(method, *cells, "n/a" if mean is None else f"{mean:.1f}")
     Console().print(view)
+    typer.echo("AUP integrates accuracy % (weighted against y_max, the task's best accuracy) over tokens "
+               "per forward, so it exceeds 100 when TPF > 1.")
+    typer.echo(f"n/a: not scored; {mean_note}.")
 
 
 @app.command()
@@ -434,19 +485,36 @@ def serve(
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error; info logs one line per "
+                                                "request and a throughput line every 10 s.")] = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
 
     /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
     from d3llm.serve import create_app, run_server
+    from d3llm.serve.server import listen
 
-    lm = _load(model, device, dtype)
-    server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                        max_queue=max_queue, max_tokens_limit=max_tokens_limit)
+    levels = ("debug", "info", "warning", "error")
+    if log_level.lower() not in levels:
+        raise D3llmError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
+    log_level = log_level.lower()
+    _placement(device, dtype)  # a bad --device / --dtype is the first error
+    sock = listen(host, port)  # a port in use fails here, in one line, before the model loads
+    try:
+        lm = _load(model, device, dtype)
+        server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                            max_queue=max_queue, max_tokens_limit=max_tokens_limit)
+    except BaseException:
+        sock.close()
+        raise
+    level = getattr(logging, log_level.upper())  # the server's own log: timestamps, d3llm at --log-level
+    logging.basicConfig(level=max(level, logging.WARNING), force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("d3llm").setLevel(level)
     placement = f"{lm.model.device}, {str(lm.model.dtype).removeprefix('torch.')}"
     typer.echo(f"serving {server.state.service.model_id} ({placement}) at http://{host}:{port}/v1 (Ctrl-C stops)",
                err=True)
-    run_server(server, host, port, api_key)
+    run_server(server, host, port, api_key, sock=sock, log_level=log_level)
 
 
 @app.command()

@@ -94,7 +94,7 @@ def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, t
     assert record["nfe"] == 3 * 8 and record["forward_calls"] == 8  # one batch of 3 rows, 8 positions
     assert "accuracy" in stdout and "TPF" in stdout
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 0)
-    assert_one_line_error(code, err, "`n` must be positive, got 0")
+    assert_one_line_error(code, err, "`--n` must be >= 1 (problems per task), got 0")
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "poetry")
     assert_one_line_error(code, err, "unknown task 'poetry'")
 
@@ -121,7 +121,7 @@ def test_sweep_writes_points_and_resumes(monkeypatch, capsys, model_dir, tmp_pat
     assert code in (0, None), err
     curve = json.loads((out / "curve.json").read_text())
     points = curve["points"]
-    assert sorted(p["settings"]["threshold"] for p in points) == ["0.5", "3.0"]
+    assert sorted(p["settings"]["threshold"] for p in points) == [0.5, 3.0]  # typed, as the setting reads it
     assert points[0]["tokens_per_forward"] <= points[1]["tokens_per_forward"]
     assert len(list(out.glob("point-*.json"))) == 2
     code, _, err = run_cli(monkeypatch, capsys, *args)  # everything done: nothing decoded again

@@ -198,3 +198,84 @@ def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys,
 
     code, _, err = run_cli(monkeypatch, capsys, "demo", "--out", tmp_path / "demo", "--method", "turbo")
     assert_one_line_error(code, err, "unknown method 'turbo'")
+
+
+# --- plots and AUP tables ---------------------------------------------------------------------
+
+
+def plot_board():
+    """Results read in an order that is not task order; a zero AUP, a method not run on one
+    task, an AUP over 100, and two rows on the very same (TPF, accuracy) point."""
+    def result(model, task, method, accuracy, tpf):
+        return Result(model, task, method, 10, 0, "test", accuracy, tpf, 10.0 * tpf, source=f"{model}-{task}-{method}")
+
+    return build_leaderboard([
+        result("m-dllm", "code", "d3llm", 50, 4.5), result("m-dllm", "code", "d3llm-cache", 50, 4.5),
+        result("m-ar", "code", "ar", 80, 1.0), result("m-ar", "mystery", "ar", 40, 1.0),
+        result("m-dllm", "arith", "d3llm", 0, 3.0), result("m-ar", "arith", "ar", 90, 1.0),
+        result("m-dllm", "arith-long", "d3llm", 20, 2.8), result("m-ar", "arith-long", "ar", 90, 1.0),
+        result("m-dllm", "arith-long", "d3llm-cache", 20, 2.8),
+    ])
+
+
+def test_tasks_come_in_a_fixed_order():
+    board = plot_board()
+    assert [t.task for t in board.tasks] == ["arith", "arith-long", "code", "mystery"]
+    markdown = board.to_markdown()
+    assert markdown.index("## arith (") < markdown.index("## arith-long") < markdown.index("## code") \
+        < markdown.index("## mystery")
+
+
+def test_aup_bars_are_centred_labelled_and_explained():
+    pytest.importorskip("matplotlib")
+    from d3llm.eval.plots import aup_figure
+
+    board = plot_board()
+    figure = aup_figure(board)
+    panels = figure.axes[:len(board.tasks)]
+    assert [a.get_title().split(" (")[0] for a in panels] == ["arith", "arith-long", "code", "mystery"]
+    for axes in panels:
+        assert "can exceed 100" in axes.get_ylabel()
+        ticks = list(axes.get_xticks())
+        bars = [p for p in axes.patches if p.get_width() > 0]
+        for tick in ticks:  # every group of bars is centred on its model's tick
+            group = [b.get_x() + b.get_width() / 2 for b in bars if abs(b.get_x() + b.get_width() / 2 - tick) < 0.45]
+            assert group and sum(group) / len(group) == pytest.approx(tick)
+    arith = {t.get_text() for t in panels[0].texts}
+    assert "0" in arith and "90" in arith  # the d3llm row scored 0: labelled, not blank
+    assert "n/a" in arith  # m-dllm was not run with d3llm-cache on arith
+    code = [t.get_text() for t in panels[2].texts]
+    code_aup = {r.method: r.aup for r in board.tasks[2].rows}
+    assert code_aup["d3llm"] > 100 and f"{code_aup['d3llm']:.0f}" in code
+    assert "exceeds 100" in figure.get_suptitle() or "above 100" in figure.get_suptitle()
+
+
+def test_coinciding_markers_are_drawn_side_by_side():
+    pytest.importorskip("matplotlib")
+    from d3llm.eval.plots import curves_figure
+
+    board = plot_board()
+    figure = curves_figure(board)
+    code_panel = figure.axes[2]
+    assert code_panel.get_title().startswith("code")
+    same_place = [line for line in code_panel.get_lines() if list(line.get_xdata()) == [4.5]]
+    assert len(same_place) == 2
+    shown = [line.get_transform().transform((4.5, 50))[0] for line in same_place]
+    assert abs(shown[0] - shown[1]) > 3  # pixels apart, not on top of each other
+    markers = {line.get_marker() for line in code_panel.get_lines()}
+    assert len(markers) == 2  # one per model
+
+
+def test_aup_command_means_over_common_tasks(monkeypatch, capsys, tmp_path):
+    table = tmp_path / "t.yaml"
+    table.write_text("gsm8k:\n  d3llm: [[2, 70], [5, 69]]\n  vanilla: [[1, 65]]\nmath:\n  vanilla: [[1, 40]]\n")
+    code, out, err = run_cli(monkeypatch, capsys, "aup", table)
+    assert code in (0, None), err
+    assert not out.startswith("\n")
+    assert "mean (gsm8k)" in out and "n/a" in out and "exceeds 100" in out
+    assert "mean over the tasks every method has (gsm8k)" in out
+    vanilla = next(line for line in out.splitlines() if "vanilla" in line)
+    assert vanilla.split("│")[-2].strip() == "65.0"  # gsm8k only, not (65 + 40) / 2
+    code, out, err = run_cli(monkeypatch, capsys, "aup", table, "--json")
+    result = json.loads(out)
+    assert result["mean_tasks"] == ["gsm8k"] and result["mean"]["vanilla"] == pytest.approx(65.0)

@@ -17,7 +17,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from d3llm.decode import generate, preset  # noqa: E402
 from d3llm.errors import D3llmError  # noqa: E402
-from d3llm.eval.lm_eval_adapter import D3llmLM, _cut  # noqa: E402
+from d3llm.eval.lm_eval_adapter import AUTO_BATCH_SIZE, D3llmLM, _batch_size, _cut  # noqa: E402
 from d3llm.eval.runner import evaluate  # noqa: E402
 from d3llm.models import load_model  # noqa: E402
 from d3llm.models.tokenizer import prompt_ids  # noqa: E402
@@ -120,21 +120,66 @@ def test_unsupported_requests_and_arguments(toy_dir):
         lm.loglikelihood([])
     with pytest.raises(D3llmError, match="unknown decode setting"):
         D3llmLM(model=str(toy_dir), thresh=0.4)
-    with pytest.raises(D3llmError, match="`batch_size` must be a positive integer"):
-        D3llmLM(model=str(toy_dir), batch_size="auto")
+    with pytest.raises(D3llmError, match=r"`batch_size` must be a positive integer or 'auto' \(= 8\), got 0"):
+        D3llmLM(model=str(toy_dir), batch_size="0")
     with pytest.raises(D3llmError, match="`max_new_tokens` must be a positive integer"):
         D3llmLM(model=str(toy_dir), max_new_tokens=0)
     with pytest.raises(D3llmError, match=r"generation kwargs \['top_p'\] are not supported"):
         lm._request_config({"until": [], "top_p": 0.9})
 
 
-def test_command_line_sees_the_model(task_dir):
-    """The plain `lm_eval` command does not import d3llm; `python -m d3llm.eval.lm_eval_cli` does.
-    Batch size comes from lm-eval's own --batch_size there."""
+def test_batch_size_auto_is_a_documented_default():
+    """lm-eval's `--batch_size auto` (or auto:N) probes memory for HF models; d3llm decodes
+    AUTO_BATCH_SIZE prompts together instead, capped by --max_batch_size, and says so."""
+    assert _batch_size("auto", None) == AUTO_BATCH_SIZE == 8
+    assert _batch_size("auto:4", None) == 8 and _batch_size("auto", 3) == 3
+    assert _batch_size("16", None) == 16 and _batch_size(None, None) == 8 and _batch_size(2, 5) == 2
+    for bad in ("-1", "big", 0, True):
+        with pytest.raises(D3llmError, match="`batch_size` must be a positive integer or 'auto'"):
+            _batch_size(bad, None)
+
+
+def test_progress_bar_and_tpf_in_the_results(task_dir, toy_dir, capsys, caplog):
+    with caplog.at_level("INFO", logger="lm_eval.models.d3llm"):
+        out = run_harness(task_dir, f"model={toy_dir},method=d3llm,batch_size=4,block_size=16,threshold=0.3",
+                          limit=3)
+    err = capsys.readouterr().err
+    assert "Running generate_until requests" in err and "3/3" in err and "TPF" in err  # tqdm, on stderr
+    config = out["config"]
+    assert config["d3llm_tokens_per_forward"] == pytest.approx(config["d3llm_num_tokens"] / config["d3llm_forwards"])
+    assert config["d3llm_batch_size"] == 4
+    (line,) = [r.getMessage() for r in caplog.records if "TPF" in r.getMessage()]
+    assert f"TPF {config['d3llm_tokens_per_forward']:.2f}" in line and f"{config['d3llm_forwards']} forwards" in line
+
+
+def test_lm_eval_has_no_model_plugins():
+    """Why `d3llm-lm-eval` exists: lm-eval 0.4 finds a model only in its own mapping or when
+    the module defining it has been imported (no entry points), so plain `lm_eval` lacks d3llm."""
     done = subprocess.run(
-        [sys.executable, "-m", "d3llm.eval.lm_eval_cli", "run", "--model", "d3llm", "--batch_size", "2",
-         "--model_args", "model=tiny-ar,max_new_tokens=16", "--tasks", "d3llm_local_arith",
-         "--include_path", str(task_dir), "--limit", "2"],
+        [sys.executable, "-c", "from lm_eval.api.registry import get_model; get_model('d3llm')"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no model for this name found" in done.stderr
+
+
+def harness_command(task_dir, *args):
+    """`d3llm-lm-eval ARGS` as installed (the console script beside this Python)."""
+    script = os.path.join(os.path.dirname(sys.executable), "d3llm-lm-eval")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "d3llm.eval.lm_eval_cli"]
+    return subprocess.run(
+        [*command, "run", "--model", "d3llm", "--tasks", "d3llm_local_arith", "--include_path", str(task_dir),
+         "--limit", "2", *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+
+
+def test_command_line_sees_the_model(task_dir):
+    """`d3llm-lm-eval` (= `python -m d3llm.eval.lm_eval_cli`) is lm-eval's command line with the
+    model registered; `--batch_size auto` is the documented default, not a traceback."""
+    done = harness_command(task_dir, "--batch_size", "auto", "--model_args", "model=tiny-ar,max_new_tokens=16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "d3llm_local_arith" in done.stdout and "acc" in done.stdout
+    assert "d3llm does not probe memory for a batch size; decoding 8 prompts together" in done.stderr
+    assert "TPF 1.00" in done.stderr  # the AR model: one token per forward
+
+    done = harness_command(task_dir, "--batch_size", "0", "--model_args", "model=tiny-ar")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "error: `batch_size` must be a positive integer or 'auto' (= 8), got 0"

@@ -1,4 +1,4 @@
-"""AUP against the reference values of shared/reference/d3llm_method.md section 5."""
+"""AUP against the reference values of docs/method.md section 5."""
 
 import pytest
 
@@ -39,7 +39,13 @@ def test_table_uses_the_best_accuracy_of_all_methods_per_task():
     result = aup_table(table)
     assert result["y_max"] == {"gsm8k": 60, "math": 40}
     assert result["aup"]["math"]["a"] == pytest.approx(40)
-    assert result["mean"]["a"] == pytest.approx((50 + 40) / 2)
+    # The mean is over the tasks every method has (gsm8k here): a's math score is not averaged in.
+    assert result["mean_tasks"] == ["gsm8k"]
+    assert result["mean"]["a"] == pytest.approx(50)
+    assert result["mean"]["b"] == pytest.approx(result["aup"]["gsm8k"]["b"])
+    both = aup_table({"gsm8k": {"a": [(1.0, 50)]}, "math": {"a": [(1.0, 40)]}})
+    assert both["mean_tasks"] == ["gsm8k", "math"] and both["mean"]["a"] == pytest.approx((50 + 40) / 2)
+    assert aup_table({"gsm8k": {"a": [(1.0, 50)]}, "math": {"b": [(1.0, 40)]}})["mean"] == {"a": None, "b": None}
     with pytest.raises(D3llmError, match="empty"):
         aup_table({})
 

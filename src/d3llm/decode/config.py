@@ -13,7 +13,7 @@ same loop (`d3llm.decode.loop`):
 | `d3llm-cache` | as `d3llm`                   | as `d3llm`                   | delayed, delay 1 | yes        |
 | `ar`          | greedy next token (AR models)| -                            | KV cache         | at EOS     |
 
-Settings follow shared/reference/d3llm_method.md section 3-4 (authors' values: entropy
+Settings follow docs/method.md section 3-4 (authors' values: entropy
 threshold 0.4-0.5 nats, block add 0.1, activation 0.95, cache delay 1-2; Fast-dLLM's
 confidence threshold 0.9).
 """

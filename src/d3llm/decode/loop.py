@@ -20,7 +20,7 @@ contiguous committed prefix), which is what a streaming client may be sent. `on_
 return a (b,) bool tensor of rows whose answer is no longer wanted (delivered, or its client
 left): they leave the batch as they are, and their output is whatever they had.
 
-Counts follow shared/design.md: per row, generated tokens up to and including the first EOS;
+Counts follow docs/design.md: per row, generated tokens up to and including the first EOS;
 NFE = forwards for the whole batch.
 """
 

@@ -2,7 +2,7 @@
 
 The canvas is `[left padding, prompt, response]`; every row's response occupies the same
 columns `start .. start + N`. The response is cut into blocks of `block_size` (the last may be
-shorter). Block life cycle (shared/reference/d3llm_method.md section 3):
+shorter). Block life cycle (docs/method.md section 3):
 
     not created -> created (commits only under the threshold) -> fully active (also forced
     progress) -> complete (no masks) -> cached (decided by the cache policy)

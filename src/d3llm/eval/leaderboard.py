@@ -5,10 +5,11 @@
     print(board.to_markdown())
 
 Inputs are the records written by `d3llm eval --json` and `d3llm sweep` (`EvalResult.to_dict()`).
+Tasks come in a fixed order (arith, arith-long, code, then others as first seen).
 Rows are grouped by task and (model, method); all points of one (model, method, task), one
 eval or every point of a sweep, form its (TPF, accuracy) curve. AUP comes from that curve
 through `d3llm.metrics.aup`, against y_max = the best accuracy of *all* rows on the task
-(shared/reference/d3llm_method.md section 5), so the y_max used is stored with every task.
+(docs/method.md section 5), so the y_max used is stored with every task.
 Results of one task measured on different problem sets (n, seed or split) are not comparable
 and are refused unless `allow_mixed=True`.
 """
@@ -192,6 +193,16 @@ def check_comparable(results: Sequence[Result]) -> None:
                              "evaluate them with the same --n, --seed and --split, or pass --allow-mixed")
 
 
+def task_order(names: Iterable[str]) -> list[str]:
+    """Distinct task names in a fixed order: the bundled tasks (arith, arith-long, code) first,
+    then the others in the order they first appear, so tables and plot panels keep one order
+    whatever order the result files were read in."""
+    from d3llm.tasks import TASK_NAMES
+
+    seen = list(dict.fromkeys(names))
+    return [t for t in TASK_NAMES if t in seen] + [t for t in seen if t not in TASK_NAMES]
+
+
 def build_leaderboard(results: Sequence[Result], allow_mixed: bool = False, alpha: float = ALPHA) -> Leaderboard:
     """Group results by task and (model, method) and score every group's curve with AUP."""
     if not results:
@@ -201,7 +212,7 @@ def build_leaderboard(results: Sequence[Result], allow_mixed: bool = False, alph
     if not allow_mixed:
         check_comparable(results)
     tasks = []
-    for task in dict.fromkeys(r.task for r in results):  # first-seen order
+    for task in task_order(r.task for r in results):
         groups: dict[tuple[str, str], list[Result]] = {}
         for r in results:
             if r.task == task:

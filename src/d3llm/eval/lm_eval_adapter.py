@@ -31,13 +31,21 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
+from tqdm import tqdm
 
 from d3llm.decode import DecodeConfig, generate, preset
 from d3llm.errors import D3llmError
 from d3llm.models import load_model, resolve_device_dtype
 from d3llm.models.tokenizer import prompt_ids
 
-log = logging.getLogger(__name__)
+# A child of lm-eval's own logger: the harness's handler and level (LMEVAL_LOG_LEVEL) apply,
+# so the TPF line below shows beside lm-eval's own INFO lines.
+log = logging.getLogger("lm_eval.models.d3llm")
+
+# `--batch_size auto` (or auto:N): lm-eval's HF model probes GPU memory for the largest batch
+# that fits; a diffusion decode's memory depends on the canvas, so d3llm decodes batches of
+# this size instead (capped by `--max_batch_size`), and says so in one log line.
+AUTO_BATCH_SIZE = 8
 
 # Generation kwargs lm-eval tasks send that the decode loop honours; `do_sample` and
 # `temperature` map to DecodeConfig.temperature (0 = argmax).
@@ -54,15 +62,7 @@ class D3llmLM(LM):
         super().__init__()
         device, torch_dtype = resolve_device_dtype(_device(device), dtype,
                                                    names=("model_args device", "model_args dtype"))
-        if batch_size is None:
-            batch_size = 8
-        if isinstance(batch_size, str) and batch_size.isdigit():  # lm-eval's --batch_size is text
-            batch_size = int(batch_size)
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise D3llmError(f"model_args `batch_size` must be a positive integer ('auto' is not supported), "
-                             f"got {batch_size!r}")
-        if max_batch_size is not None:  # lm-eval passes it (None unless asked); it only bounds 'auto'
-            raise D3llmError("`max_batch_size` applies to batch_size=auto, which d3llm does not support")
+        batch_size = _batch_size(batch_size, max_batch_size)
         self.lm = load_model(model, dtype=torch_dtype, device=device)
         name = method or ("d3llm" if self.lm.facts.is_diffusion else "ar")
         fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
@@ -78,13 +78,20 @@ class D3llmLM(LM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Decode every request's context and cut the text at its first stop sequence."""
         answers: list[str | None] = [None] * len(requests)
+        # A progress bar on stderr as lm-eval's own models draw it (off with disable_tqdm),
+        # with the running TPF beside it.
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
         for (config, until), indices in self._groups(requests).items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 for i, text in zip(chunk, self._decode([requests[i].args[0] for i in chunk], config)):
                     answers[i] = _cut(text, until)
-        log.info("d3llm %s: %d tokens in %d forwards (TPF %.2f)", self.config.method, self.num_tokens,
-                 self.forwards, self.tokens_per_forward)
+                bar.set_postfix_str(f"TPF {self.tokens_per_forward:.2f}", refresh=False)
+                bar.update(len(chunk))
+        bar.close()
+        log.info("d3llm %s / %s: %d tokens in %d forwards, TPF %.2f (in the results' config as "
+                 "d3llm_tokens_per_forward)", self.lm.name, self.config.method, self.num_tokens, self.forwards,
+                 self.tokens_per_forward)
         return answers  # type: ignore[return-value]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -112,7 +119,8 @@ class D3llmLM(LM):
         """Recorded by lm-eval in its results: what decoded the answers, and its TPF."""
         return {"d3llm_model": self.lm.name, "d3llm_method": self.config.method,
                 "d3llm_settings": asdict(self.config), "d3llm_max_new_tokens": self.max_new_tokens or "task",
-                "d3llm_tokens_per_forward": self.tokens_per_forward}
+                "d3llm_tokens_per_forward": self.tokens_per_forward, "d3llm_num_tokens": self.num_tokens,
+                "d3llm_forwards": self.forwards, "d3llm_batch_size": self.batch_size}
 
     @property
     def tokens_per_forward(self) -> float:
@@ -151,6 +159,26 @@ class D3llmLM(LM):
         self.num_tokens += sum(out.num_tokens)
         self.forwards += sum(out.row_forwards)
         return [tok.decode(ids, skip_special_tokens=True) for ids in out.sequences]
+
+
+def _batch_size(batch_size: int | str | None, max_batch_size: int | None) -> int:
+    """Prompts decoded together: an integer (lm-eval's --batch_size is text), None for the
+    default (8), or 'auto' / 'auto:N', which is AUTO_BATCH_SIZE capped by `max_batch_size`
+    (lm-eval passes that only to bound 'auto'; with an integer batch size it is ignored, as
+    lm-eval's HF model ignores it)."""
+    if batch_size is None:
+        return AUTO_BATCH_SIZE
+    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+        batch_size = int(batch_size)
+    if isinstance(batch_size, str) and batch_size.strip().split(":")[0] == "auto":
+        chosen = min(AUTO_BATCH_SIZE, max_batch_size) if max_batch_size else AUTO_BATCH_SIZE
+        log.warning("batch_size %r: d3llm does not probe memory for a batch size; decoding %d prompts together "
+                    "(give an integer --batch_size to choose)", batch_size, chosen)
+        return chosen
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise D3llmError(f"`batch_size` must be a positive integer or 'auto' (= {AUTO_BATCH_SIZE}), "
+                         f"got {batch_size!r}")
+    return batch_size
 
 
 def _device(device: str | None) -> str:

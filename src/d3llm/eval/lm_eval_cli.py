@@ -1,15 +1,36 @@
-"""lm-eval's command line with the `d3llm` model registered.
+"""lm-eval's command line with the `d3llm` model registered: `d3llm-lm-eval`.
 
-    python -m d3llm.eval.lm_eval_cli run --model d3llm --model_args model=tiny-teacher,method=d3llm \
+    d3llm-lm-eval run --model d3llm --model_args model=tiny-teacher,method=d3llm \\
         --tasks gsm8k --batch_size 8
+    python -m d3llm.eval.lm_eval_cli run ...   # the same
 
-The plain `lm_eval` command does not import d3llm, so it does not know the model; this module
-imports the adapter (which registers it) and hands over to lm-eval's own entry point. It is a
-module of its own so that the adapter is never run as `__main__` and registered twice.
+lm-eval 0.4.x has no plugin mechanism for models: its registry holds the models it ships
+(`lm_eval.models.MODEL_MAPPING`) and those registered by code that has been imported, and it
+reads no package entry points, so the plain `lm_eval` command cannot find `d3llm`. This module
+imports the adapter (which registers it) and hands over to lm-eval's own entry point; it is a
+module of its own so that the adapter is never run as `__main__` and registered twice. A d3llm
+error (a bad model argument, say) is one line on stderr and exit code 2, as in `d3llm`.
 """
 
-import d3llm.eval.lm_eval_adapter  # noqa: F401  (registers "d3llm" with lm-eval)
-from lm_eval.__main__ import cli_evaluate
+import sys
+
+
+def main() -> None:
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        import d3llm.eval.lm_eval_adapter  # noqa: F401  (registers "d3llm" with lm-eval)
+    except ImportError as exc:
+        sys.stderr.write(f"error: d3llm-lm-eval needs lm-eval ({exc}): pip install 'd3llm[eval]'\n")
+        raise SystemExit(2) from None
+    from d3llm.errors import D3llmError
+
+    try:
+        cli_evaluate()
+    except D3llmError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+
 
 if __name__ == "__main__":
-    cli_evaluate()
+    main()

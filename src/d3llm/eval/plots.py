@@ -2,10 +2,16 @@
 
     plot_curves(board, Path("accuracy_vs_tpf.png"))
     plot_aup(board, Path("aup.png"))
+    figure = aup_figure(board)  # the matplotlib Figure itself, to inspect or save elsewhere
 
-One panel per task in both. A method has the same colour everywhere and a model the same
-marker, so two short legends (methods, models) serve any number of rows; the demo compares
-~25 (model, method) pairs, which one colour per pair could not tell apart. Drawn with
+One panel per task in both, in the board's task order (arith, arith-long, code, then others).
+A method has the same colour everywhere and a model the same marker, so two short legends
+(methods, models) serve any number of rows; the demo compares ~25 (model, method) pairs, which
+one colour per pair could not tell apart. Markers of rows that coincide are drawn side by side
+(a few pixels apart). AUP bars are grouped per model and centred on its tick; every bar carries
+its value ("0" for a zero AUP, "n/a" where the model was not run with that method on the task
+or AUP is undefined), and the axis says what AUP measures: accuracy % integrated over TPF, so
+it exceeds 100 whenever accuracy holds at TPF > 1. Drawn with
 matplotlib's object API on the Agg canvas (no pyplot, no display, no global state), so
 plotting works on a headless machine, in a server or in a test. matplotlib is the optional
 `plot` extra; without it these functions raise a `D3llmError` that says so.
@@ -64,40 +70,111 @@ def _legends(figure, colors: dict, markers: dict | None) -> None:
         figure.legend(handles=models, title="model", loc="outside right lower", fontsize="small")
 
 
+# Where points of different rows coincide on a panel (closer than these fractions of its x and
+# y ranges), later rows are drawn this many points to the side: 0, +OFFSET, -OFFSET, +2 OFFSET, ...
+CLOSE_X, CLOSE_Y, OFFSET_PT = 0.025, 0.04, 6.0
+
+
+def _side_offsets(rows) -> list[float]:
+    """Per row (in drawing order), a horizontal shift in points that keeps its markers off
+    markers already drawn at (nearly) the same place; 0 for a row that collides with none."""
+    xs = [p.tokens_per_forward for r in rows for p in r.points]
+    ys = [p.accuracy_pct for r in rows for p in r.points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, int]] = []  # (x, y, offset slot)
+    offsets = []
+    for row in rows:
+        points = [(p.tokens_per_forward, p.accuracy_pct) for p in row.points]
+        taken = {slot for x, y, slot in placed for px, py in points
+                 if abs(px - x) < CLOSE_X * span_x and abs(py - y) < CLOSE_Y * span_y}
+        slot = next(k for k in range(len(placed) + 1) if k not in taken)
+        placed += [(x, y, slot) for x, y in points]
+        offsets.append(OFFSET_PT * ((slot + 1) // 2) * (1 if slot % 2 else -1))
+    return offsets
+
+
 def plot_curves(board: Leaderboard, path: Path) -> Path:
-    """Accuracy % against TPF: one panel per task, one line per (model, method) through its points."""
+    """`curves_figure` saved as a PNG at `path`."""
+    curves_figure(board).savefig(path, dpi=110)
+    return path
+
+
+def curves_figure(board: Leaderboard):
+    """Accuracy % against TPF: one panel per task (in the board's task order), one line per
+    (model, method) through its points; coinciding markers are drawn side by side."""
+    from matplotlib.transforms import offset_copy
+
     figure, panels = _figure(board, 4.5, 3.6)
     colors, markers = _styles(board)
+    shifted = False
     for axes, task in zip(panels, board.tasks):
-        for row in task.rows:
-            axes.plot([p.tokens_per_forward for p in row.points], [p.accuracy_pct for p in row.points],
-                      color=colors[row.method], marker=markers[row.model], label=row.label)
+        for row, dx in zip(task.rows, _side_offsets(task.rows)):
+            shifted |= dx != 0
+            (line,) = axes.plot([p.tokens_per_forward for p in row.points], [p.accuracy_pct for p in row.points],
+                                color=colors[row.method], marker=markers[row.model], markeredgecolor="black",
+                                markeredgewidth=0.6, alpha=0.9, label=row.label)
+            if dx:  # shifted after plotting, so the axis limits still come from the data
+                line.set_transform(offset_copy(axes.transData, fig=figure, x=dx, units="points"))
         axes.set(title=f"{task.task} (y_max {task.y_max:.1f}%)", xlabel="tokens per forward (TPF)",
                  ylabel="accuracy %")
+        axes.margins(x=0.08, y=0.08)
         axes.grid(alpha=0.3)
     _legends(figure, colors, markers)
-    figure.savefig(path, dpi=110)
-    return path
+    if shifted:
+        figure.supxlabel("Markers at the same (TPF, accuracy) are drawn a few pixels apart, side by side.",
+                         fontsize="small", color="dimgray")
+    return figure
+
+
+def _bar_label(value: float | None) -> str:
+    """A bar's label: "n/a" for no AUP (not run, or undefined), "0" for a zero AUP."""
+    if value is None:
+        return "n/a"
+    if value == 0:
+        return "0"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def plot_aup(board: Leaderboard, path: Path) -> Path:
-    """AUP as grouped bars: one panel per task, one group per model, one bar per method."""
+    """`aup_figure` saved as a PNG at `path`."""
+    aup_figure(board).savefig(path, dpi=110)
+    return path
+
+
+def aup_figure(board: Leaderboard):
+    """AUP as grouped bars: one panel per task, one group per model centred on its tick, one bar
+    per method the model has on any task, labelled with its value ("0" for zero, "n/a" where
+    the model was not run with that method on the task or AUP is undefined)."""
     colors, markers = _styles(board)
-    most_bars = max(len(t.rows) for t in board.tasks)
-    figure, panels = _figure(board, max(4.0, 1.5 + 0.3 * most_bars), 3.6)
+    model_methods = {m: [k for k in colors if any((r.model, r.method) == (m, k) for t in board.tasks for r in t.rows)]
+                     for m in markers}
+    most_bars = max(sum(len(model_methods[m]) for m in markers if any(r.model == m for r in t.rows))
+                    for t in board.tasks)
+    figure, panels = _figure(board, max(4.0, 1.5 + 0.35 * most_bars), 3.8)
+    width = 0.8 / max(len(v) for v in model_methods.values())
     for axes, task in zip(panels, board.tasks):
         models = [m for m in markers if any(r.model == m for r in task.rows)]
-        methods = [m for m in colors if any(r.method == m for r in task.rows)]
-        width = 0.8 / len(methods)
-        for k, method in enumerate(methods):
-            bars = [(i, r.aup) for i, model in enumerate(models) for r in task.rows
-                    if (r.model, r.method) == (model, method) and r.aup is not None]
-            axes.bar([i - 0.4 + (k + 0.5) * width for i, _ in bars], [a for _, a in bars], width=width,
-                     color=colors[method])
-        axes.set_xticks(range(len(models)), models, rotation=15 if len(models) > 2 else 0)
+        scores = {(r.model, r.method): r.aup for r in task.rows}
+        top = max((a for a in scores.values() if a is not None), default=0.0) or 1.0
+        for i, model in enumerate(models):
+            group = model_methods[model]
+            for k, method in enumerate(group):
+                x = i + (k - (len(group) - 1) / 2) * width
+                value = scores.get((model, method))
+                axes.bar(x, value or 0.0, width=width * 0.95, color=colors[method])
+                axes.annotate(_bar_label(value), (x, value or 0.0), xytext=(0, 2), textcoords="offset points",
+                              ha="center", va="bottom", fontsize=6.5, rotation=90 if len(group) > 3 else 0,
+                              color="black" if value is not None else "dimgray")
+        axes.set_xticks(range(len(models)), models, rotation=15 if len(models) > 2 else 0, ha="center")
+        axes.set_xlim(-0.5, len(models) - 0.5)
+        axes.set_ylim(0, top * 1.18)
         undefined = "; AUP undefined: all accuracies 0" if task.y_max == 0 else ""
-        axes.set(title=f"{task.task} (y_max {task.y_max:.1f}%{undefined})", ylabel=f"AUP (alpha = {board.alpha:g})")
+        axes.set(title=f"{task.task} (y_max {task.y_max:.1f}%{undefined})",
+                 ylabel=f"AUP (alpha = {board.alpha:g})\naccuracy % x TPF; can exceed 100")
         axes.grid(axis="y", alpha=0.3)
+    figure.suptitle("AUP: accuracy % integrated over tokens per forward (TPF), each accuracy weighted by its "
+                    "closeness to y_max (the task's best); above 100 when accuracy holds at TPF > 1.\n"
+                    "Each bar is labelled with its AUP: 0 = run and scored 0; n/a = not run on that task "
+                    "(or AUP undefined).", fontsize="medium")
     _legends(figure, colors, None)
-    figure.savefig(path, dpi=110)
-    return path
+    return figure

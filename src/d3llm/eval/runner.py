@@ -2,6 +2,10 @@
 
     result = evaluate(lm, get_task("arith"), preset("vanilla"), n=200, seed=0)
     result.accuracy_pct, result.tokens_per_forward, result.tokens_per_second
+
+`n` must be >= 1; asking a GSM8K file task for more problems than its file holds evaluates
+all of them (as lm-eval's `--limit` does), and `samples=[]` collects one record per problem
+(prompt, response, extracted and reference answer, correct, the row's NFE and TPF).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from d3llm.decode import DecodeConfig, generate
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.models.tokenizer import prompt_ids
-from d3llm.tasks import Task
+from d3llm.tasks import Problem, Task
 from d3llm.version import code_version
 
 
@@ -45,6 +49,27 @@ class EvalResult:
         return asdict(self)
 
 
+def available_problems(task: Task, split: str) -> int | None:
+    """How many problems `split` of `task` holds: a file's line count for a GSM8K file task,
+    None for a generated task (it draws as many as asked)."""
+    from d3llm.tasks import Gsm8kJsonlTask
+
+    if isinstance(task, Gsm8kJsonlTask):
+        return len(task._split(split))
+    return None
+
+
+def clamp_n(task: Task, split: str, n: int) -> tuple[int, str | None]:
+    """`n` checked (>= 1) and clamped to what `split` of `task` holds, as lm-eval's `--limit`
+    clamps; returns (n to use, a one-line note when clamped, else None)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise D3llmError(f"`n` must be >= 1 (problems to evaluate), got {n!r}")
+    size = available_problems(task, split)
+    if size is not None and n > size:
+        return size, f"{task.name} {split}: n={n} is more than the {size} problems there; evaluating all {size}"
+    return n, None
+
+
 def evaluate(
     lm: LoadedModel,
     task: Task,
@@ -54,10 +79,14 @@ def evaluate(
     split: str = "test",
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    samples: list[dict] | None = None,
 ) -> EvalResult:
-    """Decode `n` problems of `split` in batches, score them, and total the counts."""
-    if n <= 0:
-        raise D3llmError(f"`n` must be positive, got {n}")
+    """Decode `n` problems of `split` in batches, score them, and total the counts.
+
+    `n` must be >= 1; more than a file task holds is clamped to all of them (`clamp_n`), and
+    the result's `n` says how many were evaluated. With a list as `samples`, one record per
+    problem is appended to it, in problem order (`sample_record`)."""
+    n, _ = clamp_n(task, split, n)
     if batch_size <= 0:
         raise D3llmError(f"`batch_size` must be positive, got {batch_size}")
     problems = task.problems(split, n, seed)
@@ -65,6 +94,7 @@ def evaluate(
     seconds = forward_seconds = 0.0
     tok = lm.tokenizer
     prompts = [prompt_ids(tok, p.prompt) for p in problems]
+    per_problem: dict[int, dict] = {}
     # Batches of similar prompt lengths: rows are left-padded to the longest prompt of their batch.
     order = sorted(range(len(problems)), key=lambda i: len(prompts[i]))
     # Warm-up (untimed, unscored): first calls pay for allocations and kernel selection.
@@ -74,14 +104,21 @@ def evaluate(
         chunk = [problems[i] for i in indices]
         out = generate(lm.model, [prompts[i] for i in indices], config, tok.pad_token_id)
         texts = [tok.decode(ids, skip_special_tokens=True) for ids in out.sequences]
-        correct += sum(task.score_many(chunk, texts))
+        scores = task.score_many(chunk, texts)
+        correct += sum(scores)
         nfe += sum(out.row_forwards)
         calls += out.nfe
         tokens += sum(out.num_tokens)
         seconds += out.seconds
         forward_seconds += out.forward_seconds
+        if samples is not None:
+            for row, i in enumerate(indices):
+                per_problem[i] = sample_record(task, problems[i], texts[row], scores[row],
+                                               out.row_forwards[row], out.num_tokens[row])
         if progress:
             progress(len(chunk))
+    if samples is not None:
+        samples.extend(per_problem[i] for i in range(len(problems)))
     return EvalResult(
         model=lm.name, task=task.name, method=config.method, n=len(problems), seed=seed, split=split,
         accuracy_pct=100.0 * correct / max(len(problems), 1),
@@ -89,6 +126,15 @@ def evaluate(
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds, decode_config=asdict(config),
         code_version=code_version(), machine=machine_description(lm.model.device),
     )
+
+
+def sample_record(task: Task, problem: Problem, response: str, correct: bool, forwards: int, num_tokens: int) -> dict:
+    """One line of `d3llm eval --log-samples`: what was asked, answered and scored, and the
+    row's own forwards (NFE) and tokens per forward (TPF = num_tokens / nfe)."""
+    return {"task": task.name, "prompt": problem.prompt, "response": response,
+            "extracted_answer": task.extract_answer(response), "reference_answer": problem.answer,
+            "correct": bool(correct), "nfe": forwards, "num_tokens": num_tokens,
+            "tpf": num_tokens / max(forwards, 1)}
 
 
 def machine_description(where: torch.device | None = None) -> str:

@@ -1,10 +1,13 @@
 """Sweeps: one model, task and preset evaluated over a grid of decode settings.
 
     results = sweep(lm, task, "d3llm", {"threshold": ["0.3", "0.5"]}, n=100, seed=0, out=Path("runs/s"))
+    print(points_table(results))
 
 Each grid point is written to `OUT/point-NNN.json` as soon as it is done (a killed sweep
 keeps what it finished and skips it when run again), and `OUT/curve.json` lists the
-(tokens per forward, accuracy %) points in TPF order: the input of AUP.
+(tokens per forward, accuracy %) points in TPF order: the input of AUP. Grid values are
+stored typed, as the decode setting they name reads them (`threshold: 0.5`, `block_size: 16`,
+`early_stop: false`), in the point files, the curve and the recorded settings alike.
 
 Every point file and the curve record the sweep's settings (`sweep_settings`: model and its
 weights' fingerprint, dtype, task, method, n, seed, split, the fixed decode overrides and the
@@ -29,7 +32,8 @@ from d3llm.tasks.base import check_split
 
 
 def parse_grid(params: list[str]) -> dict[str, list[str]]:
-    """`["threshold=0.3,0.5", "block_size=16,32"]` -> {"threshold": ["0.3", "0.5"], ...}."""
+    """`["threshold=0.3,0.5", "block_size=16,32"]` -> {"threshold": ["0.3", "0.5"], ...}
+    (the command line's text; `sweep` types the values)."""
     grid: dict[str, list[str]] = {}
     for item in params:
         name, sep, values = item.partition("=")
@@ -40,6 +44,48 @@ def parse_grid(params: list[str]) -> dict[str, list[str]]:
     if not grid:
         raise D3llmError("a sweep needs at least one --param NAME=V1,V2,...")
     return grid
+
+
+def typed_grid(grid: dict[str, list]) -> dict[str, list]:
+    """Grid values as the `DecodeConfig` fields they name read them: `{"threshold": ["0.5"]}`
+    -> `{"threshold": [0.5]}`; a value already typed is kept. A bad name or value is an error."""
+    return {name: [_typed(name, v) for v in values] for name, values in grid.items()}
+
+
+def _typed(name: str, value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    ((_, typed),) = parse_overrides([f"{name}={value}"]).items()
+    return typed
+
+
+def _typed_record(values: object) -> object:
+    """An older record's string-valued point or grid, typed for comparison (as-is if it cannot be)."""
+    if not isinstance(values, dict):
+        return values
+    try:
+        return {k.strip().replace("-", "_"): [_typed(k, v) for v in vs] if isinstance(vs, list) else _typed(k, vs)
+                for k, vs in values.items()}
+    except D3llmError:
+        return values
+
+
+def points_table(records: list[dict]) -> str:
+    """A sweep's points as an aligned text table: one column per swept setting, then accuracy %,
+    TPF and tokens/s, one row per point in grid order."""
+    names = list(dict.fromkeys(k for r in records for k in r["sweep_point"]))
+    header = [*names, "accuracy %", "TPF", "tokens/s"]
+    rows = [[_cell(r["sweep_point"].get(k)) for k in names]
+            + [f"{r['accuracy_pct']:.1f}", f"{r['tokens_per_forward']:.2f}", f"{r['tokens_per_second']:.1f}"]
+            for r in records]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in [header, *rows])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 SWEEP_FILES = ("point-*.json", "point-*.tmp", "curve.json")
@@ -76,6 +122,8 @@ def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
             old = json.loads(file.read_text()).get("sweep_settings")
         except (OSError, ValueError, AttributeError):
             old = None
+        if isinstance(old, dict) and "grid" in old:  # written before grid values were stored typed
+            old = {**old, "grid": _typed_record(old["grid"])}
         if old == settings:
             continue
         if overwrite:
@@ -93,14 +141,15 @@ def sweep(
 ) -> list[dict]:
     """Evaluate `method` at every point of `grid` (with the fixed overrides `settings` and
     `max_new_tokens`, None: the preset's) and write the point files and the curve to `out`."""
-    names = list(grid)
+    grid = {name.strip().replace("-", "_"): values for name, values in grid.items()}
     fixed = {**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}), **(settings or {})}
     clash = sorted(set(fixed) & set(grid))
     if clash:
         raise D3llmError(f"{', '.join(clash)} is both swept (--param) and fixed (--set); give it once")
+    grid = typed_grid(grid)
+    names = list(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    configs = [preset(method, **fixed, **parse_overrides([f"{k}={v}" for k, v in p.items()]))
-               for p in points]  # every point is validated before the first forward
+    configs = [preset(method, **fixed, **p) for p in points]  # every point is validated before the first forward
     split = check_split(split)  # an unknown split fails now
     record_settings = sweep_settings(lm, task, method, grid, n, seed, split, fixed)
     if out.is_dir():
@@ -111,11 +160,11 @@ def sweep(
         file = out / f"point-{index:03d}.json"
         if file.is_file():
             record = json.loads(file.read_text())
-            if record.get("sweep_point") == point:
-                records.append(record)
+            if _typed_record(record.get("sweep_point")) == point:
+                records.append({**record, "sweep_point": point})
                 continue
         if progress:
-            progress(", ".join(f"{k}={v}" for k, v in point.items()))
+            progress(", ".join(f"{k}={_cell(v)}" for k, v in point.items()))
         result = evaluate(lm, task, config, n=n, seed=seed, split=split, batch_size=batch_size)
         record = {**result.to_dict(), "sweep_point": point, "sweep_settings": record_settings}
         tmp = file.with_suffix(".tmp")

@@ -1,4 +1,4 @@
-"""AUP, Accuracy Under Parallelism (shared/reference/d3llm_method.md section 5).
+"""AUP, Accuracy Under Parallelism (docs/method.md section 5).
 
 For one method on one task: points (rho_i, y_i) with rho = tokens per forward (TPF) > 0 and
 y = accuracy in percent. Sorted by rho, points more than `drop_below` points under the
@@ -62,7 +62,10 @@ def aup(points: Sequence[Point], y_max: float, alpha: float = ALPHA, drop_below:
 
 def aup_table(table: Mapping[str, Mapping[str, Sequence[Point]]], alpha: float = ALPHA) -> dict:
     """`{task: {method: points}}` -> `{"y_max": {task: y}, "aup": {task: {method: aup}},
-    "mean": {method: mean over its tasks}}`; y_max per task over all its methods."""
+    "mean": {method: mean or None}, "mean_tasks": [task, ...]}`; y_max per task over all its
+    methods. The mean is taken over `mean_tasks`, the tasks that *every* method has, so the
+    means compare like with like (a method scored on one easy task is not averaged against
+    another's two); with no task common to all methods every mean is None."""
     if not table:
         raise D3llmError("the AUP table is empty")
     y_max, scores = {}, {}
@@ -74,12 +77,10 @@ def aup_table(table: Mapping[str, Mapping[str, Sequence[Point]]], alpha: float =
         if y_max[task] <= 0:
             raise D3llmError(f"task {task!r}: every accuracy is 0, so AUP is undefined")
         scores[task] = {m: aup(curve, y_max[task], alpha) for m, curve in curves.items()}
-    per_method: dict[str, list[float]] = {}
-    for task_scores in scores.values():
-        for method, value in task_scores.items():
-            per_method.setdefault(method, []).append(value)
-    mean = {m: sum(v) / len(v) for m, v in per_method.items()}
-    return {"alpha": alpha, "y_max": y_max, "aup": scores, "mean": mean}
+    methods = list(dict.fromkeys(m for task_scores in scores.values() for m in task_scores))
+    common = [t for t in scores if all(m in scores[t] for m in methods)]
+    mean = {m: sum(scores[t][m] for t in common) / len(common) if common else None for m in methods}
+    return {"alpha": alpha, "y_max": y_max, "aup": scores, "mean": mean, "mean_tasks": common}
 
 
 def read_table(path) -> dict:

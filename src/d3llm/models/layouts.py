@@ -3,7 +3,7 @@
 A layout knows how to turn a folder's config.json into a transformers config for one of our
 families, and how its tensor names map to transformers' names. Reading and writing the
 weights themselves is shared (`d3llm.models.checkpoint`). See
-shared/reference/checkpoint_layouts.md for the official formats.
+docs/checkpoint-layouts.md for the official formats.
 
 | layout  | recognised by                      | network  | tensor names                        |
 |---------|------------------------------------|----------|-------------------------------------|

@@ -169,7 +169,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a bundled model by name, or a folder in our or an official layout, onto `device`
     in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU,
-    where bf16/fp16 matmuls are 3-7x slower, shared/reference/platform_notes.md)."""
+    where bf16/fp16 matmuls are 3-7x slower, docs/platform-notes.md)."""
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
     net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy

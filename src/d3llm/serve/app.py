@@ -6,19 +6,29 @@
 Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream: true` as
 server-sent events carrying only final text, ending with `data: [DONE]`), `GET /v1/models`,
 and `GET /health` (no key needed: load balancers probe it). With `api_key`, the `/v1` routes
-need `Authorization: Bearer KEY` (401 otherwise).
+and `/openapi.json` need `Authorization: Bearer KEY` (401 otherwise), and the browser pages
+`/docs` and `/redoc` are off (a browser cannot send the key); without a key all are open.
 
-Status codes: 400 a setting or prompt the server cannot decode (the message names it), 401 a
-missing or wrong key, 404 another model's name, 422 a malformed body, 503 a full queue
-(`Retry-After: 1`), 500 a batch that failed to decode. Errors use OpenAI's
-`{"error": {"message", "type", ...}}` shape, so the `openai` client raises them as such.
+Status codes: 400 a setting or prompt the server cannot decode, or text that is not valid
+Unicode, 401 a missing or wrong key, 404 another model's name, 422 a malformed body, 503 a
+full queue (`Retry-After: 1`), 500 a batch that failed to decode. Errors use OpenAI's
+`{"error": {"message", "type", "param", "code"}}` shape, so the `openai` client raises them as
+such; `param` names the request field at fault (`seed`, `messages[0].content`) when one is.
+
+Logging (logger `d3llm.serve.app`): one INFO line per request (client, method, path, status,
+prompt and completion tokens, NFE, TPF, latency; `/health` probes at DEBUG), and every
+`log_interval_s` while requests run a throughput line (requests/s, tokens/s, running batch,
+queue), as vLLM's server logs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,11 +37,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
-from d3llm.serve.protocol import (ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body, error_body,
-                                  finish_reason, new_id, response_body, usage, usage_chunk)
+from d3llm.serve.errors import BadRequest
+from d3llm.serve.protocol import (UNICODE_ERROR, ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body,
+                                  error_body, finish_reason, new_id, response_body, usage, usage_chunk)
 from d3llm.serve.scheduler import Finished, QueueFull, Scheduler
 from d3llm.serve.service import ClientGone, DecodeFailed, Limits, ModelService, Submission
 from d3llm.serve.text import TextStream, chat_prompt_ids
@@ -39,6 +51,8 @@ from d3llm.serve.text import TextStream, chat_prompt_ids
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that left before its answer; nobody reads it
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                422: "invalid_request_error", 503: "server_overloaded", 500: "server_error"}
+USAGE_KEY = "d3llm.usage"  # where a route leaves an answer's usage in the ASGI scope, for the request log
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -52,27 +66,39 @@ def create_app(
     max_tokens_limit: int = 512,
     default_max_tokens: int = 64,
     model_id: str | None = None,
+    log_interval_s: float = 10.0,
 ) -> FastAPI:
     """An app serving `lm`: requests decode with `default_method` (d3llm / ar by model) unless
     they name a `method`; up to `max_batch` waiting requests with the same settings decode
     together after waiting at most `max_wait_ms`; more than `max_queue` waiting requests are
-    refused (503). `model_id` (default: the model's folder name) is the name clients use."""
+    refused (503). `model_id` (default: the model's folder name) is the name clients use.
+    A throughput line is logged every `log_interval_s` while requests run."""
     scheduler = Scheduler(lm.model, lm.tokenizer.pad_token_id, max_batch, max_wait_ms, max_queue)
     limits = Limits(max_prompt_tokens, max_tokens_limit, default_max_tokens)
     service = ModelService(lm, scheduler, default_method, limits, model_id or Path(lm.name).name or lm.name)
+    stats = _Throughput(scheduler)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         scheduler.start()
+        reporter = asyncio.create_task(stats.report_every(log_interval_s))
         try:
             yield
         finally:  # uvicorn has let open requests finish (or timed out); fail what still waits
+            reporter.cancel()
             await asyncio.to_thread(scheduler.close)
 
-    app = FastAPI(title="d3llm", summary="OpenAI-compatible diffusion LLM server", lifespan=lifespan)
-    app.state.service, app.state.scheduler = service, scheduler
+    pages = {} if api_key is None else {"openapi_url": None, "docs_url": None, "redoc_url": None}
+    app = FastAPI(title="d3llm", summary="OpenAI-compatible diffusion LLM server", lifespan=lifespan, **pages)
+    app.state.service, app.state.scheduler, app.state.started = service, scheduler, int(time.time())
     _add_error_handlers(app)
-    app.include_router(_v1_routes(service, api_key))
+    app.add_middleware(_RequestLog, stats=stats)
+    app.include_router(_v1_routes(service, api_key, app.state.started))
+    if api_key is not None:  # the schema stays available to clients that hold the key
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(_bearer_key(api_key))])
+        async def openapi() -> dict:
+            return app.openapi()
 
     @app.get("/health")
     async def health() -> dict:
@@ -81,14 +107,14 @@ def create_app(
     return app
 
 
-def _v1_routes(service: ModelService, api_key: str | None) -> APIRouter:
+def _v1_routes(service: ModelService, api_key: str | None, started: int) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(_bearer_key(api_key))])
 
     @router.get("/models")
     async def models() -> dict:
         facts = service.lm.facts
         return {"object": "list", "data": [{
-            "id": service.model_id, "object": "model", "created": 0, "owned_by": "d3llm",
+            "id": service.model_id, "object": "model", "created": started, "owned_by": "d3llm",
             "d3llm": {"family": facts.family, "default_method": service.default_method,
                       "max_length": facts.max_length}}]}
 
@@ -101,7 +127,8 @@ def _v1_routes(service: ModelService, api_key: str | None) -> APIRouter:
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> dict | Response:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await _answer("chat", service, body, chat_prompt_ids(service.lm.tokenizer, messages), request)
+        return await _answer("chat", service, body, chat_prompt_ids(service.lm.tokenizer, messages), request,
+                             prompt_param="messages")
 
     return router
 
@@ -121,22 +148,22 @@ def _bearer_key(api_key: str | None):
 
 
 async def _answer(kind: Kind, service: ModelService, body: DecodeRequest, ids: list[int],
-                  request: Request) -> dict | Response:
+                  request: Request, prompt_param: str = "prompt") -> dict | Response:
     """Check, submit and answer one request, streamed or whole."""
     if body.model not in (None, service.model_id):
-        raise HTTPException(404, f"model {body.model!r} is not served here; this server serves "
-                                 f"{service.model_id!r} (GET /v1/models)")
+        raise BadRequest(f"model {body.model!r} is not served here; this server serves "
+                         f"{service.model_id!r} (GET /v1/models)", "model", status=404)
     config = service.decode_config(body.method, body.max_tokens, body.temperature, body.seed, body.threshold)
-    service.check_prompt(ids, config)
+    service.check_prompt(ids, config, prompt_param)
     text = TextStream(service.lm.tokenizer, body.stop_strings())
     submission = service.submit(ids, config)
-    reply = _Reply(kind, new_id(kind), service.model_id, len(ids), config.method, text)
+    reply = _Reply(kind, new_id(kind), service.model_id, len(ids), config.method, text, request.scope)
     if body.stream:
         return StreamingResponse(reply.events(submission, request, body.wants_usage_chunk()),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        result = [item async for item in submission.answer(request, text) if isinstance(item, Finished)][-1]
+        result = await submission.result(request, text)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except DecodeFailed as exc:
@@ -148,12 +175,16 @@ async def _answer(kind: Kind, service: ModelService, body: DecodeRequest, ids: l
 class _Reply:
     """What every message of one answer carries: its kind, id, model, prompt size and method."""
 
-    def __init__(self, kind: Kind, rid: str, model: str, prompt_tokens: int, method: str, text: TextStream):
+    def __init__(self, kind: Kind, rid: str, model: str, prompt_tokens: int, method: str, text: TextStream,
+                 scope: Scope):
         self.kind, self.rid, self.model, self.prompt_tokens, self.method, self.text = (
             kind, rid, model, prompt_tokens, method, text)
+        self.scope = scope
 
     def usage(self, result: Finished) -> dict:
-        return usage(self.prompt_tokens, result, self.method)
+        """The answer's usage, also left in the scope for the request log."""
+        self.scope[USAGE_KEY] = body = usage(self.prompt_tokens, result, self.method)
+        return body
 
     async def events(self, submission: Submission, request: Request, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events: final text pieces, the finish reason, usage if asked, [DONE]."""
@@ -181,28 +212,145 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def _error(status: int, message: str, headers: dict | None = None, param: str | None = None) -> JSONResponse:
+    """OpenAI's error object. Text from the request (an unknown field's name) may hold a lone
+    surrogate, which UTF-8 cannot encode: it is sent escaped."""
+    message, param = (None if s is None else s.encode("utf-8", "backslashreplace").decode() for s in (message, param))
+    return JSONResponse(error_body(message, ERROR_TYPES.get(status, "error"), param=param), status, headers)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error as OpenAI's error object with a message that names what to change."""
 
-    def reply(status: int, message: str, headers: dict | None = None, param: str | None = None) -> JSONResponse:
-        return JSONResponse(error_body(message, ERROR_TYPES.get(status, "error"), param=param), status, headers)
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return reply(exc.status_code, str(exc.detail), exc.headers)
+        message, cause = str(exc.detail), exc.__cause__
+        if exc.status_code == 400 and cause is not None:  # FastAPI could not parse the body: say why
+            message = f"the body is not JSON this server can read ({type(cause).__name__}: {cause})"
+        return _error(exc.status_code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Text that is not valid Unicode is a 400 (the JSON parses; its text cannot be encoded);
+        # pydantic also lists the other members of the field's union, which fail too: not said.
+        errors = list(exc.errors())
+        unicode = [e for e in errors if e["type"] in (UNICODE_ERROR, "string_unicode")]
         problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"] if part != "body")
+        for error in unicode or errors:
+            where = _field(error)
             problems.append(f"{where}: {error['msg']}" if where else error["msg"])
-        return reply(422, "malformed request: " + "; ".join(problems))
+        return _error(400 if unicode else 422, "malformed request: " + "; ".join(problems),
+                      param=_param(unicode or errors))
 
     @app.exception_handler(QueueFull)
     async def busy(_: Request, exc: QueueFull) -> JSONResponse:
-        return reply(503, str(exc), {"Retry-After": "1"})
+        return _error(503, str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(D3llmError)
     async def bad_setting(_: Request, exc: D3llmError) -> JSONResponse:
-        return reply(400, str(exc))
+        if isinstance(exc, BadRequest):
+            return _error(exc.status, str(exc), param=exc.param)
+        return _error(400, str(exc))
+
+
+_TYPE_TAG = re.compile(r"str|int|float|bool|list|dict|[A-Z].*|.*[\[(].*")  # pydantic's union-member labels
+
+
+def _param(errors: list[dict]) -> str | None:
+    """The field the first error is about, as deep as any error about that field goes: a
+    value that fails every member of a union (`prompt: [true]`) fails deepest in the member
+    it was meant for (`prompt[0]`, not `prompt`)."""
+    fields = [_field(error) for error in errors]
+    if not fields or fields[0] is None:
+        return None
+    top = re.match(r"[^.\[]*", fields[0]).group()
+    same = [f for f in fields if f is not None and re.match(r"[^.\[]*", f).group() == top]
+    return max(same, key=lambda f: f.count(".") + f.count("["))  # the first of the deepest
+
+
+def _field(error: dict) -> str | None:
+    """The request field a validation error is about, as `messages[0].content`; None when
+    the error is about the body as a whole (not JSON, not an object)."""
+    loc = list(error["loc"])
+    if loc[:1] == ["body"]:
+        loc = loc[1:]
+    if error["type"] == "extra_forbidden" and loc:  # the unknown field's own name, whatever it is
+        loc, last = loc[:-1], [str(loc[-1])]
+    else:
+        last = []
+    parts = [p for p in loc if isinstance(p, int) or not _TYPE_TAG.fullmatch(p)] + last
+    if not parts or not isinstance(parts[0], str):
+        return None
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+
+class _RequestLog:
+    """ASGI middleware: one log line per request, throughput counts, and a JSON 500 (with the
+    connection kept open) for an exception no handler took."""
+
+    def __init__(self, app: ASGIApp, stats: "_Throughput"):
+        self.app, self.stats = app, stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.monotonic(), None
+
+        async def tracked(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if status is not None:  # the response began: nothing else can be sent
+                raise
+            status = 500
+            await _error(500, "internal server error (logged on the server)")(scope, receive, send)
+        finally:
+            self._log(scope, status, time.monotonic() - start)
+
+    def _log(self, scope: Scope, status: int | None, seconds: float) -> None:
+        client = scope.get("client")
+        where = f"{client[0]}:{client[1]} " if client else ""
+        line = f'{where}"{scope["method"]} {scope["path"]}" {status if status is not None else "-"}'
+        usage_ = scope.get(USAGE_KEY)
+        if usage_ is not None:
+            stats = usage_["d3llm"]
+            line += (f" prompt_tokens={usage_['prompt_tokens']} completion_tokens={usage_['completion_tokens']}"
+                     f" nfe={stats['nfe']} tpf={stats['tokens_per_forward']:.2f}")
+            self.stats.count(usage_["prompt_tokens"], usage_["completion_tokens"])
+        log.log(logging.DEBUG if scope["path"] == "/health" else logging.INFO, "%s latency=%.3fs", line, seconds)
+
+
+class _Throughput:
+    """Answers and tokens since the last report; a report line while there is work."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.answers = self.prompt_tokens = self.completion_tokens = 0
+        self.since = time.monotonic()
+
+    def count(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.answers += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def report(self) -> None:
+        load = self.scheduler.load()
+        now = time.monotonic()
+        seconds = max(now - self.since, 1e-9)
+        if self.answers or load["running"] or load["waiting"]:
+            log.info("throughput: %.2f requests/s, prompt %.1f tokens/s, completion %.1f tokens/s; "
+                     "running %d, waiting %d", self.answers / seconds, self.prompt_tokens / seconds,
+                     self.completion_tokens / seconds, load["running"], load["waiting"])
+        self.answers = self.prompt_tokens = self.completion_tokens = 0
+        self.since = now
+
+    async def report_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.report()

@@ -8,7 +8,10 @@ settings as extra body fields (the `openai` client sends them with `extra_body=`
 
 Unknown fields are rejected (422) rather than silently ignored; OpenAI fields that clients
 commonly send with neutral values (`n`=1, `top_p`=1, zero penalties, `user`) are accepted
-only at those values.
+only at those values. Types are strict: `true` is not an integer, `"16"` is not a number,
+`1` is not a boolean (422). Text must be valid Unicode: a lone surrogate (`"\\ud800"` in
+JSON), which no tokenizer can encode, is a 400 naming the field. The ranges of `seed`,
+`temperature` and `threshold` are checked by the service (400), with the method they apply to.
 
 Usage in every answer: `prompt_tokens`, `completion_tokens` (generated tokens up to and
 including the end-of-sequence token, as TPF counts them), `total_tokens`, and a `d3llm`
@@ -20,40 +23,55 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from d3llm.serve.scheduler import Finished
 
 Kind = Literal["text", "chat"]  # /v1/completions or /v1/chat/completions
 MAX_STOP_STRINGS = 8
+UNICODE_ERROR = "unicode_surrogate"  # the validation error type of text that is not valid Unicode
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(UNICODE_ERROR, "must be valid Unicode text: it holds a lone surrogate "
+                                                 "(\\ud800-\\udfff), which cannot be encoded") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]  # every string a request may carry
+STRICT = ConfigDict(extra="forbid", strict=True)  # unknown fields and lax conversions (true -> 1) refused
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False  # a last chunk with `usage` (and no choices) before [DONE]
 
 
 class DecodeRequest(BaseModel):
     """Fields shared by both endpoints."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None  # must name the served model when given
+    model_config = STRICT
+    model: Text | None = None  # must name the served model when given
     max_tokens: int | None = Field(None, ge=1)  # response canvas (max_new_tokens)
-    temperature: float | None = Field(None, ge=0)  # 0 or absent: greedy
-    seed: int | None = None  # sampling seed (temperature > 0)
-    stop: str | list[str] | None = None  # cut the answer at the first of these strings
+    temperature: float | None = None  # 0 or absent: greedy (range: `ModelService.decode_config`)
+    seed: int | None = None  # sampling seed (temperature > 0); range checked by the service
+    stop: Text | list[Text] | None = None  # cut the answer at the first of these strings
     stream: bool = False
     stream_options: StreamOptions | None = None
-    method: str | None = None  # d3llm: decode preset (default: the server's)
-    threshold: float | None = Field(None, gt=0)  # d3llm: the preset's selection threshold
+    method: Text | None = None  # d3llm: decode preset (default: the server's)
+    threshold: float | None = None  # d3llm: the preset's selection threshold (range: the preset's)
     # Accepted only at their neutral values: clients send them by default.
     n: int = 1
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    user: str | None = None  # informational
+    user: Text | None = None  # informational
 
     @field_validator("n")
     @classmethod
@@ -94,20 +112,20 @@ class DecodeRequest(BaseModel):
 class CompletionRequest(DecodeRequest):
     """/v1/completions: the prompt is continued as it is (no chat template)."""
 
-    prompt: str | list[int] = Field(min_length=1)  # text, or token ids
+    prompt: Text | list[int] = Field(min_length=1)  # text, or token ids
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None  # informational
+    content: Text | list[TextPart]
+    name: Text | None = None  # informational
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)

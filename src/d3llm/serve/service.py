@@ -9,6 +9,7 @@ batch at once).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,13 +17,16 @@ from typing import TYPE_CHECKING
 from d3llm.decode import DecodeConfig, preset
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
+from d3llm.serve.errors import BadRequest
 from d3llm.serve.scheduler import Failed, Finished, Job, Scheduler
 from d3llm.serve.text import TextStream
 
 if TYPE_CHECKING:  # the service itself needs no web framework (`d3llm chat` uses it too)
     from starlette.requests import Request
 
-DISCONNECT_POLL_SECONDS = 0.5  # how often a request waiting for news checks that its client is still there
+DISCONNECT_POLL_SECONDS = 0.5  # how often a streamed request waiting for news checks that its client is still there
+MAX_SEED = 2**63  # seeds are in [0, MAX_SEED): torch generators take a signed 64-bit seed
+TEMPERATURES = (1e-3, 100.0)  # a positive temperature's range; below it logits / temperature overflow
 
 
 class DecodeFailed(Exception):
@@ -57,40 +61,57 @@ class ModelService:
 
     def decode_config(self, method: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
                       seed: int | None = None, threshold: float | None = None) -> DecodeConfig:
-        """A request's `DecodeConfig`: its preset (`method`) with its overrides, validated for this model."""
+        """A request's `DecodeConfig`: its preset (`method`) with its overrides, validated for
+        this model. A bad value is a `BadRequest` naming the request field."""
         max_tokens = max_tokens or min(self.limits.default_max_tokens, self.limits.max_tokens_limit)
         if max_tokens > self.limits.max_tokens_limit:
-            raise D3llmError(f"`max_tokens` must be <= {self.limits.max_tokens_limit} on this server, got {max_tokens}")
+            raise BadRequest(f"`max_tokens` must be <= {self.limits.max_tokens_limit} on this server, got {max_tokens}",
+                             "max_tokens")
+        low, high = TEMPERATURES
+        if temperature is not None and not (temperature == 0 or low <= temperature <= high):
+            raise BadRequest(f"`temperature` must be 0 (greedy) or in [{low:g}, {high:g}], got {temperature}",
+                             "temperature")
+        if seed is not None and not 0 <= seed < MAX_SEED:
+            raise BadRequest(f"`seed` must be in [0, 2**63), got {seed}", "seed")
+        if threshold is not None and not math.isfinite(threshold):
+            raise BadRequest(f"`threshold` must be a finite number, got {threshold}", "threshold")
+        try:
+            base = preset(method or self.default_method)
+        except D3llmError as exc:
+            raise BadRequest(str(exc), "method") from None
         overrides: dict = {"max_new_tokens": max_tokens}
         if temperature:  # a greedy answer keeps the preset's seed, so seeds do not split batches
             overrides.update(temperature=temperature, seed=seed or 0)
         if threshold is not None:
             overrides["threshold"] = threshold
-        config = preset(method or self.default_method, **overrides)
+        try:
+            config = base.override(**overrides)
+        except D3llmError as exc:  # every other override was checked above
+            raise BadRequest(str(exc), "threshold") from None
         if threshold is not None and config.strategy == "topk":
-            raise D3llmError(f"`threshold` has no effect with method {config.method!r}; "
-                             "use a threshold method (fast-dllm, dparallel, d3llm, ...)")
+            raise BadRequest(f"`threshold` has no effect with method {config.method!r}; "
+                             "use a threshold method (fast-dllm, dparallel, d3llm, ...)", "threshold")
         if config.is_autoregressive == self.lm.facts.is_diffusion:
             kind = "a diffusion" if self.lm.facts.is_diffusion else "an autoregressive"
-            raise D3llmError(f"`method` {config.method!r} cannot decode {kind} model; "
-                             f"this server's default is {self.default_method!r}")
+            raise BadRequest(f"`method` {config.method!r} cannot decode {kind} model; "
+                             f"this server's default is {self.default_method!r}", "method")
         return config
 
-    def check_prompt(self, ids: list[int], config: DecodeConfig) -> None:
+    def check_prompt(self, ids: list[int], config: DecodeConfig, param: str = "prompt") -> None:
         """A prompt that is empty, over `max_prompt_tokens`, or too long for the model with
-        `max_tokens` is the client's error."""
+        `max_tokens` is the client's error (`BadRequest` naming `param`: prompt or messages)."""
         if not ids:
-            raise D3llmError("the prompt is empty")
+            raise BadRequest("the prompt is empty", param)
         if self.limits.max_prompt_tokens is not None and len(ids) > self.limits.max_prompt_tokens:
-            raise D3llmError(f"the prompt has {len(ids)} tokens; this server accepts at most "
-                             f"{self.limits.max_prompt_tokens} (max_prompt_tokens)")
+            raise BadRequest(f"the prompt has {len(ids)} tokens; this server accepts at most "
+                             f"{self.limits.max_prompt_tokens} (max_prompt_tokens)", param)
         vocab = self.lm.model.config.vocab_size
         if any(not 0 <= i < vocab for i in ids):
-            raise D3llmError(f"the prompt's token ids must be in [0, {vocab})")
+            raise BadRequest(f"the prompt's token ids must be in [0, {vocab})", param)
         longest = self.lm.facts.max_length
         if len(ids) + config.max_new_tokens > longest:
-            raise D3llmError(f"prompt ({len(ids)} tokens) + `max_tokens` ({config.max_new_tokens}) exceeds the "
-                             f"model's maximum length {longest}")
+            raise BadRequest(f"prompt ({len(ids)} tokens) + `max_tokens` ({config.max_new_tokens}) exceeds the "
+                             f"model's maximum length {longest}", param)
 
     def submit(self, ids: list[int], config: DecodeConfig) -> "Submission":
         """Queue the job (`QueueFull` when the queue is full); its events arrive on this loop."""
@@ -123,8 +144,31 @@ class Submission:
         finally:
             self.scheduler.cancel(self.job)
 
+    async def result(self, request: "Request", text: TextStream) -> Finished:
+        """The whole answer of a non-streamed request (its text is `text.text`). A client that
+        disconnects meanwhile is noticed at once (`ClientGone`): its job is cancelled, and its
+        row leaves the running batch after the current forward."""
+        collect = asyncio.ensure_future(self._last(request, text))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if collect in done:
+                return collect.result()
+            raise ClientGone
+        finally:
+            for task in (collect, gone):
+                task.cancel()
+            await asyncio.gather(collect, gone, return_exceptions=True)  # `answer`'s cleanup cancels the job
+
+    async def _last(self, request: "Request", text: TextStream) -> Finished:
+        async for item in self.answer(request, text):
+            if isinstance(item, Finished):
+                return item
+        raise AssertionError("an answer ends with Finished or DecodeFailed")
+
     async def _next(self, request: "Request"):
-        """The next event; `ClientGone` if the client disconnects while we wait."""
+        """The next event; `ClientGone` if the client disconnects while we wait (a streamed
+        response also notices a disconnect itself and stops iterating `answer`)."""
         getter = asyncio.ensure_future(self.events.get())
         try:
             while True:
@@ -135,3 +179,11 @@ class Submission:
                     raise ClientGone
         finally:
             getter.cancel()
+
+
+async def _disconnected(request: "Request") -> None:
+    """Return when the client disconnects. Only for a request whose body was read: the ASGI
+    server's next message is then `http.disconnect`, sent as soon as the connection closes
+    (a streamed response listens the same way)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

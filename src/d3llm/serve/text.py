@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from d3llm.errors import D3llmError
+from d3llm.serve.errors import BadRequest
 from d3llm.serve.scheduler import Finished, Partial
 
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -24,15 +25,21 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mappi
     """Token ids of a conversation in the model's chat template, ready for the next answer.
 
     `messages` are `{"role": "system" | "user" | "assistant", "content": str}`; the last
-    must not be the assistant's (the model writes that)."""
+    must not be the assistant's (the model writes that). A conversation the template refuses
+    (say, roles that do not alternate) is a `BadRequest` naming `messages`."""
     if not messages:
-        raise D3llmError("`messages` must hold at least one message")
+        raise BadRequest("`messages` must hold at least one message", "messages")
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
-            raise D3llmError(f"`messages[{i}].role` must be one of {', '.join(ROLES)}, got {message['role']!r}")
+            raise BadRequest(f"`messages[{i}].role` must be one of {', '.join(ROLES)}, got {message['role']!r}",
+                             f"messages[{i}].role")
     if messages[-1]["role"] == "assistant":
-        raise D3llmError("the last message must be the user's or the system's, not the assistant's")
-    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        raise BadRequest("the last message must be the user's or the system's, not the assistant's",
+                         f"messages[{len(messages) - 1}].role")
+    try:
+        ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    except TemplateError as exc:  # templates raise on conversations they do not support
+        raise BadRequest(f"the model's chat template refuses these messages: {exc}", "messages") from None
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)

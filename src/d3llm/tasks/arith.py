@@ -15,7 +15,7 @@ assignment: a test question of one is a test question of the other.
 
 Difficulty presets (`ArithDifficulty.preset`) trade learnability for challenge. The default
 `easy` keeps every intermediate value in 0..99: a 2.4M-parameter model learned the format
-but not 3-digit arithmetic in 35 CPU minutes (shared/reference/platform_notes.md).
+but not 3-digit arithmetic in 35 CPU minutes (docs/platform-notes.md).
 """
 
 from __future__ import annotations

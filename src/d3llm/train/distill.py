@@ -1,4 +1,4 @@
-"""Pseudo-trajectory distillation (shared/reference/d3llm_method.md section 2).
+"""Pseudo-trajectory distillation (docs/method.md section 2).
 
 Each example is a response (the reference target) with the teacher's rank vector. Per batch:
 a window size `k` from the window curriculum, a mask ratio `t` per example from the noise

@@ -1,6 +1,6 @@
 """`d3llm trajectories`: teacher rollouts through the decode loop, stored as rank vectors.
 
-The teacher decodes each prompt one token per step in blocks (shared/reference/d3llm_method.md
+The teacher decodes each prompt one token per step in blocks (docs/method.md
 section 1) with the ordinary decode loop (`d3llm.decode.generate`, `vanilla` preset): LLaDA
 teachers commit the most probable proposal of the block, Dream teachers the lowest-entropy one.
 The loop's trace (step at which each position was committed) is the rank vector.
