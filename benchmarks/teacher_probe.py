@@ -40,30 +40,36 @@ from d3llm.train.objectives import masked_diffusion_loss, next_token_loss
 from d3llm.train.trainer import batches_by_length, network_for, tokenizer_for
 
 
-def first_operation_probe(lm: DiffusionLM, tokenizer, gen_length: int, n: int) -> float:
-    """% of validation arith problems whose first result is right at argmax, with the solution
-    up to its `= ` given and the rest of the canvas masked."""
-    right = 0
+def first_operation_probe(lm: DiffusionLM, tokenizer, gen_length: int, n: int) -> tuple[float, float]:
+    """(% right, mean cross-entropy in nats per result digit) on validation arith problems:
+    the solution up to its first `= ` given, the rest of the canvas masked (a diffusion
+    model), or the digits teacher-forced (an AR model: its next-token prediction)."""
+    right, nats = 0, []
     for problem in get_task("arith").problems("validation", n, seed=0):
         line = problem.target.split("\n")[0]  # "23 + 19 = 42"
         given, _, result = line.rpartition("= ")
         head = tokenizer(given + "= ", add_special_tokens=False).input_ids
         digits = tokenizer(result, add_special_tokens=False).input_ids
         prompt = prompt_ids(tokenizer, problem.prompt)
-        canvas = prompt + head + [lm.facts.mask_token_id] * (gen_length - len(head))
+        if lm.facts.is_diffusion:
+            canvas = prompt + head + [lm.facts.mask_token_id] * (gen_length - len(head))
+        else:
+            canvas = prompt + head + digits
         with torch.no_grad():
-            logits = lm(torch.tensor([canvas])).logits[0]  # (L, V)
+            logits = lm(torch.tensor([canvas])).logits[0].float()  # (L, V), aligned
         start = len(prompt) + len(head)
-        guess = logits[start : start + len(digits)].argmax(-1).tolist()
-        right += guess == digits
-    return 100.0 * right / n
+        window = logits[start : start + len(digits)]
+        right += window.argmax(-1).tolist() == digits
+        nats += torch.nn.functional.cross_entropy(window, torch.tensor(digits), reduction="none").tolist()
+    return 100.0 * right / n, sum(nats) / len(nats)
 
 
 def measure(net, tokenizer, config: TrainConfig, n: int) -> dict:
     net.eval()
     lm = DiffusionLM(net)
     method = "vanilla" if lm.facts.is_diffusion else "ar"
-    row = {"probe_pct": first_operation_probe(lm, tokenizer, config.gen_length, n) if lm.facts.is_diffusion else None}
+    probe_pct, probe_nats = first_operation_probe(lm, tokenizer, config.gen_length, n)
+    row = {"probe_pct": probe_pct, "probe_nats": probe_nats}
     result = evaluate(LoadedModel(lm, tokenizer, Path("."), "probe"), get_task("arith"),
                       preset(method, max_new_tokens=config.gen_length), n=n, seed=0, split="validation",
                       batch_size=16)
@@ -115,14 +121,14 @@ def main() -> None:
     schedule = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, args.steps // 10), args.steps)
     generator = torch.Generator().manual_seed(config.seed)
     label = args.label or " ".join(args.set) or "recipe as is"
-    print(f"| {label} | step | loss | probe % | arith % | train s |\n|---|---|---|---|---|---|")
+    print(f"| {label} | step | loss | probe % | probe nats | arith % | train s |\n|---|---|---|---|---|---|---|")
     losses, train_seconds, row = [], 0.0, {}
     for step in range(0, args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
             row = {"step": step, "loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
                    **measure(net, tokenizer, config, args.n), "train_seconds": round(train_seconds, 1)}
-            probe = "-" if row["probe_pct"] is None else f"{row['probe_pct']:.1f}"
-            print(f"| | {step} | {row['loss']:.3f} | {probe} | {row['arith_pct']:.1f} | {train_seconds:.0f} |", flush=True)
+            print(f"| | {step} | {row['loss']:.3f} | {row['probe_pct']:.1f} | {row['probe_nats']:.3f} | "
+                  f"{row['arith_pct']:.1f} | {train_seconds:.0f} |", flush=True)
         if step == args.steps:
             break
         started = time.perf_counter()

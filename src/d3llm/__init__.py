@@ -18,7 +18,8 @@ __all__ = ["D3llmError", "ModelLoadError", "TaskError", "generate", "get_task", 
 
 
 def __getattr__(name: str):
-    # Lazy imports: `import d3llm` must stay cheap (transformers costs seconds to import).
+    # Lazy imports: `import d3llm` must stay cheap (transformers costs seconds to import);
+    # deliberate, and allowed by tests/unit/test_structure.py.
     if name == "load_model":
         from d3llm.models.loading import load_model
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from d3llm.decode import DecodeOutput, generate as decode, preset
+from d3llm.decode import DecodeOutput, generate as decode, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel, load_model
 from d3llm.models.tokenizer import prompt_ids
@@ -46,7 +46,7 @@ def generate(
     if not batch or any(not p.strip() for p in batch):
         raise D3llmError("`prompts` must be one or more non-empty strings")
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    config = preset(method or ("d3llm" if lm.facts.is_diffusion else "ar"), **fixed, **settings)
+    config = resolve_config(method, lm.facts.is_diffusion, **fixed, **settings)  # a setting the method ignores is an error
     out = decode(lm.model, [prompt_ids(lm.tokenizer, p) for p in batch], config, lm.tokenizer.pad_token_id)
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out.sequences]
     return GenerateResult(texts, out)

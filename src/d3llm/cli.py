@@ -3,7 +3,8 @@
 Every user error (a `D3llmError`) is printed as one line on stderr with exit code 2. Help is
 plain text (`-h` or `--help`): rich markup would swallow `[...]` in help texts and show a
 value for flags. Torch is imported by the commands that need it, not here: `d3llm models`,
-`-h` and `--version` stay fast.
+`-h` and `--version` stay fast (deliberate imports inside functions, which
+tests/unit/test_structure.py allows in this module).
 """
 
 from __future__ import annotations
@@ -44,6 +45,40 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _writable_place(path: Path, option: str) -> None:
+    """The nearest existing folder above `path` must be a writable folder (not a file)."""
+    import os
+
+    for above in path.absolute().parents:
+        if above.exists():
+            if not above.is_dir():
+                raise D3llmError(f"{option} {path}: {above} is a file, not a folder; choose another {option}")
+            if not os.access(above, os.W_OK | os.X_OK):
+                raise D3llmError(f"{option} {path}: cannot write in {above} (permission denied)")
+            return
+
+
+def _out_folder(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise D3llmError(f"{option} {path} exists and is not a folder; choose another {option}")
+    _writable_place(path, option)
+
+
+def _out_file(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written (a folder, or under a file), before any work."""
+    if path.is_dir():
+        raise D3llmError(f"{option} {path} is a folder; give a file path")
+    _writable_place(path, option)
+
+
+def _check_alpha(alpha: float) -> None:
+    import math
+
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise D3llmError(f"--alpha must be a finite number >= 0 (the authors' 3), got {alpha}")
+
+
 def _torch_dtype(name: str):
     """`d3llm export --dtype`: the stored precision (auto: as the source), not a compute dtype."""
     import torch
@@ -79,12 +114,10 @@ def _load(model: str, device: str, dtype: str):
 
 
 def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int | None, settings: list[str]):
-    from d3llm.decode import preset
-    from d3llm.decode.config import parse_overrides
+    from d3llm.decode.config import parse_overrides, resolve_config
 
-    name = method or ("d3llm" if is_diffusion else "ar")
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    return preset(name, **{**fixed, **parse_overrides(settings)})  # --set wins
+    return resolve_config(method, is_diffusion, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 @app.command()
@@ -140,6 +173,7 @@ def train(
     from d3llm.train.config import TrainConfig
     from d3llm.train.trainer import train as run
 
+    _out_folder(out)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
     folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
     typer.echo(f"model written to {folder}")
@@ -154,7 +188,10 @@ def _key_values(items: list[str], what: str) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise D3llmError(f"{what} {item!r} must be NAME=VALUE")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise D3llmError(f"{what} {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return out
 
 
@@ -177,11 +214,12 @@ def trajectories(
     when all chunks are done they are merged."""
     from d3llm.trajectory.rollout import run
 
+    _out_folder(out)
     where, precision = _placement(device, dtype)
     counts = {}
     for name, n in _key_values(tasks, "--task").items():
-        if not isinstance(n, int):
-            raise D3llmError(f"--task {name}={n!r}: the count must be an integer")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise D3llmError(f"--task {name}={n!r}: the count must be an integer >= 1")
         counts[name.replace("_", "-")] = n
     folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
                  block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
@@ -199,16 +237,16 @@ def distill(
                                                  "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
-    import yaml
-
+    from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
     from d3llm.train.trainer import train as run
 
+    _out_folder(out)
     recipe = {}
     if config is not None:
         if not config.is_file():
             raise D3llmError(f"--config {config} not found")
-        recipe = yaml.safe_load(config.read_text()) or {}
+        recipe = read_yaml_mapping(config, "--config")
     train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
     folder = run(train_config, out, command=["d3llm", *sys.argv[1:]])
     typer.echo(f"student written to {folder}")
@@ -255,11 +293,17 @@ def eval_(
 
     if n < 1:
         _fail(f"`--n` must be >= 1 (problems per task), got {n}")
+    if batch_size < 1:
+        _fail(f"`--batch-size` must be >= 1 (problems decoded together), got {batch_size}")
     the_tasks = [get_task(t) for t in dict.fromkeys(tasks)]  # unknown tasks fail before the model loads
     names = [t.name for t in the_tasks]
     if len(set(names)) < len(names):
         _fail(f"--task {', '.join(tasks)}: two tasks share the name {max(names, key=names.count)!r} "
               "(their results would be indistinguishable); evaluate them in separate runs")
+    for name in names if json_out else ():  # a result that cannot be written fails now, not after evaluating
+        _out_file(_per_task_json(json_out, name, len(names) > 1), "--json")
+    if log_samples:
+        _out_file(log_samples, "--log-samples")
     split = check_split(split)
     counts = {}
     for the_task in the_tasks:
@@ -324,6 +368,9 @@ def demo(
     from d3llm.eval.demo import run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
 
+    if n < 1:
+        _fail(f"`--n` must be >= 1 (test problems per task), got {n}")
+    _out_folder(out)
     where, precision = _placement(device, dtype)
     console = Console()
     with console.status("decoding") as status:
@@ -400,6 +447,10 @@ def sweep(
     from d3llm.eval.sweep import parse_grid, points_table, sweep as run_sweep
     from d3llm.tasks import get_task
 
+    for option, value in (("--n", n), ("--batch-size", batch_size)):
+        if value < 1:
+            _fail(f"`{option}` must be >= 1, got {value}")
+    _out_folder(out)
     grid = parse_grid(params)
     fixed = parse_overrides(settings)
     the_task = get_task(task)
@@ -424,6 +475,7 @@ def aup(
 
     from d3llm.metrics.aup import aup_table, read_table
 
+    _check_alpha(alpha)
     result = aup_table(read_table(table), alpha=alpha)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -463,8 +515,11 @@ def leaderboard(
 ) -> None:
     """Compare results by task and (model, method): accuracy, TPF, tokens/s and AUP as
     Markdown, JSON and plots; prints the Markdown."""
-    from d3llm.eval.leaderboard import build_leaderboard, load_results, write_leaderboard
+    from d3llm.eval.leaderboard import build_leaderboard, load_results
+    from d3llm.eval.report import write_leaderboard
 
+    _check_alpha(alpha)
+    _out_folder(out)
     board = build_leaderboard(load_results(results), allow_mixed=allow_mixed, alpha=alpha)
     files = write_leaderboard(board, out, plots=plots)
     typer.echo(board.to_markdown())
@@ -491,6 +546,7 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
 
     /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
+    from d3llm.decode.config import METHODS
     from d3llm.serve import create_app, run_server
     from d3llm.serve.server import listen
 
@@ -498,6 +554,16 @@ def serve(
     if log_level.lower() not in levels:
         raise D3llmError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
     log_level = log_level.lower()
+    if not 1 <= port <= 65535:
+        raise D3llmError(f"--port must be in 1..65535, got {port}")
+    if method is not None and method not in METHODS:
+        raise D3llmError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    for option, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
+                          ("--max-tokens-limit", max_tokens_limit)):
+        if value < 1:
+            raise D3llmError(f"{option} must be >= 1, got {value}")
+    if not 0 <= max_wait_ms <= 60_000:  # NaN fails too
+        raise D3llmError(f"--max-wait-ms must be in 0..60000 (milliseconds), got {max_wait_ms}")
     _placement(device, dtype)  # a bad --device / --dtype is the first error
     sock = listen(host, port)  # a port in use fails here, in one line, before the model loads
     try:
@@ -528,32 +594,17 @@ def chat(
 ) -> None:
     """Talk to a model in the terminal, answers streamed, with NFE, TPF and tokens/s.
 
-    Reads one message per line; /reset starts a new conversation; /exit or end of input quits."""
+    Reads one message per line (with line editing and history on a terminal); /help lists the
+    commands: /reset starts a new conversation, /exit (or end of input) quits."""
     from d3llm.decode.config import DecodeConfig, parse_overrides
-    from d3llm.serve.chat import ChatSession
+    from d3llm.serve.chat import ChatSession, repl
 
+    if max_new_tokens is not None and max_new_tokens < 1:
+        _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
     lm = _load(model, device, dtype)
     canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
     with ChatSession(lm, method, canvas, **parse_overrides(settings)) as session:
-        while True:
-            if sys.stdin.isatty():
-                typer.echo("> ", nl=False)
-            line = sys.stdin.readline()
-            if not line or line.strip() == "/exit":
-                return
-            if line.strip() == "/reset":
-                session.reset()
-            elif line.strip():
-                try:
-                    for piece in session.ask(line.strip()):
-                        typer.echo(piece, nl=False)
-                except D3llmError as exc:  # e.g. the conversation outgrew the model: say so, keep going
-                    typer.secho(f"error: {exc} (/reset starts over)", err=True, fg=typer.colors.RED)
-                    continue
-                last = session.last
-                typer.echo("")
-                typer.echo(f"[{session.config.method}] nfe={last.forwards} tpf={last.tokens_per_forward:.2f} "
-                           f"tokens/s={last.num_tokens / max(last.seconds, 1e-9):.1f}", err=True)
+        repl(session)
 
 
 @app.command()
@@ -582,16 +633,45 @@ def models(
         typer.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
 
 
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """Usage-error classes: typer >= 0.29 has its own click (`typer.TyperException`), older ones click's."""
+    found = [getattr(typer, "TyperException", None)]
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(t for t in found if t is not None)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(prog_name="d3llm")  # also under `python -m d3llm.cli` and torchrun
+        code = app(prog_name="d3llm", standalone_mode=False)  # also under `python -m d3llm.cli` and torchrun
     except D3llmError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {_one_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except _usage_errors() as exc:  # a bad option value, a missing option: one line too
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `d3llm`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" Try '{ctx.command_path} -h' for help." if ctx is not None else ""
+        message = _one_line(exc.format_message())
+        typer.secho(f"error: {message}{'' if message.endswith('.') else '.'}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.secho("aborted", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,12 @@ def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
     assert_one_line_error(code, err, "unknown method 'turbo'; choose one of vanilla, fast-dllm")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--set", "early_stop=maybe", "hi")
     assert_one_line_error(code, err, "cannot read 'maybe'")
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "--method", "d3llm",
+                           "--set", "refresh_interval=2", "hi")  # a setting the method ignores
+    assert_one_line_error(code, err, "`refresh_interval` has no effect with method 'd3llm' (cache none)")
+    code, _, err = run_cli(monkeypatch, capsys, "chat", "--model", model_dir, "--method", "vanilla",
+                           "--set", "seed=3")  # chat goes through the same check
+    assert_one_line_error(code, err, "`seed` has no effect with method 'vanilla' (temperature 0)")
 
 
 def test_generate_reports_broken_checkpoints(monkeypatch, capsys, model_dir, tmp_path):

@@ -227,6 +227,59 @@ def test_chat_command_streams_answers_and_stats(monkeypatch, capsys, model_dir, 
     assert err.count("[vanilla] nfe=16 tpf=1.00 tokens/s=") == 2
 
 
+def scripted(*lines):
+    """A `read(prompt)` for `repl` that returns `lines`, then signals the end of input."""
+    queue = list(lines)
+
+    def read(prompt):
+        if not queue:
+            raise EOFError
+        return queue.pop(0)
+
+    return read
+
+
+def test_chat_repl_commands_are_not_sent_to_the_model(lm):
+    from d3llm.serve.chat import ChatSession, repl
+
+    out, err = io.StringIO(), io.StringIO()
+    with ChatSession(lm, "vanilla", 16) as session:
+        asked, ask = [], session.ask
+
+        def recorded(message):
+            asked.append(message)
+            yield from ask(message)
+
+        session.ask = recorded
+        repl(session, scripted("/help", QUESTION, "/reset", "/frobnicate now", "//slash text", "  ", "/quit", "hi"),
+             out, err)
+        assert asked == [QUESTION, "/slash text"]  # no /command reached the model; "//" escapes a leading /
+        assert session.history[0]["content"] == "/slash text"  # /reset emptied the conversation before it
+    shown = err.getvalue()
+    for command in ("/help", "/reset", "/exit"):
+        assert command in shown.split("unknown command")[0]  # /help lists every command
+    assert "conversation reset" in shown
+    assert "unknown command /frobnicate; /help lists the commands" in shown
+    first = direct_answer(lm, [{"role": "user", "content": QUESTION}], "vanilla", 16)
+    assert out.getvalue().startswith(f"{first}\n") and out.getvalue().count("\n") == 2  # answers only
+    assert shown.count("[vanilla] nfe=") == 2
+
+
+def test_chat_reads_with_readline_on_a_terminal(monkeypatch):
+    from d3llm.serve import chat
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    assert chat.terminal_reader(Terminal()) is input and "readline" in sys.modules  # line editing, history
+    read = chat.terminal_reader(io.StringIO("one\ntwo\n"))  # a pipe: plain lines, no prompt
+    assert [read("> "), read("> ")] == ["one", "two"]
+    with pytest.raises(EOFError):
+        read("> ")
+
+
 
 class Listener:
     """A job's consumer: records its events; with `leave`, cancels the job at the first one."""

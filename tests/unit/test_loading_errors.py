@@ -99,6 +99,8 @@ def test_tokenizer_that_does_not_belong(folder, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="mask token id 10000 is outside"):
         load_model(folder)
+    config["mask_token_id"] = 2  # config.json is checked before the tokenizer is read
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         load_model(folder)

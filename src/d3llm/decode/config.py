@@ -73,8 +73,10 @@ class DecodeConfig:
             raise D3llmError(f"`cache_delay` must be >= 0, got {self.cache_delay}")
         if self.refresh_interval is not None and self.refresh_interval < 1:
             raise D3llmError(f"`refresh_interval` must be >= 1 or None (off), got {self.refresh_interval}")
-        if self.temperature < 0:
-            raise D3llmError(f"`temperature` must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # NaN fails too
+            raise D3llmError(f"`temperature` must be a finite number >= 0, got {self.temperature}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise D3llmError(f"`seed` must be an integer in [0, 2**63) (torch's seed range), got {self.seed!r}")
 
     @property
     def is_autoregressive(self) -> bool:
@@ -110,10 +112,86 @@ METHODS: tuple[str, ...] = tuple(PRESETS)
 
 
 def preset(name: str, **overrides) -> DecodeConfig:
-    """The named preset with `overrides` applied (validated)."""
+    """The named preset with `overrides` applied (validated). A building block: settings the
+    method ignores are accepted here; user-facing code goes through `resolve_config`."""
     if name not in PRESETS:
-        raise D3llmError(f"unknown method {name!r}; choose one of {', '.join(PRESETS)}")
+        raise DecodeSettingError(f"unknown method {name!r}; choose one of {', '.join(PRESETS)}", "method")
     return PRESETS[name].override(**overrides)
+
+
+class DecodeSettingError(D3llmError):
+    """A decode setting that is invalid, or that the method would ignore; `setting` names it
+    (a `DecodeConfig` field, or "method")."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+def default_method(is_diffusion: bool) -> str:
+    """The method a model decodes with unless one is named: d3llm for a dLLM, ar for an AR model."""
+    return "d3llm" if is_diffusion else "ar"
+
+
+def check_model_kind(config: DecodeConfig, is_diffusion: bool, family: str | None = None) -> None:
+    """`ar` decodes autoregressive models only, every other method diffusion models only."""
+    if config.is_autoregressive and is_diffusion:
+        raise DecodeSettingError(f"`method` 'ar' cannot decode a diffusion model{f' ({family})' if family else ''}: "
+                                 "it needs an autoregressive model", "method")
+    if not config.is_autoregressive and not is_diffusion:
+        raise DecodeSettingError(f"`method` {config.method!r} cannot decode an autoregressive model: it needs a "
+                                 "diffusion model (use 'ar')", "method")
+
+
+# What each setting depends on: (applies to this config?, why not). `max_new_tokens`,
+# `temperature` apply to every method; `block_size`, the block thresholds and `early_stop`
+# to every diffusion method. Checked by `resolve_config` for the settings a user gives.
+_AR_SETTINGS = ("max_new_tokens", "temperature", "seed")
+_APPLIES = {
+    "tokens_per_step": (lambda c: c.strategy == "topk", "it is the topk strategy's step size"),
+    "rank_by": (lambda c: c.strategy == "topk", "it orders the topk strategy's proposals"),
+    "threshold": (lambda c: c.strategy != "topk", "strategy topk commits `tokens_per_step` positions; use a "
+                                                  "threshold method (fast-dllm, dparallel, d3llm, ...)"),
+    "forcing": (lambda c: c.strategy != "topk", "forced progress belongs to the threshold strategies"),
+    "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
+    "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
+    "seed": (lambda c: c.temperature > 0, "it seeds sampling; set temperature > 0"),
+}
+
+
+def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
+    """Setting name -> message, for each setting in `names` that `config` would ignore."""
+    problems = {}
+    for name in names:
+        if config.is_autoregressive and name not in _AR_SETTINGS:
+            problems[name] = (f"`{name}` has no effect with method 'ar' (next-token decoding with a KV cache "
+                              f"takes only {', '.join(_AR_SETTINGS)})")
+        elif name in _APPLIES and not _APPLIES[name][0](config):
+            detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval") else (
+                f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
+            problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
+    return problems
+
+
+def resolve_config(method: str | None, is_diffusion: bool, /, **overrides) -> DecodeConfig:
+    """The one way a user's decode settings become a `DecodeConfig` (the CLI, `d3llm.generate`,
+    the server and the lm-eval adapter use it): `method` (None: `default_method`) with
+    `overrides`, validated, for a model of this kind. A setting the method would ignore
+    (`refresh_interval` without the delayed cache, `threshold` with topk, anything but
+    max_new_tokens / temperature / seed with `ar`) is an error, not silently dropped."""
+    if "method" in overrides:
+        raise DecodeSettingError("`method` is not a setting: name the method itself (--method)", "method")
+    config = preset(method or default_method(is_diffusion))
+    try:
+        config = config.override(**overrides)
+    except D3llmError as exc:  # a bad value: name the setting it is about
+        named = [n for n in overrides if f"`{n}`" in str(exc)]
+        raise DecodeSettingError(str(exc), named[0] if named else None) from None
+    check_model_kind(config, is_diffusion)
+    problems = inapplicable(config, overrides)
+    if problems:
+        raise DecodeSettingError("; ".join(problems.values()), next(iter(problems)))
+    return config
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -34,7 +34,7 @@ import torch
 from transformers import DynamicCache
 
 from d3llm.decode.cache import CACHE_POLICIES
-from d3llm.decode.config import DecodeConfig
+from d3llm.decode.config import DecodeConfig, check_model_kind
 from d3llm.decode.select import score, select
 from d3llm.decode.state import DecodeState
 from d3llm.errors import D3llmError
@@ -68,10 +68,7 @@ def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -
             f"prompt + `max_new_tokens` = {longest} tokens exceeds the model's maximum length "
             f"{model.facts.max_length}"
         )
-    if config.is_autoregressive and model.facts.is_diffusion:
-        raise D3llmError(f"method 'ar' needs an autoregressive model; this one is {model.facts.family}")
-    if not config.is_autoregressive and not model.facts.is_diffusion:
-        raise D3llmError(f"method {config.method!r} needs a diffusion model; this one is autoregressive")
+    check_model_kind(config, model.facts.is_diffusion, model.facts.family)
 
 
 def final_prefix_lengths(state: DecodeState) -> torch.Tensor:

@@ -27,8 +27,10 @@ import torch
 
 from d3llm.decode import PRESETS, preset
 from d3llm.errors import D3llmError
-from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard, write_leaderboard
-from d3llm.eval.runner import EvalResult, evaluate
+from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
+from d3llm.eval.report import write_leaderboard
+from d3llm.eval.results import EvalResult
+from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
 from d3llm.tasks import TASK_NAMES, get_task
 

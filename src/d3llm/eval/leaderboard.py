@@ -1,10 +1,12 @@
 """Leaderboards: result files of many runs -> one comparison with AUP (Markdown, JSON, plots).
 
     board = build_leaderboard(load_results(["runs/eval", "runs/sweep-d3llm"]))
-    write_leaderboard(board, Path("runs/leaderboard"))  # leaderboard.md/.json + PNG plots
+    write_leaderboard(board, Path("runs/leaderboard"))  # d3llm.eval.report: leaderboard.md/.json + PNG plots
     print(board.to_markdown())
 
-Inputs are the records written by `d3llm eval --json` and `d3llm sweep` (`EvalResult.to_dict()`).
+Inputs are the records written by `d3llm eval --json` and `d3llm sweep` (`EvalResult.to_dict()`,
+checked against the same fields by `EvalResult.check_record`). `d3llm.eval.report` writes a
+board's files (Markdown, JSON, plots).
 Tasks come in a fixed order (arith, arith-long, code, then others as first seen).
 Rows are grouped by task and (model, method); all points of one (model, method, task), one
 eval or every point of a sweep, form its (TPF, accuracy) curve. AUP comes from that curve
@@ -23,46 +25,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from d3llm.errors import D3llmError
-from d3llm.metrics.aup import ALPHA, aup, check_points
+from d3llm.eval.results import EvalResult
+from d3llm.metrics.aup import ALPHA, aup
+from d3llm.tasks import TASK_NAMES
 
 log = logging.getLogger(__name__)
 
-# What a results record must hold (all written by `EvalResult.to_dict`).
-REQUIRED_KEYS = ("model", "task", "method", "n", "seed", "split", "accuracy_pct", "tokens_per_forward",
-                 "tokens_per_second")
+# What a results record must hold: `EvalResult`'s fields without a default.
+REQUIRED_KEYS = EvalResult.required_keys()
 # Keys by which a JSON file in a folder is recognised as a results record; other JSON files
 # there (a sweep's curve.json, a leaderboard.json) are skipped.
 RECORD_MARKERS = ("accuracy_pct", "tokens_per_forward")
 
 
 @dataclass(frozen=True)
-class Result:
-    """One evaluated point: a model, a task, a decode method and what was measured."""
+class Result(EvalResult):
+    """One evaluated point as read back: the `EvalResult` record, a sweep point's settings
+    and the file it came from."""
 
-    model: str
-    task: str
-    method: str
-    n: int
-    seed: int
-    split: str
-    accuracy_pct: float
-    tokens_per_forward: float
-    tokens_per_second: float
     settings: dict = field(default_factory=dict)  # a sweep point's settings ({} for one eval)
     source: str = ""  # the file it was read from
 
     @classmethod
-    def from_record(cls, record: dict, source: str) -> Result:
+    def from_record(cls, record: object, source: str) -> Result:
         """A `Result` from an `EvalResult.to_dict()` record; `source` names it in errors."""
-        missing = [k for k in REQUIRED_KEYS if k not in record]
-        if missing:
-            raise D3llmError(f"{source} is not a results record: it lacks {', '.join(missing)}")
-        for key in ("n", "seed", "tokens_per_second"):
-            if isinstance(record[key], bool) or not isinstance(record[key], (int, float)):
-                raise D3llmError(f"{source}: `{key}` must be a number, got {record[key]!r}")
-        check_points([(record["tokens_per_forward"], record["accuracy_pct"])], where=source)
-        return cls(**{k: record[k] for k in REQUIRED_KEYS}, settings=record.get("sweep_point") or {},
-                   source=source)
+        values = EvalResult.check_record(record, source)
+        if not isinstance(record.get("sweep_point") or {}, dict):
+            raise D3llmError(f"{source}: `sweep_point` must be an object (a sweep point's settings), "
+                             f"got {record['sweep_point']!r}")
+        return cls(**values, settings=record.get("sweep_point") or {}, source=source)
 
     @property
     def problem_set(self) -> tuple[int, int, str]:
@@ -85,7 +76,7 @@ def load_results(paths: Iterable[str | Path]) -> list[Result]:
     results = []
     for path in map(Path, paths):
         if path.is_file():
-            results.append(Result.from_record(_as_record(_read_json(path), path), str(path)))
+            results.append(Result.from_record(_read_json(path), str(path)))
         elif path.is_dir():
             for file in sorted(path.rglob("*.json")):
                 data = _read_json(file)
@@ -98,12 +89,6 @@ def load_results(paths: Iterable[str | Path]) -> list[Result]:
     if not results:
         raise D3llmError("no results records found in " + ", ".join(map(str, paths)))
     return results
-
-
-def _as_record(data: object, path: Path) -> dict:
-    if not isinstance(data, dict):
-        raise D3llmError(f"{path} is not a results record (expected a JSON object from `d3llm eval --json`)")
-    return data
 
 
 @dataclass
@@ -197,8 +182,6 @@ def task_order(names: Iterable[str]) -> list[str]:
     """Distinct task names in a fixed order: the bundled tasks (arith, arith-long, code) first,
     then the others in the order they first appear, so tables and plot panels keep one order
     whatever order the result files were read in."""
-    from d3llm.tasks import TASK_NAMES
-
     seen = list(dict.fromkeys(names))
     return [t for t in TASK_NAMES if t in seen] + [t for t in seen if t not in TASK_NAMES]
 
@@ -224,16 +207,3 @@ def build_leaderboard(results: Sequence[Result], allow_mixed: bool = False, alph
         rows.sort(key=lambda r: (-(r.aup if r.aup is not None else -1), -r.best_point.accuracy_pct, r.label))
         tasks.append(TaskBoard(task, y_max, rows))
     return Leaderboard(tasks, alpha)
-
-
-def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preamble: str = "") -> list[Path]:
-    """Write leaderboard.md, leaderboard.json and (with `plots`) the two PNG plots into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "leaderboard.md", out / "leaderboard.json"]
-    files[0].write_text(board.to_markdown(preamble))
-    files[1].write_text(json.dumps(board.to_dict(), indent=2))
-    if plots:
-        from d3llm.eval.plots import plot_aup, plot_curves
-
-        files += [plot_curves(board, out / "accuracy_vs_tpf.png"), plot_aup(board, out / "aup.png")]
-    return files

@@ -33,7 +33,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
-from d3llm.decode import DecodeConfig, generate, preset
+from d3llm.decode import DecodeConfig, generate, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.models import load_model, resolve_device_dtype
 from d3llm.models.tokenizer import prompt_ids
@@ -64,9 +64,9 @@ class D3llmLM(LM):
                                                    names=("model_args device", "model_args dtype"))
         batch_size = _batch_size(batch_size, max_batch_size)
         self.lm = load_model(model, dtype=torch_dtype, device=device)
-        name = method or ("d3llm" if self.lm.facts.is_diffusion else "ar")
         fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-        self.config = preset(name, **settings, **fixed)  # validates every setting before the first forward
+        # every setting is checked (and one the method would ignore refused) before the first forward
+        self.config = resolve_config(method, self.lm.facts.is_diffusion, **settings, **fixed)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.chat = chat

@@ -14,17 +14,17 @@ error (a bad model argument, say) is one line on stderr and exit code 2, as in `
 
 import sys
 
+from d3llm.errors import D3llmError
+
 
 def main() -> None:
-    try:
+    try:  # deliberately lazy (allowed in tests/unit/test_structure.py): lm-eval is the optional `eval` extra
         from lm_eval.__main__ import cli_evaluate
 
         import d3llm.eval.lm_eval_adapter  # noqa: F401  (registers "d3llm" with lm-eval)
     except ImportError as exc:
         sys.stderr.write(f"error: d3llm-lm-eval needs lm-eval ({exc}): pip install 'd3llm[eval]'\n")
         raise SystemExit(2) from None
-    from d3llm.errors import D3llmError
-
     try:
         cli_evaluate()
     except D3llmError as exc:

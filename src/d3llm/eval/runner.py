@@ -13,47 +13,22 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
 from d3llm.decode import DecodeConfig, generate
 from d3llm.errors import D3llmError
+from d3llm.eval.results import EvalResult  # the record (one definition; re-exported here)
 from d3llm.models import LoadedModel
 from d3llm.models.tokenizer import prompt_ids
-from d3llm.tasks import Problem, Task
+from d3llm.tasks import Gsm8kJsonlTask, Problem, Task
 from d3llm.version import code_version
-
-
-@dataclass
-class EvalResult:
-    model: str
-    task: str
-    method: str
-    n: int
-    seed: int
-    split: str
-    accuracy_pct: float
-    tokens_per_forward: float
-    tokens_per_second: float
-    nfe: int  # forwards summed over sequences (what TPF divides by)
-    forward_calls: int  # batched model calls actually made
-    num_tokens: int
-    seconds: float
-    forward_seconds: float  # of `seconds`, inside model forwards
-    decode_config: dict
-    code_version: str
-    machine: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def available_problems(task: Task, split: str) -> int | None:
     """How many problems `split` of `task` holds: a file's line count for a GSM8K file task,
     None for a generated task (it draws as many as asked)."""
-    from d3llm.tasks import Gsm8kJsonlTask
-
     if isinstance(task, Gsm8kJsonlTask):
         return len(task._split(split))
     return None

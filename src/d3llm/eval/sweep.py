@@ -22,13 +22,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from d3llm.decode import preset
-from d3llm.decode.config import parse_overrides
+from d3llm.decode.config import parse_overrides, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import LoadedModel
 from d3llm.tasks import Task
 from d3llm.tasks.base import check_split
+from d3llm.trajectory.store import fingerprint
 
 
 def parse_grid(params: list[str]) -> dict[str, list[str]]:
@@ -94,8 +94,6 @@ SWEEP_FILES = ("point-*.json", "point-*.tmp", "curve.json")
 def sweep_settings(lm: LoadedModel, task: Task, method: str, grid: dict[str, list[str]], n: int, seed: int,
                    split: str, fixed: dict) -> dict:
     """Everything that decides a sweep's points (not its speed settings such as batch size)."""
-    from d3llm.trajectory.store import fingerprint
-
     return {"model": lm.name, "model_fingerprint": fingerprint(lm.path),
             "dtype": str(lm.model.dtype).removeprefix("torch."), "task": task.name, "method": method,
             "n": n, "seed": seed, "split": split, "fixed": dict(sorted(fixed.items())),
@@ -149,7 +147,8 @@ def sweep(
     grid = typed_grid(grid)
     names = list(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    configs = [preset(method, **fixed, **p) for p in points]  # every point is validated before the first forward
+    # every point is validated (a swept setting the method ignores is refused) before the first forward
+    configs = [resolve_config(method, lm.facts.is_diffusion, **fixed, **p) for p in points]
     split = check_split(split)  # an unknown split fails now
     record_settings = sweep_settings(lm, task, method, grid, n, seed, split, fixed)
     if out.is_dir():

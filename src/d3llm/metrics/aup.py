@@ -27,6 +27,8 @@ Point = tuple[float, float]  # (tokens per forward, accuracy %)
 
 def check_points(points: Sequence[Point], where: str = "curve") -> list[Point]:
     """Validated (tpf, accuracy %) pairs sorted by tpf."""
+    if isinstance(points, (str, bytes, Mapping)) or not hasattr(points, "__len__"):
+        raise D3llmError(f"{where}: the points must be a list of [tpf, accuracy_pct] pairs, got {points!r}")
     if not points:
         raise D3llmError(f"{where}: no (tpf, accuracy) points")
     out = []
@@ -93,9 +95,11 @@ def read_table(path) -> dict:
     if not path.is_file():
         raise D3llmError(f"AUP table {path} not found")
     try:
-        table = yaml.safe_load(path.read_text())  # JSON is YAML
+        table = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except UnicodeDecodeError as exc:
+        raise D3llmError(f"AUP table {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise D3llmError(f"{path} is neither YAML nor JSON ({exc})") from None
-    if not isinstance(table, dict) or not all(isinstance(m, dict) for m in table.values()):
+        raise D3llmError(f"{path} is neither YAML nor JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(table, dict) or not table or not all(isinstance(m, dict) for m in table.values()):
         raise D3llmError(f"{path} must map task -> method -> [[tpf, accuracy_pct], ...]")
     return table

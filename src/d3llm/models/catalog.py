@@ -76,7 +76,7 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     config, provenance = _read(folder / "config.json"), _read(folder / "provenance.json")
     model_type = str(config.get("model_type", "?")).lower()  # official layouts; plain Llama/Qwen2 load as AR
     family = config.get("d3llm_family") or {"llama": "ar", "qwen2": "ar"}.get(model_type, model_type)
-    default_method = "ar" if family == "ar" else "d3llm"
+    default_method = "ar" if family == "ar" else "d3llm"  # = d3llm.decode.config.default_method (no torch here)
     parameters = provenance.get("parameters") or _parameters_from_weights(folder)
     final = provenance.get("final_validation") or {}
     validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()

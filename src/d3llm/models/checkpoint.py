@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -29,19 +30,26 @@ from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
-from d3llm.models.lm import NETWORKS
+from d3llm.models.lm import FAMILIES, NETWORKS
+from d3llm.models.tokenizer import load_tokenizer
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
 def read_json(path: Path) -> dict:
+    """A JSON file holding an object; every problem is a `ModelLoadError` naming the file."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelLoadError(f"{path} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -50,7 +58,13 @@ def weight_files(folder: Path) -> list[Path]:
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelLoadError(f"{index} has no 'weight_map'")
+            raise ModelLoadError(f"{index} has no 'weight_map' (a mapping of tensor names to shard files)")
+        inside = folder.resolve()
+        for name in set(weight_map.values()):
+            if not isinstance(name, str) or not name:
+                raise ModelLoadError(f"{index}: 'weight_map' values must be shard file names, got {name!r}")
+            if Path(name).is_absolute() or inside not in (folder / name).resolve().parents:
+                raise ModelLoadError(f"{index}: shard {name!r} lies outside the model folder; refused")
         files = sorted({folder / name for name in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -90,7 +104,14 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
     folder = Path(folder)
     raw = read_json(folder / "config.json")
     layout = detect_layout(raw)
-    config = layout.to_config(raw)
+    with _held_logs("transformers"):  # its warnings about bad values: check_config says it in one line
+        try:
+            config = layout.to_config(raw)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # transformers' strict config checks raise their own error types
+            raise ModelLoadError(f"{folder / 'config.json'}: a value is not valid ({' '.join(str(exc).split())})") from None
+        check_config(config, folder / "config.json")
     tensors = _renamed(read_tensors(folder), layout, folder)
     with torch.device("meta"):
         net = NETWORKS[config.d3llm_family](config)
@@ -104,6 +125,71 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         net = net.to(dtype)
     net.config.dtype = next(net.parameters()).dtype
     return net.eval()
+
+
+@contextlib.contextmanager
+def _held_logs(name: str):
+    """Hold what logger `name`'s own handlers would print: printed at the end of the block, or
+    dropped when it raises (the error says what the warnings were about)."""
+    handlers = list(logging.getLogger(name).handlers)
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    for handler in handlers:
+        handler.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        held.clear()
+        raise
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+        for record in dict.fromkeys(held):  # each handler saw the record once
+            for handler in handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+
+def check_config(config, path: Path) -> None:
+    """The values of a model config that transformers takes without checking: sizes are positive
+    integers, heads divide the hidden size, token ids are ids; errors name `path` and the key."""
+    family = getattr(config, "d3llm_family", None)
+    if family not in FAMILIES:
+        raise ModelLoadError(f"{path}: `d3llm_family` must be one of {', '.join(FAMILIES)}, got {family!r}")
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings")
+    for key in sizes:
+        value = getattr(config, key, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelLoadError(f"{path}: `{key}` must be a positive integer, got {value!r}")
+    if config.hidden_size % config.num_attention_heads:
+        raise ModelLoadError(f"{path}: `hidden_size` ({config.hidden_size}) must be divisible by the number of "
+                             f"attention heads ({config.num_attention_heads})")
+    if config.num_attention_heads % config.num_key_value_heads:
+        raise ModelLoadError(f"{path}: the attention heads ({config.num_attention_heads}) must be divisible by "
+                             f"`num_key_value_heads` ({config.num_key_value_heads})")
+    eos = config.eos_token_id
+    for key, value in (("eos_token_id", eos), ("mask_token_id", getattr(config, "mask_token_id", None)),
+                       ("pad_token_id", getattr(config, "pad_token_id", None))):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is None:
+                continue
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise ModelLoadError(f"{path}: `{key}` must be an integer token id, got {token!r}")
+            if not 0 <= token < config.vocab_size:
+                raise ModelLoadError(f"{path}: the {key.removesuffix('_token_id')} token id {token} is outside the "
+                                     f"model's {config.vocab_size} ids (`{key}`)")
+    if eos is None or eos == []:
+        raise ModelLoadError(f"{path}: `eos_token_id` is missing")
+    if family != "ar" and getattr(config, "mask_token_id", None) is None:
+        raise ModelLoadError(f"{path}: a {family} model needs `mask_token_id`")
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10_000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise ModelLoadError(f"{path}: `rope_theta` must be a positive number, got {theta!r}")
 
 
 def _renamed(tensors: dict[str, torch.Tensor], layout: Layout, folder: Path) -> dict[str, torch.Tensor]:
@@ -207,8 +293,6 @@ def export_model(
     refused unless `overwrite`: then the files an export writes are replaced (stale ones, such as
     an older export's shards, removed) and every other file and subfolder is left in place.
     """
-    from d3llm.models.loading import load_tokenizer  # loading imports this module
-
     source, given = Path(source), Path(out)
     out = given.resolve()
     if shards < 1:
@@ -220,6 +304,9 @@ def export_model(
     problem = _layout_problem(layout, net.config.d3llm_family)
     if problem:
         raise D3llmError(problem)
+    tensors = len(net.state_dict()) - bool(net.config.tie_word_embeddings)
+    if shards > tensors:
+        raise D3llmError(f"`shards` must be at most the model's {tensors} tensors (one or more per file), got {shards}")
     ours = EXPORT_FILES | set(getattr(tokenizer, "vocab_files_names", {}).values())
     replaced = _files_to_replace(out, given, ours, overwrite)
     try:

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported)
 from d3llm.models.checkpoint import load_network, read_json
 from d3llm.models.lm import DiffusionLM, ModelFacts
+from d3llm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +116,6 @@ def resolve_model(name_or_path: str | Path) -> Path:
         raise ModelLoadError(f"{path} is a file; give the model's folder")
     names = ", ".join(bundled) or "none installed"
     raise ModelLoadError(f"no bundled model or folder named {text!r} (bundled models: {names})")
-
-
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved beside a model, without running any remote code.
-
-    `tokenizer.json` (ours, LLaDA) loads as `PreTrainedTokenizerFast`; a vocab.json +
-    merges.txt pair (Dream's Qwen2 BPE) loads as transformers' `Qwen2Tokenizer`.
-    """
-    try:
-        if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            from transformers import Qwen2Tokenizer
-
-            return Qwen2Tokenizer.from_pretrained(str(folder))
-    except Exception as exc:  # tokenizers raises plain Exceptions on bad files
-        raise ModelLoadError(f"{folder}: the tokenizer files could not be read ({exc})") from None
-    raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
 
 
 @dataclass

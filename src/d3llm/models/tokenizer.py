@@ -1,4 +1,7 @@
-"""The tokenizer of the bundled tiny models: a byte-level BPE with one token per digit.
+"""Tokenizers: the bundled tiny models' own (built here), loading a model's tokenizer
+(`load_tokenizer`), and a problem as token ids (`prompt_ids`, `encode_example`).
+
+The tokenizer of the bundled tiny models is a byte-level BPE with one token per digit.
 
 Digits are split one by one before BPE (as in LLaMA), so every number is spelled in digits:
 a small model can then learn column arithmetic. The special tokens follow the roles the
@@ -13,9 +16,16 @@ chat template) and loads with `PreTrainedTokenizerFast`, like LLaDA's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from d3llm.errors import D3llmError, ModelLoadError
+
+if TYPE_CHECKING:
+    from d3llm.tasks import Problem
 
 PAD, EOS, MASK, USER, ASSISTANT, SYSTEM = (
     "<|pad|>", "<|eos|>", "<|mask|>", "<|user|>", "<|assistant|>", "<|system|>",
@@ -64,3 +74,39 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside a model, without running any remote code.
+
+    `tokenizer.json` (ours, LLaDA) loads as `PreTrainedTokenizerFast`; a vocab.json +
+    merges.txt pair (Dream's Qwen2 BPE) loads as transformers' `Qwen2Tokenizer`.
+    """
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            from transformers import Qwen2Tokenizer  # only Dream's tokenizer needs it
+
+            return Qwen2Tokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # tokenizers raises plain Exceptions on bad files
+        raise ModelLoadError(f"{folder}: the tokenizer files could not be read ({exc})") from None
+    raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, problem: Problem, gen_length: int | None) -> dict:
+    """A problem as training ids: `{"input_ids": prompt + response, "prompt_len": P, "length": L}`.
+
+    The response is `target + EOS`; with `gen_length` (diffusion families) it is padded with EOS
+    up to `gen_length` tokens, as in LLaDA's SFT. Teacher rollouts use it too, to check that a
+    target fits the canvas."""
+    prompt = prompt_ids(tokenizer, problem.prompt)
+    response = tokenizer(problem.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    if gen_length is not None:
+        if len(response) > gen_length:
+            raise D3llmError(
+                f"a {problem.task} response has {len(response)} tokens, more than `gen_length`={gen_length}"
+            )
+        response = response + [tokenizer.eos_token_id] * (gen_length - len(response))
+    ids = prompt + response
+    return {"input_ids": ids, "prompt_len": len(prompt), "length": len(ids)}

@@ -20,16 +20,18 @@ The web pieces need the `serve` extra (fastapi, uvicorn); `scheduler`, `text`, `
 
 from __future__ import annotations
 
+from d3llm.errors import D3llmError
+
 __all__ = ["ChatSession", "Scheduler", "background_server", "create_app", "run_server"]
 
 
 def __getattr__(name: str):
+    # Deliberately lazy (tests/unit/test_structure.py allows it here): the web modules need the
+    # optional `serve` extra, and `d3llm chat` must not import them.
     if name in ("create_app", "background_server", "run_server"):
         try:
             from d3llm.serve import app, server
         except ImportError as exc:
-            from d3llm.errors import D3llmError
-
             raise D3llmError(f"serving needs the `serve` extra ({exc.name} is missing): "
                              "pip install 'd3llm[serve]'") from None
         return getattr(app if name == "create_app" else server, name)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from d3llm.decode import DecodeConfig, preset
+from d3llm.decode import DecodeConfig, DecodeSettingError, default_method as model_default, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.serve.errors import BadRequest
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the service itself needs no web framework (`d3llm chat` use
 DISCONNECT_POLL_SECONDS = 0.5  # how often a streamed request waiting for news checks that its client is still there
 MAX_SEED = 2**63  # seeds are in [0, MAX_SEED): torch generators take a signed 64-bit seed
 TEMPERATURES = (1e-3, 100.0)  # a positive temperature's range; below it logits / temperature overflow
+_REQUEST_FIELDS = {"max_new_tokens": "max_tokens"}  # DecodeConfig field -> request field, where they differ
 
 
 class DecodeFailed(Exception):
@@ -56,13 +57,15 @@ class ModelService:
     def __init__(self, lm: LoadedModel, scheduler: Scheduler, default_method: str | None, limits: Limits,
                  model_id: str):
         self.lm, self.scheduler, self.limits, self.model_id = lm, scheduler, limits, model_id
-        self.default_method = default_method or ("d3llm" if lm.facts.is_diffusion else "ar")
+        self.default_method = default_method or model_default(lm.facts.is_diffusion)
         self.decode_config()  # a default method that cannot decode this model fails at start
 
     def decode_config(self, method: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
-                      seed: int | None = None, threshold: float | None = None) -> DecodeConfig:
-        """A request's `DecodeConfig`: its preset (`method`) with its overrides, validated for
-        this model. A bad value is a `BadRequest` naming the request field."""
+                      seed: int | None = None, threshold: float | None = None,
+                      settings: dict | None = None) -> DecodeConfig:
+        """A request's `DecodeConfig`: its preset (`method`) with its overrides (and `settings`,
+        any `DecodeConfig` fields, as `d3llm chat --set` gives them), through `resolve_config`. A
+        bad value, or one the method would ignore, is a `BadRequest` naming the request field."""
         max_tokens = max_tokens or min(self.limits.default_max_tokens, self.limits.max_tokens_limit)
         if max_tokens > self.limits.max_tokens_limit:
             raise BadRequest(f"`max_tokens` must be <= {self.limits.max_tokens_limit} on this server, got {max_tokens}",
@@ -75,27 +78,20 @@ class ModelService:
             raise BadRequest(f"`seed` must be in [0, 2**63), got {seed}", "seed")
         if threshold is not None and not math.isfinite(threshold):
             raise BadRequest(f"`threshold` must be a finite number, got {threshold}", "threshold")
-        try:
-            base = preset(method or self.default_method)
-        except D3llmError as exc:
-            raise BadRequest(str(exc), "method") from None
         overrides: dict = {"max_new_tokens": max_tokens}
         if temperature:  # a greedy answer keeps the preset's seed, so seeds do not split batches
             overrides.update(temperature=temperature, seed=seed or 0)
         if threshold is not None:
             overrides["threshold"] = threshold
         try:
-            config = base.override(**overrides)
-        except D3llmError as exc:  # every other override was checked above
-            raise BadRequest(str(exc), "threshold") from None
-        if threshold is not None and config.strategy == "topk":
-            raise BadRequest(f"`threshold` has no effect with method {config.method!r}; "
-                             "use a threshold method (fast-dllm, dparallel, d3llm, ...)", "threshold")
-        if config.is_autoregressive == self.lm.facts.is_diffusion:
-            kind = "a diffusion" if self.lm.facts.is_diffusion else "an autoregressive"
-            raise BadRequest(f"`method` {config.method!r} cannot decode {kind} model; "
-                             f"this server's default is {self.default_method!r}", "method")
-        return config
+            return resolve_config(method or self.default_method, self.lm.facts.is_diffusion,
+                                  **{**overrides, **(settings or {})})
+        except DecodeSettingError as exc:
+            if exc.setting == "method":
+                raise BadRequest(f"{exc}; this server's default is {self.default_method!r}", "method") from None
+            raise BadRequest(str(exc), _REQUEST_FIELDS.get(exc.setting, exc.setting)) from None
+        except D3llmError as exc:  # e.g. an unknown setting name from `d3llm chat --set`
+            raise BadRequest(str(exc)) from None
 
     def check_prompt(self, ids: list[int], config: DecodeConfig, param: str = "prompt") -> None:
         """A prompt that is empty, over `max_prompt_tokens`, or too long for the model with

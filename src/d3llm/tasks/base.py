@@ -87,10 +87,23 @@ class GeneratedTask(Task):
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem (from any split) using only `rng`."""
 
+    def distinct_problems(self) -> int | None:
+        """About how many distinct problems `sample` can make over all splits; None when that is
+        too many to matter. A request for more than a split holds is refused at once."""
+        return None
+
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         split = check_split(split)
         if n < 0:
             raise TaskError(f"`n` must be >= 0, got {n}")
+        total = self.distinct_problems()
+        if total is not None:
+            per_mille = {"test": _TEST_PER_MILLE, "validation": _VALIDATION_PER_MILLE}.get(
+                split, 1000 - _TEST_PER_MILLE - _VALIDATION_PER_MILLE)
+            about = total * per_mille // 1000
+            if n > about * 1.1 + 50:  # the hash split is not exact: refuse only what cannot be there
+                raise TaskError(f"task {self.name!r} has only about {about} distinct {split} problems; "
+                                f"asked for n={n} (lower n)")
         rng = random.Random(f"{self.name}:{split}:{seed}")
         seen: set[str] = set()
         out: list[Problem] = []

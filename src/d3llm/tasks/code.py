@@ -89,6 +89,10 @@ class CodeTask(GeneratedTask):
         self.name = name
         self.timeout_s = timeout_s
 
+    def distinct_problems(self) -> int:
+        """Each family's function names times its constants (the prompt is the problem's key)."""
+        return sum(len(f.names) * (f.k_range[1] - f.k_range[0] + 1 if f.k_range else 1) for f in _FAMILIES)
+
     def sample(self, rng: random.Random) -> Problem:
         fam = rng.choice(_FAMILIES)
         fname = rng.choice(fam.names)

@@ -28,25 +28,31 @@ def read_gsm8k_jsonl(path: str | Path, task_name: str = "gsm8k") -> list[Problem
     if not path.is_file():
         raise TaskError(f"GSM8K file not found: {path}")
     problems, seen = [], set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                question, solution = str(row["question"]).strip(), str(row["answer"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise TaskError(
-                    f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' ({exc})"
-                ) from None
-            answer = extract_final_number(solution)
-            if answer is None:
-                raise TaskError(f"{path}:{lineno}: 'answer' has no final '#### N'")
-            if question in seen:
-                continue
-            seen.add(question)
-            target = _CALC.sub("", solution).strip()
-            problems.append(Problem(task_name, question, question, target, answer))
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"GSM8K file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            question, solution = row["question"], row["answer"]
+            if not isinstance(question, str) or not isinstance(solution, str):
+                raise TypeError("'question' and 'answer' must be strings")
+            question = question.strip()
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TaskError(
+                f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' strings ({exc})"
+            ) from None
+        answer = extract_final_number(solution)
+        if answer is None:
+            raise TaskError(f"{path}:{lineno}: 'answer' has no final '#### N'")
+        if question in seen:
+            continue
+        seen.add(question)
+        target = _CALC.sub("", solution).strip()
+        problems.append(Problem(task_name, question, question, target, answer))
     if not problems:
         raise TaskError(f"GSM8K file {path} holds no problems")
     return problems

@@ -7,22 +7,62 @@
     tasks: {arith: 0.5, arith-long: 0.2, code: 0.3}
     ...
 
-See `configs/*.yaml` for the bundled models' recipes.
+See `configs/*.yaml` for the bundled models' recipes. The `distill:` section is
+`DistillSettings` (defined here, beside the config that holds it; `train.distill` uses it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from d3llm.decode.config import METHODS
 from d3llm.errors import D3llmError
 from d3llm.models.lm import FAMILIES
-from d3llm.train.distill import DistillSettings
+from d3llm.tasks import get_task
 from d3llm.train.objectives import DiffusionObjective
+
+
+MASKINGS = ("trajectory", "random")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The `distill:` section of a training config. Each ablation is one setting."""
+
+    trajectories: str = ""  # folder made by `d3llm trajectories`
+    keep: str = "correct"  # train on `correct` teacher rollouts only, or `all`
+    masking: str = "trajectory"  # `random`: the dParallel-style baseline
+    windows: tuple[int, ...] = (16, 16, 24, 24, 32, 32)  # window-size schedule over training
+    progressive_window: bool = True  # False: the last window size throughout
+    t_min: float = 0.0
+    t_max: float = 0.8
+    progressive_noise: bool = True  # False: t ~ U(t_min, t_max) throughout
+    complementary: bool = True  # the inverted-mask second branch
+    entropy_weight: float = 2.0  # certainty forcing (authors: 2 LLaDA, 1 Dream); 0 turns it off
+    entropy_temperature: float = 0.5
+    entropy_on_complementary: bool = False  # Dream's recipe also forces certainty there
+    lora_rank: int | None = None  # LoRA through peft (alpha = rank) instead of full fine-tuning
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("all", "correct"):
+            raise D3llmError(f"`distill.keep` must be 'all' or 'correct', got {self.keep!r}")
+        if self.masking not in MASKINGS:
+            raise D3llmError(f"`distill.masking` must be one of {', '.join(MASKINGS)}, got {self.masking!r}")
+        if not self.windows or min(self.windows) <= 0:
+            raise D3llmError(f"`distill.windows` must be a non-empty list of positive sizes, got {self.windows}")
+        if not 0 <= self.t_min <= self.t_max <= 1:
+            raise D3llmError(f"need 0 <= `distill.t_min` <= `distill.t_max` <= 1, got {self.t_min}, {self.t_max}")
+        if self.entropy_weight < 0 or self.entropy_temperature <= 0:
+            raise D3llmError("`distill.entropy_weight` must be >= 0 and `distill.entropy_temperature` > 0")
+        if self.lora_rank is not None and self.lora_rank <= 0:
+            raise D3llmError(f"`distill.lora_rank` must be positive or null, got {self.lora_rank}")
+        object.__setattr__(self, "windows", tuple(int(k) for k in self.windows))
 
 
 @dataclass(frozen=True)
@@ -33,6 +73,18 @@ class ModelShape:
     num_kv_heads: int | None = None
     intermediate_size: int | None = 512
     max_length: int = 512  # longest canvas; arith-long prompts reach ~380 tokens
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise D3llmError(f"`model.{name}` must be >= 1, got {value}")
+        if self.hidden_size % self.num_heads:
+            raise D3llmError(f"`model.hidden_size` ({self.hidden_size}) must be divisible by `model.num_heads` "
+                             f"({self.num_heads})")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise D3llmError(f"`model.num_heads` ({self.num_heads}) must be divisible by `model.num_kv_heads` "
+                             f"({self.num_kv_heads})")
 
 
 @dataclass(frozen=True)
@@ -74,25 +126,43 @@ class TrainConfig:
             raise D3llmError("distillation trains a diffusion student; `family` cannot be ar")
         if not self.tasks or min(self.tasks.values()) < 0:
             raise D3llmError(f"`tasks` must map task names to non-negative weights, got {self.tasks}")
+        for name in self.tasks:
+            get_task(name)  # an unknown task fails now, not after the tokenizer and network are built
+        for name, low in (("warmup_steps", 0), ("eval_every", 0), ("eval_n", 1), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise D3llmError(f"`{name}` must be >= {low}, got {getattr(self, name)}")
+        if self.seed >= 2**32:
+            raise D3llmError(f"`seed` must be below 2**32 (numpy's limit), got {self.seed}")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise D3llmError(f"`threads` (torch threads) must be in 1..4096 or null, got {self.threads}")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise D3llmError(f"`weight_decay` must be >= 0 and `max_grad_norm` > 0, got {self.weight_decay} "
+                             f"and {self.max_grad_norm}")
+        if self.eval_method is not None and self.eval_method not in METHODS:
+            raise D3llmError(f"`eval_method` must be one of {', '.join(METHODS)} or null, got {self.eval_method!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
         path = Path(path)
         if not path.is_file():
             raise D3llmError(f"training config {path} not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise D3llmError(f"{path} is not valid YAML ({exc})") from None
-        return cls.from_dict({**raw, **overrides}, source=str(path))
+        return cls.from_dict({**read_yaml_mapping(path, "training config"), **overrides}, source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> "TrainConfig":
+        if not isinstance(raw, dict):
+            raise D3llmError(f"{source} must be a mapping of settings (key: value), got {type(raw).__name__}")
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise D3llmError(f"{source}: unknown key(s) {unknown}; valid: {', '.join(sorted(valid))}")
         raw = dict(raw)
+        if "objective" in raw and raw["objective"] is None:
+            raw["objective"] = {}
+        check_types(cls, raw, source)
+        for key, section in (("model", ModelShape), ("objective", DiffusionObjective), ("distill", DistillSettings)):
+            if isinstance(raw.get(key), dict):
+                check_types(section, raw[key], source, prefix=f"{key}.")
         if "model" in raw:
             shape_keys = {f.name for f in dataclasses.fields(ModelShape)}
             bad = sorted(set(raw["model"]) - shape_keys)
@@ -116,3 +186,56 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain JSON/YAML types (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that holds a mapping ({} when empty); every problem is a `D3llmError` naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise D3llmError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise D3llmError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise D3llmError(f"{what} {path} is not valid YAML ({' '.join(str(exc).split())})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise D3llmError(f"{what} {path} must be a mapping (key: value lines), not a {type(raw).__name__}")
+    return raw
+
+
+def _type_ok(value: object, kind: str) -> bool:
+    if value is None:
+        return "None" in kind
+    kind = kind.replace("| None", "").strip()
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str" or kind.startswith("Literal"):
+        return isinstance(value, str)
+    if kind.startswith("tuple[int"):
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, "int") for v in value)
+    if kind.startswith("dict[str, float]"):
+        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, "float") for k, v in value.items())
+    return isinstance(value, dict)  # a nested section (model, objective, distill)
+
+
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
+          "tuple[int, ...]": "a list of integers", "dict[str, float]": "a mapping of task names to weights"}
+
+
+def check_types(cls, raw: dict, source: str, prefix: str = "") -> None:
+    """Each value in `raw` has the type its `cls` field declares (YAML and `--set` can give any):
+    a string where a number goes is an error naming the key, not a crash deep inside training."""
+    for f in dataclasses.fields(cls):
+        if f.name in raw and not _type_ok(raw[f.name], str(f.type)):
+            kind = str(f.type).replace("| None", "").strip()
+            wanted = _KINDS.get(kind, "one of " + kind[8:-1] if kind.startswith("Literal[") else "a mapping")
+            null = " or null" if "None" in str(f.type) else ""
+            raise D3llmError(f"{source}: `{prefix}{f.name}` must be {wanted}{null}, got {raw[f.name]!r}")

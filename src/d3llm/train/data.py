@@ -1,6 +1,7 @@
 """Training examples from tasks: chat-formatted prompt ids + response ids.
 
-An example is `{"input_ids": prompt + response, "prompt_len": P, "length": L}`.
+An example is `{"input_ids": prompt + response, "prompt_len": P, "length": L}`
+(`d3llm.models.tokenizer.encode_example`, which teacher rollouts share).
 For diffusion families the response is `target + EOS` padded with EOS up to `gen_length`
 tokens, as in LLaDA's SFT: the model learns to fill the rest of a canvas with EOS, which is
 what lets decoding stop early. For the AR family the response is `target + EOS`.
@@ -15,23 +16,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from d3llm.errors import D3llmError
-from d3llm.models.tokenizer import prompt_ids
-from d3llm.tasks import Problem, get_task
-
-
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, problem: Problem, gen_length: int | None
-) -> dict:
-    prompt = prompt_ids(tokenizer, problem.prompt)
-    response = tokenizer(problem.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    if gen_length is not None:
-        if len(response) > gen_length:
-            raise D3llmError(
-                f"a {problem.task} response has {len(response)} tokens, more than `gen_length`={gen_length}"
-            )
-        response = response + [tokenizer.eos_token_id] * (gen_length - len(response))
-    ids = prompt + response
-    return {"input_ids": ids, "prompt_len": len(prompt), "length": len(ids)}
+from d3llm.models.tokenizer import encode_example
+from d3llm.tasks import get_task
 
 
 def build_examples(

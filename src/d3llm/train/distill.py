@@ -21,6 +21,7 @@ positions (the authors' `0..N//k` includes an empty window when `k` divides `N`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,44 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from d3llm.errors import D3llmError
-from d3llm.models import DiffusionLM
-
-MASKINGS = ("trajectory", "random")
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """The `distill:` section of a training config. Each ablation is one setting."""
-
-    trajectories: str = ""  # folder made by `d3llm trajectories`
-    keep: str = "correct"  # train on `correct` teacher rollouts only, or `all`
-    masking: str = "trajectory"  # `random`: the dParallel-style baseline
-    windows: tuple[int, ...] = (16, 16, 24, 24, 32, 32)  # window-size schedule over training
-    progressive_window: bool = True  # False: the last window size throughout
-    t_min: float = 0.0
-    t_max: float = 0.8
-    progressive_noise: bool = True  # False: t ~ U(t_min, t_max) throughout
-    complementary: bool = True  # the inverted-mask second branch
-    entropy_weight: float = 2.0  # certainty forcing (authors: 2 LLaDA, 1 Dream); 0 turns it off
-    entropy_temperature: float = 0.5
-    entropy_on_complementary: bool = False  # Dream's recipe also forces certainty there
-    lora_rank: int | None = None  # LoRA through peft (alpha = rank) instead of full fine-tuning
-
-    def __post_init__(self) -> None:
-        if self.keep not in ("all", "correct"):
-            raise D3llmError(f"`distill.keep` must be 'all' or 'correct', got {self.keep!r}")
-        if self.masking not in MASKINGS:
-            raise D3llmError(f"`distill.masking` must be one of {', '.join(MASKINGS)}, got {self.masking!r}")
-        if not self.windows or min(self.windows) <= 0:
-            raise D3llmError(f"`distill.windows` must be a non-empty list of positive sizes, got {self.windows}")
-        if not 0 <= self.t_min <= self.t_max <= 1:
-            raise D3llmError(f"need 0 <= `distill.t_min` <= `distill.t_max` <= 1, got {self.t_min}, {self.t_max}")
-        if self.entropy_weight < 0 or self.entropy_temperature <= 0:
-            raise D3llmError("`distill.entropy_weight` must be >= 0 and `distill.entropy_temperature` > 0")
-        if self.lora_rank is not None and self.lora_rank <= 0:
-            raise D3llmError(f"`distill.lora_rank` must be positive or null, got {self.lora_rank}")
-        object.__setattr__(self, "windows", tuple(int(k) for k in self.windows))
-
+from d3llm.models import DiffusionLM, resolve_model
+from d3llm.models.checkpoint import read_json
+from d3llm.train.config import MASKINGS, DistillSettings, TrainConfig  # noqa: F401  (re-exported)
+from d3llm.train.data import collate
+from d3llm.trajectory import store
 
 # --- curricula ---------------------------------------------------------------------------
 
@@ -183,8 +151,6 @@ def distill_loss(
 
 def distill_examples(settings: DistillSettings, teacher_folder: Path, tokenizer) -> list[dict]:
     """Training examples from a trajectory folder, checked against the teacher being distilled."""
-    from d3llm.trajectory import store
-
     rows, manifest = store.load(Path(settings.trajectories), settings.keep)
     if manifest["tokenizer_fingerprint"] != store.tokenizer_fingerprint(tokenizer):
         raise D3llmError(
@@ -205,8 +171,6 @@ def distill_examples(settings: DistillSettings, teacher_folder: Path, tokenizer)
 
 def collate_distill(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """`collate` plus the rank vectors aligned with the sequence (-1 outside the response)."""
-    from d3llm.train.data import collate
-
     out = collate(batch, pad_token_id)
     rank = torch.full_like(out["input_ids"], -1)
     for row, ex in enumerate(batch):
@@ -234,18 +198,13 @@ def distill_config(teacher: str, trajectories: str, recipe: dict | None = None, 
     """The `TrainConfig` of a distillation run: the teacher's family and tokenizer, the tasks
     and canvas of the trajectory set, `recipe` (a YAML mapping) and then `overrides` on top.
     Override keys may name a `distill` setting (`masking`, `windows`, ...) or a top-level one."""
-    import dataclasses
-
-    from d3llm.models import resolve_model
-    from d3llm.models.checkpoint import read_json
-    from d3llm.train.config import TrainConfig
-    from d3llm.trajectory import store
-
     manifest = store.read_manifest(Path(trajectories))
     family = read_json(resolve_model(teacher) / "config.json").get("d3llm_family", manifest["family"])
     raw = {"family": family, "eval_method": "d3llm", "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
            "gen_length": manifest["decode_config"]["max_new_tokens"], **(recipe or {})}
     raw.update(init_from=teacher, tokenizer_from=teacher)
+    if not isinstance(raw.get("distill") or {}, dict):
+        raise D3llmError(f"distill recipe: `distill` must be a mapping of distill settings, got {raw['distill']!r}")
     section = dict(raw.get("distill") or {}, trajectories=str(trajectories))
     distill_keys = {f.name for f in dataclasses.fields(DistillSettings)}
     for key, value in (overrides or {}).items():

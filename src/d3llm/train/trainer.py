@@ -37,6 +37,7 @@ from d3llm.decode import preset
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
+from d3llm.models.convert import ar_to_dream, ar_to_llada
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
 from d3llm.train.config import TrainConfig
@@ -182,8 +183,6 @@ def network_for(config: TrainConfig, tokenizer):
     if config.init_from:
         net = load_network(resolve_model(config.init_from), dtype=torch.float32)
         if net.config.d3llm_family == "ar" and config.family != "ar":
-            from d3llm.models.convert import ar_to_dream, ar_to_llada
-
             adapt = ar_to_dream if config.family == "dream" else ar_to_llada
             net = adapt(net, mask_token_id=tokenizer.mask_token_id)
         if net.config.d3llm_family != config.family:

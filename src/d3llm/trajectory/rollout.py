@@ -25,9 +25,8 @@ from tqdm import tqdm
 from d3llm.decode import generate, preset
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel, load_model, resolve_device_dtype
-from d3llm.models.tokenizer import prompt_ids
+from d3llm.models.tokenizer import encode_example, prompt_ids
 from d3llm.tasks import Problem, get_task
-from d3llm.train.data import encode_example
 from d3llm.trajectory import store
 from d3llm.version import code_version
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d3llm.errors import D3llmError
+from d3llm.models.lm import FAMILIES
 
 FORMAT = "d3llm-trajectories"
 VERSION = 1
@@ -100,15 +101,50 @@ def read_manifest(folder: Path) -> dict:
     if not file.is_file():
         raise TrajectoryError(f"{folder} has no {MANIFEST}: not a trajectory folder (made by `d3llm trajectories`)")
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TrajectoryError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise TrajectoryError(f"{file} must hold a JSON object, not a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise TrajectoryError(
             f"{file}: format {manifest.get('format')!r} version {manifest.get('version')!r}; "
             f"this d3llm reads {FORMAT!r} version {VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise TrajectoryError(f"{file}: {problem} (the file is damaged or was not written by `d3llm trajectories`)")
     return manifest
+
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the fields a manifest must hold, or None."""
+    for key in ("teacher", "teacher_fingerprint", "tokenizer_fingerprint"):
+        if not isinstance(manifest.get(key), str):
+            return f"`{key}` must be a string, got {manifest.get(key)!r}"
+    if manifest.get("family") not in FAMILIES:
+        return f"`family` must be one of {', '.join(FAMILIES)}, got {manifest.get('family')!r}"
+    work = manifest.get("work")
+    if not isinstance(work, dict):
+        return f"`work` must be an object (tasks, split, seed), got {work!r}"
+    tasks = work.get("tasks")
+    if not isinstance(tasks, dict) or not tasks or not all(
+            isinstance(k, str) and _is_int(v, 1) for k, v in tasks.items()):
+        return f"`work.tasks` must map task names to positive counts, got {tasks!r}"
+    if not isinstance(work.get("split"), str) or not _is_int(work.get("seed"), -(2**63)):
+        return f"`work.split` must be a string and `work.seed` an integer, got {work.get('split')!r}, {work.get('seed')!r}"
+    if not _is_int(manifest.get("num_records"), 0):
+        return f"`num_records` must be an integer >= 0, got {manifest.get('num_records')!r}"
+    if not _is_int(manifest.get("chunk_size"), 1):
+        return f"`chunk_size` must be an integer >= 1, got {manifest.get('chunk_size')!r}"
+    decode = manifest.get("decode_config")
+    if not isinstance(decode, dict) or not _is_int(decode.get("max_new_tokens"), 1):
+        return f"`decode_config` must be an object with a positive `max_new_tokens`, got {decode!r}"
+    return None
 
 
 def chunk_path(folder: Path, chunk: int) -> Path:
