@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +186,11 @@ def with_lora(net, rank: int):
     from peft import LoraConfig, get_peft_model
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return get_peft_model(net, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0))
+    with warnings.catch_warnings():
+        # peft 0.21 (the newest) reads transformers' deprecated `is_gradient_checkpointing`;
+        # the FutureWarning is about peft's code, not ours. Drop this when peft stops.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(net, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0))
 
 
 __all__ = [
