@@ -71,3 +71,18 @@ def tiny_tokenizer():
         for p in get_task(name).problems("train", 300, seed=0):
             corpus += [p.prompt, p.target]
     return build_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_tokenizer):
+    """A toy LLaDA model folder over the tiny tokenizer, shared by the CLI, eval and serve tests
+    (read-only: a test that needs a changed model copies it)."""
+    return save_toy_model(tmp_path_factory.mktemp("toy") / "toy-llada", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def lm(model_dir):
+    """`model_dir` loaded (a `LoadedModel`)."""
+    from d3llm import load_model
+
+    return load_model(model_dir)

@@ -6,12 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli, save_toy_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer):
-    return save_toy_model(tmp_path_factory.mktemp("cli") / "toy-llada", tiny_tokenizer)
+from tests.conftest import run_cli
 
 
 def assert_one_line_error(code, err, pattern):

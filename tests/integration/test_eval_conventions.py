@@ -12,18 +12,13 @@ from d3llm.eval.runner import clamp_n, evaluate
 from d3llm.eval.sweep import points_table
 from d3llm.models import load_model
 from d3llm.tasks import get_task
-from tests.conftest import run_cli, save_toy_model
+from tests.conftest import run_cli
 
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 2 more. How many apples does Tom have?", "answer": "3+2=5\n#### 5"},
     {"question": "Ann has 7 pens and loses 2. How many pens does Ann have?", "answer": "7-2=5\n#### 5"},
     {"question": "Bo has 4 cats and gets 4 more. How many cats does Bo have?", "answer": "#### 8"},
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer):
-    return save_toy_model(tmp_path_factory.mktemp("conventions") / "toy-llada", tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def test_n_larger_than_a_file_is_clamped_with_one_note(monkeypatch, capsys, mode
     code, out, err = run_cli(monkeypatch, capsys, *eval_args(model_dir, "--task", f"gsm8k:{gsm8k_file}", "--n", 50,
                                                              "--json", tmp_path / "r.json"))
     assert code in (0, None), err
-    assert err.strip() == f"note: gsm8k test: n=50 is more than the 3 problems there; evaluating all 3"
+    assert err.strip() == "note: gsm8k test: n=50 is more than the 3 problems there; evaluating all 3"
     assert "(n=3)" in out and json.loads((tmp_path / "r.json").read_text())["n"] == 3
     task = get_task(f"gsm8k:{gsm8k_file}")
     assert clamp_n(task, "test", 2) == (2, None)

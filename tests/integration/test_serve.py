@@ -26,20 +26,10 @@ from d3llm.serve import background_server, create_app
 from d3llm.serve import scheduler as scheduler_module
 from d3llm.serve.scheduler import Failed, Finished, Job, Partial, Scheduler
 from d3llm.serve.text import TextStream, chat_prompt_ids
-from tests.conftest import run_cli, save_toy_model
+from tests.conftest import run_cli
 
 KEY = "test-key"
 QUESTION = "Tom has 3 apples. Tom buys 2 more apples. How many apples does Tom have now?"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer):
-    return save_toy_model(tmp_path_factory.mktemp("serve") / "toy-llada", tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def lm(model_dir):
-    return load_model(model_dir)
 
 
 @pytest.fixture(scope="module")

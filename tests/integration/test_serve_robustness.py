@@ -13,23 +13,12 @@ import httpx
 import openai
 import pytest
 
-from d3llm import load_model
 from d3llm.serve import background_server, create_app
 from d3llm.serve import scheduler as scheduler_module
-from tests.conftest import run_cli, save_toy_model
+from tests.conftest import run_cli
 
 KEY = "test-key"
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer):
-    return save_toy_model(tmp_path_factory.mktemp("serve") / "toy-llada", tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def lm(model_dir):
-    return load_model(model_dir)
 
 
 @pytest.fixture(scope="module")
