@@ -160,32 +160,26 @@ class TrainConfig:
         if "objective" in raw and raw["objective"] is None:
             raw["objective"] = {}
         check_types(cls, raw, source)
-        for key, section in (("model", ModelShape), ("objective", DiffusionObjective), ("distill", DistillSettings)):
+        for key, section in SECTIONS.items():
             if isinstance(raw.get(key), dict):
                 check_types(section, raw[key], source, prefix=f"{key}.")
-        if "model" in raw:
-            shape_keys = {f.name for f in dataclasses.fields(ModelShape)}
-            bad = sorted(set(raw["model"]) - shape_keys)
+        for key, section in SECTIONS.items():
+            if raw.get(key) is None:
+                continue
+            keys = {f.name for f in dataclasses.fields(section)}
+            bad = sorted(set(raw[key]) - keys)
             if bad:
-                raise D3llmError(f"{source}: unknown model key(s) {bad}; valid: {', '.join(sorted(shape_keys))}")
-            raw["model"] = ModelShape(**raw["model"])
-        if "objective" in raw:
-            keys = {f.name for f in dataclasses.fields(DiffusionObjective)}
-            bad = sorted(set(raw["objective"] or {}) - keys)
-            if bad:
-                raise D3llmError(f"{source}: unknown objective key(s) {bad}; valid: {', '.join(sorted(keys))}")
-            raw["objective"] = DiffusionObjective(**(raw["objective"] or {}))
-        if raw.get("distill") is not None:
-            keys = {f.name for f in dataclasses.fields(DistillSettings)}
-            bad = sorted(set(raw["distill"]) - keys)
-            if bad:
-                raise D3llmError(f"{source}: unknown distill key(s) {bad}; valid: {', '.join(sorted(keys))}")
-            raw["distill"] = DistillSettings(**raw["distill"])
+                raise D3llmError(f"{source}: unknown {key} key(s) {bad}; valid: {', '.join(sorted(keys))}")
+            raw[key] = section(**raw[key])
         return cls(**raw)
 
     def to_dict(self) -> dict:
         """Plain JSON/YAML types (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# The nested sections of a recipe: YAML mappings that become these dataclasses.
+SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": DistillSettings}
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
