@@ -1,7 +1,7 @@
 """How many examples does a dLLM need to learn one arithmetic operation? Drills, measured.
 
     python benchmarks/arith_drills.py --where response --steps 2400
-    python benchmarks/arith_drills.py --where prompt --steps 400
+    python benchmarks/arith_drills.py --where response --masks uniform --copy --steps 1200
 
 Trains a copy of `--model` (default: the bundled tiny-teacher) on one operation `a op b = c`
 (the `arith` task's operand ranges: a in 2..99, b in 2..30, + or -), batch 64, AdamW lr 1e-3,
@@ -11,7 +11,10 @@ Trains a copy of `--model` (default: the bundled tiny-teacher) on one operation 
   ratio t ~ U(0, 1) (the calibration's prompt-side drills).
 - `--where response`: prompt `Compute.`, response `a op b = c` + EOS padding; only the result
   digits are masked (ratio t), so every masked token has its operands and the EOS after it
-  in view: the cleanest in-response signal a masking scheme can give.
+  in view: the cleanest in-response signal a masking scheme can give. `--masks uniform`
+  masks the whole response with ratio t instead (operands and the end of the number too), as
+  masked-diffusion SFT does; `--copy` writes the result a second time after the equation
+  (`a op b = c\nc`), as a word problem's next line and `#### N` do.
 
 Every 100 steps it prints the training loss and, on 200 held-out drills (the whole result
 masked), the share right at argmax with the rest of the canvas as in training ("length given":
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from d3llm.models import DiffusionLM, load_network, load_tokenizer, resolve_model
 from d3llm.models.tokenizer import prompt_ids
 
-CANVAS = 12  # response tokens (the longest drill response is 10)
+CANVAS = 12  # response tokens (the longest drill response is 10; 13 with --copy: 16 then)
 
 
 def drill(rng: random.Random) -> tuple[str, str]:
@@ -41,9 +44,9 @@ def drill(rng: random.Random) -> tuple[str, str]:
     return f"{a} {op} {b} =", str(a + b if op == "+" else a - b)
 
 
-def make_batch(tokenizer, rng: random.Random, rows: int, where: str, eos: int):
+def make_batch(tokenizer, rng: random.Random, rows: int, where: str, eos: int, copy: bool = False):
     """ids, attention, result-digit positions, response positions: (rows, L) each."""
-    examples = []
+    examples, canvas = [], CANVAS + 4 * copy
     for _ in range(rows):
         question, result = drill(rng)
         digits = tokenizer(result, add_special_tokens=False).input_ids
@@ -51,29 +54,32 @@ def make_batch(tokenizer, rng: random.Random, rows: int, where: str, eos: int):
             prompt, head = prompt_ids(tokenizer, question), []
         else:
             prompt, head = prompt_ids(tokenizer, "Compute."), tokenizer(question + " ", add_special_tokens=False).input_ids
-        response = (head + digits + [eos] * CANVAS)[:CANVAS]
+        tail = tokenizer("\n" + result, add_special_tokens=False).input_ids if copy else []
+        response = (head + digits + tail + [eos] * canvas)[:canvas]
         examples.append((prompt, response, len(head), len(digits)))
-    width = max(len(p) for p, *_ in examples) + CANVAS
+    width = max(len(p) for p, *_ in examples) + canvas
     ids = torch.full((rows, width), tokenizer.pad_token_id)
     attention = torch.zeros_like(ids)
     result = torch.zeros_like(ids, dtype=torch.bool)
     response = torch.zeros_like(result)
     for row, (prompt, resp, start, count) in enumerate(examples):
         p = len(prompt)
-        ids[row, : p + CANVAS] = torch.tensor(prompt + resp)
-        attention[row, : p + CANVAS] = 1
-        response[row, p : p + CANVAS] = True
+        ids[row, : p + canvas] = torch.tensor(prompt + resp)
+        attention[row, : p + canvas] = 1
+        response[row, p : p + canvas] = True
         result[row, p + start : p + start + count] = True
     return ids, attention, result, response
 
 
-def held_out(lm: DiffusionLM, tokenizer, where: str) -> tuple[float, float]:
-    """% right with the length given, % right with it hidden (200 drills, seed 123)."""
-    ids, attention, result, response = make_batch(tokenizer, random.Random(123), 200, where, lm.facts.eos_token_id)
+def held_out(lm: DiffusionLM, tokenizer, where: str, copy: bool) -> tuple[float, float]:
+    """% right with the length given, % right with it hidden (200 drills, seed 123). With
+    `copy`, the copy is masked in both (the result must be computed)."""
+    ids, attention, result, response = make_batch(tokenizer, random.Random(123), 200, where, lm.facts.eos_token_id, copy)
     from_result = response & (result.cumsum(1) > 0)
     hidden = from_result if where == "response" else response
     scores = []
-    for masked in (result, hidden):
+    given = result | (from_result & (ids != lm.facts.eos_token_id) & ~result) if copy else result
+    for masked in (given, hidden):
         with torch.no_grad():
             guess = lm(torch.where(masked, lm.facts.mask_token_id, ids), attention_mask=attention).logits.argmax(-1)
         scores.append(100.0 * ((guess == ids) | ~result).all(1).float().mean().item())
@@ -84,6 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-teacher")
     parser.add_argument("--where", choices=("prompt", "response"), default="response")
+    parser.add_argument("--masks", choices=("targeted", "uniform"), default="targeted",
+                        help="in the response: mask only the result digits, or the whole response")
+    parser.add_argument("--copy", action="store_true", help="write the result again after the equation")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -95,13 +104,13 @@ def main() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
     rng, generator = random.Random(0), torch.Generator().manual_seed(0)
-    print(f"| {args.where} | step | examples | loss | right %, length given | right %, length hidden | s |")
+    print(f"| {args.where}, {args.masks}{', copy' if args.copy else ''} | step | examples | loss | right %, length given | right %, length hidden | s |")
     print("|---|---|---|---|---|---|---|")
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
-        ids, attention, result, response = make_batch(tokenizer, rng, 64, args.where, lm.facts.eos_token_id)
+        ids, attention, result, response = make_batch(tokenizer, rng, 64, args.where, lm.facts.eos_token_id, args.copy)
         t = torch.rand(64, 1, generator=generator)
-        maskable = result if args.where == "response" else response
+        maskable = result if args.where == "response" and args.masks == "targeted" else response
         masked = maskable & (torch.rand(ids.shape, generator=generator) < t)
         logits = lm(torch.where(masked, lm.facts.mask_token_id, ids), attention_mask=attention).logits
         ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
@@ -113,7 +122,7 @@ def main() -> None:
         optimizer.zero_grad()
         if step % 100 == 0:
             net.eval()
-            given, hidden = held_out(lm, tokenizer, args.where)
+            given, hidden = held_out(lm, tokenizer, args.where, args.copy)
             net.train()
             print(f"| | {step} | {64 * step} | {loss.item():.3f} | {given:.1f} | {hidden:.1f} | "
                   f"{time.perf_counter() - started:.0f} |", flush=True)
