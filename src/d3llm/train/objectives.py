@@ -87,9 +87,10 @@ def maskable_positions(
     if eos_token_id is not None:
         eos = (batch["input_ids"] == eos_token_id) & in_response
         content = in_response & ((eos.cumsum(1) - eos.long()) == 0)  # up to the first EOS
-    cut_rows = torch.rand(rows, generator=generator) < objective.prefix_rows
-    cut = batch["prompt_len"] + (torch.rand(rows, generator=generator) * content.sum(1)).long()
-    positions = torch.arange(width).unsqueeze(0)
+    device = in_response.device  # random draws on the generator's device (the CPU), then moved
+    cut_rows = torch.rand(rows, generator=generator).to(device) < objective.prefix_rows
+    cut = batch["prompt_len"] + (torch.rand(rows, generator=generator).to(device) * content.sum(1)).long()
+    positions = torch.arange(width, device=device).unsqueeze(0)
     after_cut = positions >= torch.where(cut_rows, cut, batch["prompt_len"]).unsqueeze(1)
     return in_response & after_cut
 
@@ -103,8 +104,8 @@ def masked_diffusion_loss(
     objective = objective or DiffusionObjective()
     ids = batch["input_ids"]  # (B, L)
     maskable = maskable_positions(objective, batch, generator, model.facts.eos_token_id)
-    t = sample_mask_ratio(objective, ids.shape[0], generator)  # (B, 1)
-    masked = maskable & (torch.rand(ids.shape, generator=generator) < t)
+    t = sample_mask_ratio(objective, ids.shape[0], generator).to(ids.device)  # (B, 1)
+    masked = maskable & (torch.rand(ids.shape, generator=generator).to(ids.device) < t)
     noisy = torch.where(masked, model.facts.mask_token_id, ids)
     logits = model(noisy, attention_mask=batch["attention_mask"]).logits  # (B, L, V)
     ce = F.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")  # (B, L)
