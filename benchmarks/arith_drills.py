@@ -14,7 +14,10 @@ Trains a copy of `--model` (default: the bundled tiny-teacher) on one operation 
   in view: the cleanest in-response signal a masking scheme can give. `--masks uniform`
   masks the whole response with ratio t instead (operands and the end of the number too), as
   masked-diffusion SFT does; `--copy` writes the result a second time after the equation
-  (`a op b = c\nc`), as a word problem's next line and `#### N` do.
+  (`a op b = c\nc`), as a word problem's next line and `#### N` do. `--masks blocks`
+  masks like semi-autoregressive block diffusion: the response cut into blocks of
+  `--block-size`, the blocks before a random one clean, that one masked with ratio t, every
+  later one masked whole.
 
 Every 100 steps it prints the training loss and, on 200 held-out drills (the whole result
 masked), the share right at argmax with the rest of the canvas as in training ("length given":
@@ -71,6 +74,16 @@ def make_batch(tokenizer, rng: random.Random, rows: int, where: str, eos: int, c
     return ids, attention, result, response
 
 
+def block_masks(response: torch.Tensor, masked: torch.Tensor, size: int, generator) -> torch.Tensor:
+    """Semi-autoregressive block masks: per row a random current block of the response keeps
+    `masked` (ratio t); blocks before it are clean, blocks after it masked whole."""
+    offset = response.long().cumsum(1) - 1  # position within the response (-1: prompt)
+    block = torch.where(response, offset // size, -1)
+    blocks = int(block.max()) + 1
+    current = torch.randint(0, blocks, (response.shape[0], 1), generator=generator)
+    return response & ((block > current) | ((block == current) & masked))
+
+
 def held_out(lm: DiffusionLM, tokenizer, where: str, copy: bool) -> tuple[float, float]:
     """% right with the length given, % right with it hidden (200 drills, seed 123). With
     `copy`, the copy is masked in both (the result must be computed)."""
@@ -90,8 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-teacher")
     parser.add_argument("--where", choices=("prompt", "response"), default="response")
-    parser.add_argument("--masks", choices=("targeted", "uniform"), default="targeted",
-                        help="in the response: mask only the result digits, or the whole response")
+    parser.add_argument("--masks", choices=("targeted", "uniform", "blocks"), default="targeted",
+                        help="in the response: mask only the result digits, the whole response, or by blocks")
+    parser.add_argument("--block-size", type=int, default=4, help="--masks blocks: block length")
     parser.add_argument("--copy", action="store_true", help="write the result again after the equation")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=1)
@@ -104,7 +118,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
     rng, generator = random.Random(0), torch.Generator().manual_seed(0)
-    print(f"| {args.where}, {args.masks}{', copy' if args.copy else ''} | step | examples | loss | right %, length given | right %, length hidden | s |")
+    masks = f"blocks of {args.block_size}" if args.masks == "blocks" else args.masks
+    print(f"| {args.where}, {masks}{', copy' if args.copy else ''} | step | examples | loss | right %, length given | right %, length hidden | s |")
     print("|---|---|---|---|---|---|---|")
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -112,6 +127,8 @@ def main() -> None:
         t = torch.rand(64, 1, generator=generator)
         maskable = result if args.where == "response" and args.masks == "targeted" else response
         masked = maskable & (torch.rand(ids.shape, generator=generator) < t)
+        if args.masks == "blocks":
+            masked = block_masks(response, masked, args.block_size, generator)
         logits = lm(torch.where(masked, lm.facts.mask_token_id, ids), attention_mask=attention).logits
         ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
         loss = (ce * masked).sum() / masked.sum().clamp(min=1)
