@@ -159,10 +159,7 @@ class TrainConfig:
         raw = dict(raw)
         if "objective" in raw and raw["objective"] is None:
             raw["objective"] = {}
-        check_types(cls, raw, source)
-        for key, section in SECTIONS.items():
-            if isinstance(raw.get(key), dict):
-                check_types(section, raw[key], source, prefix=f"{key}.")
+        check_types(cls, raw, source)  # a section that is not a mapping fails here
         for key, section in SECTIONS.items():
             if raw.get(key) is None:
                 continue
@@ -170,6 +167,7 @@ class TrainConfig:
             bad = sorted(set(raw[key]) - keys)
             if bad:
                 raise D3llmError(f"{source}: unknown {key} key(s) {bad}; valid: {', '.join(sorted(keys))}")
+            check_types(section, raw[key], source, prefix=f"{key}.")
             raw[key] = section(**raw[key])
         return cls(**raw)
 
