@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    for name in ("steps", "block_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     folder = resolve_model(args.model)
     tokenizer = load_tokenizer(folder)

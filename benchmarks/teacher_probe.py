@@ -30,6 +30,7 @@ import yaml
 from transformers import get_cosine_schedule_with_warmup
 
 from d3llm.decode import preset
+from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel
 from d3llm.models.tokenizer import prompt_ids
@@ -104,6 +105,11 @@ def main() -> None:
     parser.add_argument("--label", default=None)
     parser.add_argument("--log", default="runs/teacher-probe.jsonl")
     args = parser.parse_args()
+    for name in ("steps", "eval_every", "n", "threads"):
+        if getattr(args, name) < (0 if name == "steps" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config} not found")
     torch.set_num_threads(args.threads)
     raw = yaml.safe_load(Path(args.config).read_text()) or {}
     settings = parse_settings(args.set)
@@ -150,4 +156,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except D3llmError as exc:  # a bad recipe or --set: one line, as the d3llm command says it
+        raise SystemExit(f"error: {exc}") from None
