@@ -129,9 +129,14 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
 
 @contextlib.contextmanager
 def _held_logs(name: str):
-    """Hold what logger `name`'s own handlers would print: printed at the end of the block, or
-    dropped when it raises (the error says what the warnings were about)."""
-    handlers = list(logging.getLogger(name).handlers)
+    """Hold what logger `name` would print, through its own handlers and those it propagates to
+    (transformers propagates to the root logger when `CI` is set): printed at the end of the
+    block, or dropped when it raises (the error says what the warnings were about)."""
+    handlers: list[logging.Handler] = []
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None:  # the chain `Logger.callHandlers` walks
+        handlers += [h for h in logger.handlers if h not in handlers]
+        logger = logger.parent if logger.propagate else None
     held: list[logging.LogRecord] = []
 
     def hold(record: logging.LogRecord) -> bool:
