@@ -113,11 +113,11 @@ def _load(model: str, device: str, dtype: str):
     return load_model(model, device=where, dtype=precision)
 
 
-def _decode_config(method: str | None, is_diffusion: bool, max_new_tokens: int | None, settings: list[str]):
+def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str]):
     from d3llm.decode.config import parse_overrides, resolve_config
 
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    return resolve_config(method, is_diffusion, **{**fixed, **parse_overrides(settings)})  # --set wins
+    return resolve_config(method, family, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 @app.command()
@@ -139,7 +139,7 @@ def generate(
     if not prompt.strip():
         _fail("the prompt is empty")
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
 
@@ -203,7 +203,7 @@ def trajectories(
     split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
-    block_size: Annotated[int, typer.Option(help="Teacher block size.")] = 32,
+    block_size: Annotated[Optional[int], typer.Option(help="Teacher block size (default 32; a block model: its own).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     device: Device = "auto",
@@ -311,7 +311,7 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.is_diffusion, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
     samples: list[dict] | None = [] if log_samples else None
     results = []
     console = Console(stderr=True)  # stdout holds only the results

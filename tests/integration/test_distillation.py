@@ -151,3 +151,23 @@ def test_a_canvas_too_short_for_the_targets_fails_before_any_rollout(tmp_path, t
     with pytest.raises(D3llmError, match="more than `gen_length`=8"):
         run(teacher, {"arith": 4}, tmp_path / "short", **{**ROLLOUT, "max_new_tokens": 8})
     assert not (tmp_path / "short" / "chunks").exists()
+
+
+def test_a_block_teacher_rolls_out_its_own_blocks_and_its_student_learns(tmp_path, tiny_tokenizer):
+    """Block diffusion: the teacher decodes its own blocks (4) in order, a block size given for
+    it must be its own, and the student trains on windows that are its blocks."""
+    teacher = save_toy_model(tmp_path / "block", tiny_tokenizer, family="block", block_size=4)
+    settings = {**ROLLOUT, "block_size": None}
+    with pytest.raises(D3llmError, match="trained with blocks of 4"):
+        run(teacher, {"arith": 4}, tmp_path / "bad", **{**settings, "block_size": 16})
+    trajectories = run(teacher, {"arith": 16}, tmp_path / "traj", **settings)
+    assert store.read_manifest(trajectories)["decode_config"]["block_size"] == 4
+    for r in store.load(trajectories, keep="all")[0]:
+        assert all(max(r["rank"][i : i + 4]) < min(r["rank"][i + 4 : i + 8]) for i in range(0, 28, 4))
+    out = _distill(teacher, trajectories, tmp_path / "student")
+    history = json.loads((out / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
+    student = load_model(out)
+    assert student.facts.family == "block" and student.facts.block_size == 4
+    assert json.loads((out / "provenance.json").read_text())["config"]["eval_method"] == "d3llm-block"

@@ -76,7 +76,8 @@ def _cli_train(config_path: Path, out: Path, launcher: list[str] | None = None) 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     config_path = tmp_path / "cfg.yaml"
-    config_path.write_text(yaml.safe_dump({**TINY, "family": "llada", "steps": 40, "save_every": 5}))
+    # Long enough that the run cannot end between the checkpoint appearing and the kill.
+    config_path.write_text(yaml.safe_dump({**TINY, "family": "llada", "steps": 150, "save_every": 5}))
     out = tmp_path / "run"
     proc = _cli_train(config_path, out)
     deadline = time.time() + 120
@@ -90,8 +91,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert second.returncode == 0, err[-2000:]
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(runs) == 2 and runs[0]["start_step"] == 0 and runs[1]["start_step"] >= 10
-    final = json.loads((out / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())
-    assert final["global_step"] == 40
+    final = json.loads((out / "checkpoints" / "checkpoint-150" / "trainer_state.json").read_text())
+    assert final["global_step"] == 150
 
 
 def test_two_data_parallel_processes(tmp_path):

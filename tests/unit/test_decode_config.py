@@ -12,68 +12,69 @@ from d3llm.models.catalog import bundled_models, describe
 
 
 def test_default_method_by_model_kind():
-    assert default_method(True) == "d3llm" and default_method(False) == "ar"
-    assert resolve_config(None, True) == PRESETS["d3llm"]
-    assert resolve_config(None, False) == PRESETS["ar"]
-    assert resolve_config(None, True, max_new_tokens=16).max_new_tokens == 16
+    assert default_method("llada") == "d3llm" and default_method("ar") == "ar"
+    assert default_method("block") == "d3llm-block"
+    assert resolve_config(None, "llada") == PRESETS["d3llm"]
+    assert resolve_config(None, "ar") == PRESETS["ar"]
+    assert resolve_config(None, "llada", max_new_tokens=16).max_new_tokens == 16
 
 
 def test_the_catalog_names_the_same_default():
     """`d3llm models` (no torch) states the rule itself; it must agree with `default_method`."""
     for name, path in bundled_models().items():
         family = json.loads((path / "config.json").read_text()).get("d3llm_family")
-        assert describe(path, name).default_method == default_method(family != "ar"), name
+        assert describe(path, name).default_method == default_method(family), name
 
 
 def test_settings_that_apply_are_accepted():
-    assert resolve_config("d3llm-cache", True, cache_delay=2, refresh_interval=4).refresh_interval == 4
-    assert resolve_config("vanilla", True, tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
-    assert resolve_config("fast-dllm", True, threshold=0.8, forcing="global").threshold == 0.8
-    assert resolve_config("ar", False, max_new_tokens=8, temperature=0.5, seed=3).seed == 3
+    assert resolve_config("d3llm-cache", "llada", cache_delay=2, refresh_interval=4).refresh_interval == 4
+    assert resolve_config("vanilla", "llada", tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
+    assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="global").threshold == 0.8
+    assert resolve_config("ar", "ar", max_new_tokens=8, temperature=0.5, seed=3).seed == 3
     # a setting that changes what applies is read first: topk made explicit, then its step size
-    assert resolve_config("d3llm", True, strategy="topk", tokens_per_step=2).strategy == "topk"
-    assert resolve_config("vanilla", True, cache="delayed", cache_delay=0).cache_delay == 0
+    assert resolve_config("d3llm", "llada", strategy="topk", tokens_per_step=2).strategy == "topk"
+    assert resolve_config("vanilla", "llada", cache="delayed", cache_delay=0).cache_delay == 0
 
 
-@pytest.mark.parametrize("method, is_diffusion, settings, setting, message", [
-    ("d3llm", True, {"refresh_interval": 2}, "refresh_interval",
+@pytest.mark.parametrize("method, family, settings, setting, message", [
+    ("d3llm", "llada", {"refresh_interval": 2}, "refresh_interval",
      "`refresh_interval` has no effect with method 'd3llm' (cache none)"),
-    ("fast-dllm", True, {"cache_delay": 2}, "cache_delay",
+    ("fast-dllm", "llada", {"cache_delay": 2}, "cache_delay",
      "`cache_delay` has no effect with method 'fast-dllm' (cache prefix)"),
-    ("vanilla", True, {"threshold": 0.3}, "threshold",
+    ("vanilla", "llada", {"threshold": 0.3}, "threshold",
      "`threshold` has no effect with method 'vanilla' (strategy topk)"),
-    ("vanilla", True, {"forcing": "global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
-    ("d3llm", True, {"tokens_per_step": 4}, "tokens_per_step",
+    ("vanilla", "llada", {"forcing": "global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
+    ("d3llm", "llada", {"tokens_per_step": 4}, "tokens_per_step",
      "`tokens_per_step` has no effect with method 'd3llm' (strategy entropy)"),
-    ("fast-dllm", True, {"rank_by": "entropy"}, "rank_by", "`rank_by` has no effect with method 'fast-dllm'"),
-    ("d3llm", True, {"seed": 3}, "seed", "`seed` has no effect with method 'd3llm' (temperature 0): it seeds sampling"),
-    ("ar", False, {"threshold": 0.4}, "threshold", "`threshold` has no effect with method 'ar'"),
-    ("ar", False, {"cache": "delayed"}, "cache", "`cache` has no effect with method 'ar'"),
-    ("ar", False, {"block_size": 8}, "block_size", "`block_size` has no effect with method 'ar'"),
-    ("ar", False, {"early_stop": False}, "early_stop", "`early_stop` has no effect with method 'ar'"),
+    ("fast-dllm", "llada", {"rank_by": "entropy"}, "rank_by", "`rank_by` has no effect with method 'fast-dllm'"),
+    ("d3llm", "llada", {"seed": 3}, "seed", "`seed` has no effect with method 'd3llm' (temperature 0): it seeds sampling"),
+    ("ar", "ar", {"threshold": 0.4}, "threshold", "`threshold` has no effect with method 'ar'"),
+    ("ar", "ar", {"cache": "delayed"}, "cache", "`cache` has no effect with method 'ar'"),
+    ("ar", "ar", {"block_size": 8}, "block_size", "`block_size` has no effect with method 'ar'"),
+    ("ar", "ar", {"early_stop": False}, "early_stop", "`early_stop` has no effect with method 'ar'"),
 ])
-def test_settings_a_method_ignores_are_errors(method, is_diffusion, settings, setting, message):
+def test_settings_a_method_ignores_are_errors(method, family, settings, setting, message):
     with pytest.raises(DecodeSettingError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
-        resolve_config(method, is_diffusion, **settings)
+        resolve_config(method, family, **settings)
     assert error.value.setting == setting and isinstance(error.value, D3llmError)
 
 
 def test_method_and_model_kind_must_match():
     with pytest.raises(DecodeSettingError, match="`method` 'ar' cannot decode a diffusion model") as error:
-        resolve_config("ar", True)
+        resolve_config("ar", "llada")
     assert error.value.setting == "method"
     with pytest.raises(DecodeSettingError, match="`method` 'vanilla' cannot decode an autoregressive model"):
-        resolve_config("vanilla", False)
+        resolve_config("vanilla", "ar")
 
 
 def test_bad_names_and_values_name_the_setting():
     with pytest.raises(DecodeSettingError, match="unknown method 'turbo'") as error:
-        resolve_config("turbo", True)
+        resolve_config("turbo", "llada")
     assert error.value.setting == "method"
     with pytest.raises(DecodeSettingError, match="`method` is not a setting"):
-        resolve_config("d3llm", True, method="ar")
+        resolve_config("d3llm", "llada", method="ar")
     with pytest.raises(DecodeSettingError, match=r"unknown decode setting\(s\) \['thresh'\]"):
-        resolve_config("d3llm", True, thresh=0.4)
+        resolve_config("d3llm", "llada", thresh=0.4)
     with pytest.raises(DecodeSettingError, match=r"`threshold` must be in \(0, 10\]") as error:
-        resolve_config("d3llm", True, threshold=-1)
+        resolve_config("d3llm", "llada", threshold=-1)
     assert error.value.setting == "threshold"

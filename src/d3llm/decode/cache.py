@@ -17,6 +17,10 @@ cache as context and crops back to the target (keeping any newly cached block).
   block is cached too, so an iteration forwards the current block alone. Attention is
   bidirectional, so the order of cached keys does not matter: the cache holds
   `[prefix, suffix]` and the block's keys are appended (and dropped again) after them.
+- `block` (block-diffusion models only): exact by construction. Attention is block-causal, so
+  a finished block's keys never change: each enters the cache once, from the first forward
+  that sees it finished, and is never recomputed. An iteration forwards the blocks finished
+  since the last one and the current blocks, nothing after them.
 
 A batch shares one cache, so its length is the minimum over rows: a row ahead of the others
 simply caches less (correct, slightly slower). Rows that finish leave the cache with the batch
@@ -43,7 +47,7 @@ class NoCache:
 
     def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
         out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                    logits_to_keep=state.num_new)
+                    logits_to_keep=state.num_new, block_start=state.start)
         return out.logits, state.start
 
 
@@ -158,4 +162,39 @@ class DualCache(_Cached):
         return out.logits, begin
 
 
-CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache}
+class BlockCache(_Cached):
+    """The block family's exact cache (see module docstring): cached columns [0, end), where
+    `end` is the start of the first block that some row has not finished."""
+
+    def __init__(self, config: DecodeConfig):
+        super().__init__(config)
+        self.end = 0
+
+    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
+        begin, stop = first_incomplete_block_start(state), current_blocks_end(state)
+        window = dict(attention_mask=state.attention[:, :stop], past_key_values=self.cache, use_cache=True,
+                      block_start=state.start)
+        if self.cache is None:  # the prompt too; logits from the response on
+            first = state.start
+            window["past_key_values"] = self.cache = DynamicCache(config=model.config)
+            out = model(state.canvas[:, :stop], position_ids=state.positions[:, :stop],
+                        logits_to_keep=stop - first, **window)
+        else:
+            first = self.end
+            out = model(state.canvas[:, first:stop], position_ids=state.positions[:, first:stop],
+                        prev_logits=self.boundary_logits, **window)
+        self.cache.crop(begin - stop)  # finished blocks stay; the current ones are computed again
+        self.end, self.boundary_logits = begin, out.logits[:, begin - first]
+        return out.logits, first
+
+
+def current_blocks_end(state: DecodeState) -> int:
+    """Column where the furthest of the rows' first incomplete blocks ends."""
+    incomplete = state.progress() < 1  # (B, nb)
+    nb = state.num_blocks
+    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb - 1).min(1).values
+    return min(state.start + (int(first.max()) + 1) * state.block_size, state.canvas.shape[1])
+
+
+CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache,
+                  "block": BlockCache}

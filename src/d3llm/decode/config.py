@@ -12,6 +12,13 @@ same loop (`d3llm.decode.loop`):
 | `d3llm`       | H <= 0.5 nats (+ best one)   | multi-block (add 0.1, act 0.95) | none          | yes        |
 | `d3llm-cache` | as `d3llm`                   | as `d3llm`                   | delayed, delay 1 | yes        |
 | `ar`          | greedy next token (AR models)| -                            | KV cache         | at EOS     |
+| `block`       | top-1 by p (block models)    | the model's, in order        | exact block cache| yes        |
+| `fast-dllm-v2`| p >= 0.9 (+ best one)        | the model's, in order        | exact block cache| yes        |
+| `d3llm-block` | H <= 0.5 nats (+ best one)   | the model's, in order        | exact block cache| yes        |
+
+The last three decode `block`-family models only (block diffusion, docs/block-diffusion.md),
+and a block model decodes with them or with cache `none` (the uncached reference): its blocks
+are the ones it was trained with (`block_size` None = the model's), one after the other.
 
 Settings follow docs/method.md section 3-4 (authors' values: entropy
 threshold 0.4-0.5 nats, block add 0.1, activation 0.95, cache delay 1-2; Fast-dLLM's
@@ -26,18 +33,18 @@ from typing import Literal
 from d3llm.errors import D3llmError
 
 Strategy = Literal["topk", "confidence", "entropy"]
-CachePolicy = Literal["none", "prefix", "dual", "delayed"]
+CachePolicy = Literal["none", "prefix", "dual", "delayed", "block"]
 Forcing = Literal["block", "global"]
 RankBy = Literal["confidence", "entropy"]
 STRATEGIES = ("topk", "confidence", "entropy")
-CACHE_POLICIES = ("none", "prefix", "dual", "delayed")
+CACHE_POLICIES = ("none", "prefix", "dual", "delayed", "block")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     method: str = "vanilla"  # preset name this config came from ("ar" selects the AR decoder)
     max_new_tokens: int = 64  # response canvas length
-    block_size: int = 32  # block length (the last block may be shorter)
+    block_size: int | None = 32  # block length (the last block may be shorter); None: the model's (block family)
     strategy: Strategy = "topk"  # how masked positions are chosen for commitment
     tokens_per_step: int = 1  # topk: positions committed per forward in the current block
     rank_by: RankBy = "confidence"  # topk: most probable proposals (LLaDA) or lowest entropy (Dream)
@@ -55,6 +62,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "block_size", "tokens_per_step"):
             value = getattr(self, name)
+            if name == "block_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise D3llmError(f"`{name}` must be a positive integer, got {value!r}")
         _choice("strategy", self.strategy, STRATEGIES)
@@ -107,6 +116,11 @@ PRESETS: dict[str, DecodeConfig] = {
     "d3llm": DecodeConfig(method="d3llm", **_MULTI_BLOCK),
     "d3llm-cache": DecodeConfig(method="d3llm-cache", cache="delayed", cache_delay=1, **_MULTI_BLOCK),
     "ar": DecodeConfig(method="ar"),
+    "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True),
+    "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", block_size=None, strategy="confidence", threshold=0.9,
+                                 cache="block", early_stop=True),
+    "d3llm-block": DecodeConfig(method="d3llm-block", block_size=None, strategy="entropy", threshold=0.5,
+                                cache="block", early_stop=True),
 }
 METHODS: tuple[str, ...] = tuple(PRESETS)
 
@@ -128,19 +142,55 @@ class DecodeSettingError(D3llmError):
         self.setting = setting
 
 
-def default_method(is_diffusion: bool) -> str:
-    """The method a model decodes with unless one is named: d3llm for a dLLM, ar for an AR model."""
-    return "d3llm" if is_diffusion else "ar"
+def default_method(family: str) -> str:
+    """The method a model of `family` decodes with unless one is named."""
+    return {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")
 
 
-def check_model_kind(config: DecodeConfig, is_diffusion: bool, family: str | None = None) -> None:
-    """`ar` decodes autoregressive models only, every other method diffusion models only."""
-    if config.is_autoregressive and is_diffusion:
-        raise DecodeSettingError(f"`method` 'ar' cannot decode a diffusion model{f' ({family})' if family else ''}: "
-                                 "it needs an autoregressive model", "method")
-    if not config.is_autoregressive and not is_diffusion:
+def check_model_kind(config: DecodeConfig, family: str) -> None:
+    """`ar` decodes autoregressive models only; the block cache, block models only, which decode
+    their blocks in order (with the block cache, or none); the rest, LLaDA/Dream-style models."""
+    if config.is_autoregressive and family != "ar":
+        raise DecodeSettingError(f"`method` 'ar' cannot decode a diffusion model ({family}): it needs an "
+                                 "autoregressive model", "method")
+    if not config.is_autoregressive and family == "ar":
         raise DecodeSettingError(f"`method` {config.method!r} cannot decode an autoregressive model: it needs a "
                                  "diffusion model (use 'ar')", "method")
+    if config.cache == "block" and family != "block":
+        raise DecodeSettingError(f"`method` {config.method!r} (cache block) decodes block-diffusion models only, "
+                                 f"not a {family} model", "method")
+    if family == "block" and config.cache not in ("block", "none"):
+        raise DecodeSettingError(f"a block model decodes with cache block or none, not {config.cache!r} "
+                                 "(methods block, fast-dllm-v2, d3llm-block)", "cache")
+    if family == "block" and config.block_add_threshold < 1:
+        raise DecodeSettingError("a block model decodes its blocks one after the other: `block_add_threshold` "
+                                 f"must be 1, got {config.block_add_threshold}", "block_add_threshold")
+    if family != "block" and config.block_size is None:
+        raise DecodeSettingError(f"`block_size` must be a positive integer for a {family} model", "block_size")
+
+
+def methods_for(family: str) -> tuple[str, ...]:
+    """The presets that decode a model of `family` as they are."""
+    def fits(config: DecodeConfig) -> bool:
+        try:
+            for_model(config, family, None)  # a block model: presets that take its own block size
+        except DecodeSettingError:
+            return False
+        return True
+
+    return tuple(name for name, config in PRESETS.items() if fits(config))
+
+
+def for_model(config: DecodeConfig, family: str, model_block_size: int | None) -> DecodeConfig:
+    """`config` with the block size a model of `family` decodes with: a block model's own."""
+    check_model_kind(config, family)
+    if family != "block":
+        return config
+    if config.block_size not in (None, model_block_size):
+        raise DecodeSettingError(f"this block model was trained with blocks of {model_block_size} tokens, not "
+                                 f"`block_size` {config.block_size}: decode it with method block, fast-dllm-v2 or "
+                                 "d3llm-block and no block_size", "block_size")
+    return config if model_block_size is None else config.override(block_size=model_block_size)
 
 
 # What each setting depends on: (applies to this config?, why not). `max_new_tokens`,
@@ -173,21 +223,21 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
     return problems
 
 
-def resolve_config(method: str | None, is_diffusion: bool, /, **overrides) -> DecodeConfig:
+def resolve_config(method: str | None, family: str, /, **overrides) -> DecodeConfig:
     """The one way a user's decode settings become a `DecodeConfig` (the CLI, `d3llm.generate`,
     the server and the lm-eval adapter use it): `method` (None: `default_method`) with
-    `overrides`, validated, for a model of this kind. A setting the method would ignore
+    `overrides`, validated, for a model of `family`. A setting the method would ignore
     (`refresh_interval` without the delayed cache, `threshold` with topk, anything but
     max_new_tokens / temperature / seed with `ar`) is an error, not silently dropped."""
     if "method" in overrides:
         raise DecodeSettingError("`method` is not a setting: name the method itself (--method)", "method")
-    config = preset(method or default_method(is_diffusion))
+    config = preset(method or default_method(family))
     try:
         config = config.override(**overrides)
     except D3llmError as exc:  # a bad value: name the setting it is about
         named = [n for n in overrides if f"`{n}`" in str(exc)]
         raise DecodeSettingError(str(exc), named[0] if named else None) from None
-    check_model_kind(config, is_diffusion)
+    check_model_kind(config, family)
     problems = inapplicable(config, overrides)
     if problems:
         raise DecodeSettingError("; ".join(problems.values()), next(iter(problems)))

@@ -34,7 +34,7 @@ import torch
 from transformers import DynamicCache
 
 from d3llm.decode.cache import CACHE_POLICIES
-from d3llm.decode.config import DecodeConfig, check_model_kind
+from d3llm.decode.config import DecodeConfig, for_model
 from d3llm.decode.select import score, select
 from d3llm.decode.state import DecodeState
 from d3llm.errors import D3llmError
@@ -59,7 +59,8 @@ class DecodeOutput:
         return sum(self.num_tokens) / max(sum(self.row_forwards), 1)
 
 
-def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -> None:
+def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -> DecodeConfig:
+    """`config` as this model decodes with it (a block model's own block size), or an error."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise D3llmError("every prompt must hold at least one token")
     longest = max(len(p) for p in prompts) + config.max_new_tokens
@@ -68,7 +69,7 @@ def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -
             f"prompt + `max_new_tokens` = {longest} tokens exceeds the model's maximum length "
             f"{model.facts.max_length}"
         )
-    check_model_kind(config, model.facts.is_diffusion, model.facts.family)
+    return for_model(config, model.facts.family, model.facts.block_size)
 
 
 def final_prefix_lengths(state: DecodeState) -> torch.Tensor:
@@ -118,7 +119,7 @@ def generate(
     on_step: Callable[[DecodeState], torch.Tensor | None] | None = None,
 ) -> DecodeOutput:
     """Decode a batch of tokenised prompts with `config`."""
-    _check(model, prompts, config)
+    config = _check(model, prompts, config)
     started = time.perf_counter()
     timed = _ForwardTimer(model)
     run = _generate_ar if config.is_autoregressive else _generate_diffusion
@@ -152,7 +153,8 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         hi = first_column + logits.shape[1] - state.start
         window = slice(lo, hi)
         candidates = (state.masked() & state.is_created()[:, block_of])[:, window]
-        scores = score(logits[:, state.start + lo - first_column :], candidates, config.temperature, generator)
+        scores = score(logits[:, state.start + lo - first_column :], candidates, config.temperature, generator,
+                       never=facts.mask_token_id)
         chosen = select(scores, candidates, state.fully_active[:, block_of][:, window], block_of[window], config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = torch.zeros_like(state.response, dtype=torch.bool)

@@ -32,9 +32,13 @@ class Scores:
 
 
 def score(
-    logits: torch.Tensor, where: torch.Tensor | None, temperature: float, generator: torch.Generator | None
+    logits: torch.Tensor, where: torch.Tensor | None, temperature: float, generator: torch.Generator | None,
+    never: int | None = None,
 ) -> Scores:
     """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32).
+    Token `never` (the mask token) is never proposed (committing it would leave the position
+    masked forever): the proposal is the best other token; its probability and the entropy
+    are those of the full distribution, as the reference decoders compute them.
 
     Only positions in `where` (B, n) are scored (a softmax over a 126k vocabulary is not free);
     the others get token 0, confidence -1 and entropy +inf, which no strategy selects."""
@@ -44,10 +48,12 @@ def score(
     log_probs = torch.log_softmax(picked, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
+    proposable = picked if never is None else picked.index_fill(-1, torch.tensor([never], device=picked.device),
+                                                                float("-inf"))
     if temperature > 0 and len(picked):
-        tokens = torch.multinomial(torch.softmax(picked / temperature, dim=-1), 1, generator=generator)[:, 0]
+        tokens = torch.multinomial(torch.softmax(proposable / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:
-        tokens = probs.argmax(-1)
+        tokens = proposable.argmax(-1)
     confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     shape, device = where.shape, logits.device
     out_tokens = torch.zeros(shape, dtype=torch.long, device=device)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from d3llm.decode import PRESETS, preset
+from d3llm.decode import preset
+from d3llm.decode.config import methods_for
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
 from d3llm.eval.report import write_leaderboard
@@ -34,15 +35,16 @@ from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
 from d3llm.tasks import TASK_NAMES, get_task
 
-DIFFUSION_METHODS = tuple(name for name in PRESETS if name != "ar")
 # What the demo decodes each bundled dLLM with: the baselines on the teacher, each student with
 # its own decoder, so the whole comparison fits in a few minutes on 2 cores. A dLLM not listed
-# here (your own, dropped into bundled/) gets every diffusion preset.
+# here (your own, dropped into bundled/) gets every preset for its family (`methods_for`).
 DEMO_METHODS: dict[str, tuple[str, ...]] = {
     "tiny-teacher": ("vanilla", "fast-dllm", "d3llm"),
     "tiny-dream": ("vanilla", "d3llm"),
     "tiny-dparallel": ("dparallel",),
     "tiny-d3llm": ("d3llm", "d3llm-cache"),
+    "tiny-block": ("block", "fast-dllm-v2"),
+    "tiny-block-d3llm": ("d3llm-block",),
 }
 
 
@@ -62,7 +64,7 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
     results = []
     for name in names:
         lm = load_model(name, device=device, dtype=dtype)
-        own = DEMO_METHODS.get(name, DIFFUSION_METHODS) if lm.facts.is_diffusion else ("ar",)
+        own = DEMO_METHODS.get(name, methods_for(lm.facts.family)) if lm.facts.is_diffusion else ("ar",)
         for task in the_tasks:
             for method in [m for m in own if not methods or m in methods or m == "ar"]:  # the baseline always runs
                 if progress:

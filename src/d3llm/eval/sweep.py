@@ -148,7 +148,7 @@ def sweep(
     names = list(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
     # every point is validated (a swept setting the method ignores is refused) before the first forward
-    configs = [resolve_config(method, lm.facts.is_diffusion, **fixed, **p) for p in points]
+    configs = [resolve_config(method, lm.facts.family, **fixed, **p) for p in points]
     split = check_split(split)  # an unknown split fails now
     record_settings = sweep_settings(lm, task, method, grid, n, seed, split, fixed)
     if out.is_dir():

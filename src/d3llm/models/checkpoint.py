@@ -30,7 +30,7 @@ from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
-from d3llm.models.lm import FAMILIES, NETWORKS
+from d3llm.models.lm import FAMILIES, network_class
 from d3llm.models.tokenizer import load_tokenizer
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -114,7 +114,7 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         check_config(config, folder / "config.json")
     tensors = _renamed(read_tensors(folder), layout, folder)
     with torch.device("meta"):
-        net = NETWORKS[config.d3llm_family](config)
+        net = network_class(config)(config)
     _check_names_and_shapes(tensors, _expected_shapes(net), folder)
     net.load_state_dict(tensors, strict=False, assign=True)
     if config.tie_word_embeddings:

@@ -6,6 +6,8 @@
   at zero: the network computes what the AR one did, except that attention is bidirectional.
 - `ar_to_llada`: AR Llama -> LLaDA-style (the same Llama, bidirectional, no shift). The
   prediction of token i moves from position i-1 to position i, which fine-tuning learns fast.
+- `ar_to_block`: AR Llama -> block diffusion (the same Llama and the same AR shift; attention
+  becomes block-causal, `d3llm.models.block`). With blocks of one token it *is* the AR model.
 """
 
 from __future__ import annotations
@@ -39,4 +41,12 @@ def ar_to_llada(net: PreTrainedModel, mask_token_id: int) -> PreTrainedModel:
     net.config.is_causal = False
     net.config.d3llm_family = "llada"
     net.config.mask_token_id = mask_token_id
+    return net
+
+
+def ar_to_block(net: PreTrainedModel, mask_token_id: int, block_size: int) -> PreTrainedModel:
+    net.config.is_causal = False  # not causal: the block-causal mask comes with every forward
+    net.config.d3llm_family = "block"
+    net.config.mask_token_id = mask_token_id
+    net.config.d3llm_block_size = block_size
     return net

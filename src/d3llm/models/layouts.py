@@ -1,15 +1,19 @@
-"""On-disk checkpoint layouts: ours, official LLaDA, official Dream.
+"""On-disk checkpoint layouts: ours, official LLaDA, official Dream, official Fast-dLLM v2.
 
 A layout knows how to turn a folder's config.json into a transformers config for one of our
 families, and how its tensor names map to transformers' names. Reading and writing the
 weights themselves is shared (`d3llm.models.checkpoint`). See
 docs/checkpoint-layouts.md for the official formats.
 
-| layout  | recognised by                      | network  | tensor names                        |
-|---------|------------------------------------|----------|-------------------------------------|
-| `hf`    | model_type llama / qwen2           | as saved | transformers' own                   |
-| `llada` | model_type "llada"                 | Llama    | `model.transformer.blocks.N.*`      |
-| `dream` | model_type "Dream"                 | Qwen2    | transformers' Qwen2 names           |
+| layout         | recognised by                | network                | tensor names                   |
+|----------------|------------------------------|------------------------|--------------------------------|
+| `hf`           | model_type llama / qwen2     | as saved               | transformers' own              |
+| `llada`        | model_type "llada"           | Llama                  | `model.transformer.blocks.N.*` |
+| `dream`        | model_type "Dream"           | Qwen2                  | transformers' Qwen2 names      |
+| `fast_dllm_v2` | model_type "Fast_dLLM_Qwen"  | Qwen2 (`block` family) | transformers' Qwen2 names      |
+
+SDAR folders (model_type "sdar") are recognised and refused with the reason: their logits are
+not shifted, which our `block` family assumes (docs/checkpoint-layouts.md, section 5).
 """
 
 from __future__ import annotations
@@ -166,6 +170,49 @@ def dream_raw_config(config: PretrainedConfig) -> dict:
     return raw
 
 
+# --- Fast-dLLM v2 (block diffusion on Qwen2.5) ----------------------------------------
+# Efficient-Large-Model/Fast_dLLM_v2_{1.5B,7B}: a Qwen2 network under its own model_type,
+# with the block size in `bd_size`. config.json has no mask id: the generation code hard-codes
+# 151665, the `|<MASK>|` token the training code appends to the Qwen2.5 tokenizer.
+
+FAST_DLLM_V2_MASK_TOKEN_ID = 151665  # `|<MASK>|`, when the config does not say
+FAST_DLLM_V2_BLOCK_SIZE = 32  # Fast_dLLM_QwenConfig's default `bd_size`
+
+
+def fast_dllm_v2_config(raw: dict) -> PretrainedConfig:
+    def refuse(problem: str):
+        raise ModelLoadError(f"unsupported Fast-dLLM v2 config: {problem}")
+
+    if raw.get("use_sliding_window"):
+        refuse("use_sliding_window=true")
+    if raw.get("rope_scaling"):
+        refuse(f"rope_scaling={raw['rope_scaling']!r}")
+    layer_types = raw.get("layer_types") or []
+    if any(t != "full_attention" for t in layer_types):
+        refuse(f"layer_types={sorted(set(layer_types))!r} (supported: full_attention only)")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in raw]
+    if missing:
+        raise ModelLoadError(f"Fast-dLLM v2 config.json lacks the keys {missing}")
+    block_size = raw.get("bd_size", FAST_DLLM_V2_BLOCK_SIZE)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ModelLoadError(f"Fast-dLLM v2 config.json: `bd_size` (the block size) must be a positive integer, "
+                             f"got {block_size!r}")
+    head_dim = raw.get("head_dim")
+    heads = raw["num_attention_heads"]
+    if head_dim is not None and isinstance(heads, int) and heads > 0 and head_dim * heads != raw["hidden_size"]:
+        refuse(f"head_dim={head_dim!r} (the Qwen2 network uses hidden_size / num_attention_heads)")
+    kwargs = {k: raw[k] for k in _DREAM_KEYS if k in raw}  # the same Qwen2 keys as Dream's
+    return Qwen2Config(
+        **kwargs,
+        rope_parameters={"rope_type": "default", "rope_theta": raw.get("rope_theta", 10_000.0)},
+        use_sliding_window=False,
+        is_causal=False,  # the block-causal mask is built per call (d3llm.models.block)
+        d3llm_family="block",
+        d3llm_block_size=block_size,
+        mask_token_id=raw.get("mask_token_id", FAST_DLLM_V2_MASK_TOKEN_ID),
+    )
+
+
 # --- Our own folders (ordinary transformers Llama / Qwen2) -------------------------------
 
 
@@ -189,6 +236,7 @@ LAYOUTS = {
     "hf": Layout("hf", hf_config, lambda name: name),
     "llada": Layout("llada", llada_config, llada_name_to_hf),
     "dream": Layout("dream", dream_config, lambda name: name),
+    "fast_dllm_v2": Layout("fast_dllm_v2", fast_dllm_v2_config, lambda name: name),
 }
 
 
@@ -200,7 +248,16 @@ def detect_layout(raw: dict) -> Layout:
         return LAYOUTS["llada"]
     if model_type == "Dream":
         return LAYOUTS["dream"]
+    if model_type == "Fast_dLLM_Qwen":
+        return LAYOUTS["fast_dllm_v2"]
+    if model_type == "sdar":
+        raise ModelLoadError(
+            "SDAR checkpoints (model_type='sdar') are not supported yet: SDAR predicts each token at "
+            "its own column (no logit shift) on a Qwen3 network, while d3llm's block family keeps the "
+            "AR shift of Fast-dLLM v2 (docs/checkpoint-layouts.md, section 5)"
+        )
     raise ModelLoadError(
         f"config.json has model_type={model_type!r}; d3llm loads llama and qwen2 folders "
-        "(its own), and the official LLaDA ('llada') and Dream ('Dream') layouts"
+        "(its own), and the official LLaDA ('llada'), Dream ('Dream') and Fast-dLLM v2 "
+        "('Fast_dLLM_Qwen') layouts"
     )

@@ -1,12 +1,17 @@
 """Model families on transformers networks, and the one wrapper the rest of d3llm calls.
 
-Three families share the `DiffusionLM` interface:
+Four families share the `DiffusionLM` interface:
 
 | family  | network                 | attention     | logit shift | mask token |
 |---------|-------------------------|---------------|-------------|------------|
 | `llada` | `LlamaForCausalLM`      | bidirectional | 0           | yes        |
 | `dream` | `Qwen2ForCausalLM`      | bidirectional | 1           | yes        |
+| `block` | `LlamaForCausalLM`      | block-causal  | 1           | yes        |
 | `ar`    | `LlamaForCausalLM`      | causal        | 1           | no         |
+
+A `block` model (block diffusion, `d3llm.models.block`) stores its block size in config.json
+(`d3llm_block_size`); its forward needs `block_start`, the canvas column where the response's
+blocks begin, and builds the block-causal mask from it.
 
 Bidirectional attention is transformers' own `is_causal=False` config switch, so the networks
 stay stock: a folder we save loads with `AutoModelForCausalLM.from_pretrained` as well. Our
@@ -30,11 +35,17 @@ from transformers import Cache, LlamaConfig, LlamaForCausalLM, PretrainedConfig,
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from d3llm.errors import ModelLoadError
+from d3llm.models.block import as_attention_mask, block_causal_mask, block_ids
 
-Family = Literal["llada", "dream", "ar"]
+Family = Literal["llada", "dream", "block", "ar"]
 FAMILIES: tuple[str, ...] = get_args(Family)
-LOGIT_SHIFT = {"llada": 0, "dream": 1, "ar": 1}
-NETWORKS = {"llada": LlamaForCausalLM, "dream": Qwen2ForCausalLM, "ar": LlamaForCausalLM}
+LOGIT_SHIFT = {"llada": 0, "dream": 1, "block": 1, "ar": 1}
+
+
+def network_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The transformers network a config describes: Qwen2 (Dream; Qwen2-based AR or block
+    models) or Llama (the rest)."""
+    return Qwen2ForCausalLM if config.model_type == "qwen2" else LlamaForCausalLM
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class ModelFacts:
     mask_token_id: int | None  # None for `ar`
     eos_token_id: int
     max_length: int  # longest canvas (prompt + response) the positions support
+    block_size: int | None = None  # `block` family: the trained block size (None otherwise)
 
     @property
     def logit_shift(self) -> int:
@@ -66,7 +78,10 @@ class ModelFacts:
             raise ModelLoadError("config has no `eos_token_id`")
         if family != "ar" and mask is None:
             raise ModelLoadError(f"a {family} model needs `mask_token_id` in its config")
-        return cls(family, mask, int(eos), int(config.max_position_embeddings))
+        block_size = getattr(config, "d3llm_block_size", None) if family == "block" else None
+        if family == "block" and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+            raise ModelLoadError(f"a block model needs a positive integer `d3llm_block_size`, got {block_size!r}")
+        return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size)
 
 
 def make_config(
@@ -83,6 +98,7 @@ def make_config(
     intermediate_size: int | None = None,
     max_length: int = 1024,
     rope_theta: float = 10_000.0,
+    block_size: int | None = None,  # `block` family only
 ) -> PretrainedConfig:
     """A transformers config for a new model of `family` (Llama or Qwen2 network)."""
     if family not in FAMILIES:
@@ -105,6 +121,7 @@ def make_config(
         is_causal=(family == "ar"),
         d3llm_family=family,
         mask_token_id=mask_token_id,
+        **({"d3llm_block_size": block_size} if family == "block" else {}),
     )
     config_class = Qwen2Config if family == "dream" else LlamaConfig
     return config_class(**common)
@@ -131,7 +148,7 @@ class DiffusionLM(nn.Module):
         """A randomly initialised model for `config` (from `make_config`)."""
         if seed is not None:
             torch.manual_seed(seed)
-        return cls(NETWORKS[config.d3llm_family](config))
+        return cls(network_class(config)(config))
 
     @property
     def config(self) -> PretrainedConfig:
@@ -157,8 +174,11 @@ class DiffusionLM(nn.Module):
         use_cache: bool = False,
         prev_logits: torch.Tensor | None = None,  # (B, V) shifted families, see docstring
         logits_to_keep: int = 0,  # > 0: logits of the last k positions only (0 = all)
+        block_start: int | torch.Tensor | None = None,  # `block` family: the response's first column (or (B,))
     ) -> LMOutput:
         length = input_ids.shape[1]
+        if self.facts.family == "block":
+            attention_mask = self._block_mask(input_ids, attention_mask, past_key_values, block_start)
         keep = length if logits_to_keep <= 0 else min(logits_to_keep, length)
         # A shifted family needs the output of the position before the first kept one.
         raw_keep = min(keep + self.facts.logit_shift, length)
@@ -180,6 +200,18 @@ class DiffusionLM(nn.Module):
         first = raw[:, :1] if prev_logits is None else prev_logits.unsqueeze(1)
         aligned = torch.cat([first, raw[:, :-1]], dim=1)
         return LMOutput(aligned, raw[:, -1], out.cache)
+
+    def _block_mask(self, input_ids, attention_mask, cache, block_start) -> torch.Tensor:
+        """The 4D block-causal mask of a window that starts after `cache`'s columns."""
+        if block_start is None:
+            raise ValueError("a block model's forward needs `block_start` (the response's first column)")
+        past = cache.get_seq_length() if cache is not None else 0
+        total = past + input_ids.shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape[0], total, dtype=torch.long, device=input_ids.device)
+        ids = block_ids(total, block_start, self.facts.block_size, input_ids.device)
+        mask = block_causal_mask(ids[..., past:], ids, attention_mask[:, :total])
+        return as_attention_mask(mask, self.net.config, self.dtype)
 
     def save_pretrained(self, folder, **kwargs) -> None:
         """An ordinary Hugging Face folder: config.json + model.safetensors."""

@@ -1,6 +1,7 @@
 """Training configuration: a YAML file mapped onto a frozen, validated dataclass.
 
-    family: llada              # llada | dream | ar
+    family: llada              # llada | dream | block | ar
+    block_size: null           # block: tokens per block (null: init_from's, a block model)
     init_from: null            # folder to start from (dream: the AR model it adapts)
     tokenizer_from: null       # folder whose tokenizer to use; null = train a new one
     model: {hidden_size: 192, num_layers: 6, num_heads: 6, intermediate_size: 512, max_length: 512}
@@ -90,6 +91,7 @@ class ModelShape:
 @dataclass(frozen=True)
 class TrainConfig:
     family: str = "llada"
+    block_size: int | None = None  # `block` family: tokens per block; null = `init_from`'s (docs/block-diffusion.md)
     init_from: str | None = None
     tokenizer_from: str | None = None
     vocab_size: int = 512  # for a new tokenizer
@@ -124,6 +126,13 @@ class TrainConfig:
             raise D3llmError("distillation needs the teacher (`init_from`) and `distill.trajectories`")
         if self.distill is not None and self.family == "ar":
             raise D3llmError("distillation trains a diffusion student; `family` cannot be ar")
+        if self.block_size is not None and (self.family != "block" or self.block_size < 1):
+            raise D3llmError(f"`block_size` must be a positive integer for family block (null: the block size of "
+                             f"`init_from`) and null otherwise, got {self.block_size!r} with family {self.family}")
+        if self.family == "block" and not self.distill and (
+                self.objective.weighting != "token_mean" or self.objective.prefix_rows):
+            raise D3llmError("family block trains with complementary masks, each token predicted once: set "
+                             "`objective.weighting: token_mean` and leave `objective.prefix_rows` at 0")
         if not self.tasks or min(self.tasks.values()) < 0:
             raise D3llmError(f"`tasks` must map task names to non-negative weights, got {self.tasks}")
         for name in self.tasks:

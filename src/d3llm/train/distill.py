@@ -22,6 +22,7 @@ positions (the authors' `0..N//k` includes an empty window when `k` divides `N`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from d3llm.decode.config import default_method
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM, resolve_model
 from d3llm.models.checkpoint import read_json
@@ -128,17 +130,20 @@ def distill_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation objective on one batch; returns the loss and its parts (for logging)."""
     ids, attention = batch["input_ids"], batch["attention_mask"]
-    k = window_size(settings, progress)
+    # A block model's window is its own block (aligned with the response start, as it decodes);
+    # later blocks are invisible to it under the block-causal mask.
+    k = model.facts.block_size or window_size(settings, progress)
+    forward = functools.partial(model, attention_mask=attention, block_start=batch["prompt_len"])
     t = mask_ratios(settings, progress, ids.shape[0], generator)
     m = window_masks(batch["rank"], batch["prompt_len"], batch["response_len"], k, t, settings.masking, generator)
     mask_id = model.facts.mask_token_id
-    logits = model(torch.where(m.masked | m.after, mask_id, ids), attention_mask=attention).logits
+    logits = forward(torch.where(m.masked | m.after, mask_id, ids)).logits
     ce = masked_ce(logits, ids, m.masked)
     entropy = certainty_entropy(logits, ids, m.masked, settings.entropy_temperature)
     ce_rev = torch.zeros(())
     if settings.complementary:
         flipped = m.window & ~m.masked
-        logits_rev = model(torch.where(flipped | m.after, mask_id, ids), attention_mask=attention).logits
+        logits_rev = forward(torch.where(flipped | m.after, mask_id, ids)).logits
         ce_rev = masked_ce(logits_rev, ids, flipped)
         if settings.entropy_on_complementary:
             entropy = entropy + certainty_entropy(logits_rev, ids, flipped, settings.entropy_temperature)
@@ -205,7 +210,7 @@ def distill_config(teacher: str, trajectories: str, recipe: dict | None = None, 
     Override keys may name a `distill` setting (`masking`, `windows`, ...) or a top-level one."""
     manifest = store.read_manifest(Path(trajectories))
     family = read_json(resolve_model(teacher) / "config.json").get("d3llm_family", manifest["family"])
-    raw = {"family": family, "eval_method": "d3llm", "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
+    raw = {"family": family, "eval_method": default_method(family), "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
            "gen_length": manifest["decode_config"]["max_new_tokens"], **(recipe or {})}
     raw.update(init_from=teacher, tokenizer_from=teacher)
     if not isinstance(raw.get("distill") or {}, dict):

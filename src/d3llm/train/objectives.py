@@ -5,6 +5,9 @@
   Prompts are never masked. Because `DiffusionLM` returns aligned logits, the same code serves
   both families. `DiffusionObjective` says how t is drawn, which tokens may be masked, and how
   the cross-entropy is averaged (see its fields and docs/teacher-training.md).
+- `block_diffusion_loss` (the `block` family, adapted from AR as Fast-dLLM v2 is): the clean
+  sequence and two noisy copies of the response with complementary masks in one forward under
+  a block-causal mask; each response token is predicted exactly once, AR-shifted.
 - `next_token_loss` (AR baseline): cross-entropy of every response token given its prefix.
 """
 
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
+from d3llm.models.block import as_attention_mask
 
 # LLaDA's lower bound on the mask ratio: keeps the 1/t weight finite.
 MASK_RATIO_EPS = 1e-3
@@ -113,6 +117,82 @@ def masked_diffusion_loss(
         return (ce * masked).sum() / masked.sum().clamp(min=1)
     per_seq = (ce * masked / t).sum(1) / response_mask(batch).sum(1).clamp(min=1)
     return per_seq.mean()
+
+
+def block_diffusion_loss(
+    model: DiffusionLM,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator | None = None,
+    objective: DiffusionObjective | None = None,  # t_min, t_max, t_sampling apply
+) -> torch.Tensor:
+    """Block-diffusion loss with complementary masks (Fast-dLLM v2, Wu et al. 2025, section 3;
+    docs/block-diffusion.md). One sequence per example, `[clean canvas | noisy copy A | noisy
+    copy B]`: A masks each response token with probability t, B masks exactly the others. The
+    clean columns attend block-causally to clean columns; a noisy block attends to the clean
+    blocks before it and to itself (in its own copy). With the AR shift, token j of a block is
+    predicted by the column before it in the same noisy copy, and the first token of a block by
+    the last clean column before it (the AR prediction). Each response token is masked in one
+    copy, so the mean over masked tokens is the mean over the response (trailing EOS included:
+    the response is padded with EOS to whole blocks, which is what the decoder sees)."""
+    objective = objective or DiffusionObjective(weighting="token_mean")
+    k, eos, device = model.facts.block_size, model.facts.eos_token_id, batch["input_ids"].device
+    prompt_len = batch["prompt_len"].to(device)
+    length = batch["attention_mask"].sum(1)
+    whole_blocks = -(-(length - prompt_len) // k) * k  # (B,) each response padded to whole blocks
+    n = int(whole_blocks.max())
+    clean, clean_valid = _padded_to_blocks(batch, prompt_len + whole_blocks, int((prompt_len + n).max()), eos)
+    width = clean.shape[1]
+    j = torch.arange(n, device=device)
+    response_cols = prompt_len.unsqueeze(1) + j  # (B, n) canvas column of response position j
+    valid = j < whole_blocks.unsqueeze(1)
+    target = clean.gather(1, response_cols)
+    t = sample_mask_ratio(objective, len(clean), generator).to(device)
+    in_a = valid & (torch.rand(valid.shape, generator=generator).to(device) < t)
+    in_b = valid & ~in_a
+    mask_id = model.facts.mask_token_id
+    inputs = torch.cat([clean, torch.where(in_a, mask_id, target), torch.where(in_b, mask_id, target)], 1)
+    positions = torch.cat([torch.arange(width, device=device).expand(len(clean), -1), response_cols, response_cols], 1)
+    columns = torch.arange(width, device=device) - prompt_len.unsqueeze(1)  # relative to the response
+    clean_ids = torch.where(columns < 0, columns, columns // k)  # prompt: one block per column
+    mask = _complementary_block_mask(clean_ids, clean_valid, j // k, valid)
+    net = getattr(model.net, "module", model.net)  # DDP-wrapped or not
+    raw = model.net(input_ids=inputs, attention_mask=as_attention_mask(mask, net.config, model.dtype),
+                    position_ids=positions).logits  # (B, width + 2n, V), shifted
+    first_of_block = (j % k == 0).unsqueeze(0)
+    loss, count = 0.0, 0
+    for copy, masked in enumerate((in_a, in_b)):
+        source = torch.where(first_of_block, response_cols - 1, width + copy * n + j - 1)  # (B, n)
+        logits = raw.gather(1, source.unsqueeze(-1).expand(-1, -1, raw.shape[-1]))
+        ce = F.cross_entropy(logits.transpose(1, 2).float(), target, reduction="none")
+        loss, count = loss + (ce * masked).sum(), count + masked.sum()
+    return loss / count.clamp(min=1)
+
+
+def _padded_to_blocks(batch, end, width, eos_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, valid), at least `width` wide: each row's response padded with EOS up to its `end`
+    (whole blocks), then invalid columns."""
+    ids, attention = batch["input_ids"], batch["attention_mask"].bool()
+    width = max(width, ids.shape[1])
+    cols = torch.arange(width, device=ids.device).unsqueeze(0)
+    out = torch.full((len(ids), width), eos_id, dtype=ids.dtype, device=ids.device)
+    out[:, : ids.shape[1]] = torch.where(attention, ids, eos_id)
+    return out, cols < end.unsqueeze(1)
+
+
+def _complementary_block_mask(clean_ids, clean_valid, noisy_ids, noisy_valid) -> torch.Tensor:
+    """(B, 1, W + 2n, W + 2n) bool for `[clean | copy A | copy B]` (see block_diffusion_loss)."""
+    rows, width, n = clean_ids.shape[0], clean_ids.shape[1], noisy_ids.shape[0]
+    noisy_ids = noisy_ids.expand(rows, -1)
+    clean_to_clean = (clean_ids.unsqueeze(1) <= clean_ids.unsqueeze(2)) & clean_valid.unsqueeze(1)
+    noisy_to_clean = (clean_ids.unsqueeze(1) < noisy_ids.unsqueeze(2)) & clean_valid.unsqueeze(1)
+    same_block = (noisy_ids.unsqueeze(1) == noisy_ids.unsqueeze(2)) & noisy_valid.unsqueeze(1)
+    none = torch.zeros(rows, n, n, dtype=torch.bool, device=clean_ids.device)
+    mask = torch.cat([
+        torch.cat([clean_to_clean, torch.zeros(rows, width, 2 * n, dtype=torch.bool, device=clean_ids.device)], 2),
+        torch.cat([noisy_to_clean, same_block, none], 2),
+        torch.cat([noisy_to_clean, none, same_block], 2),
+    ], 1)
+    return (mask | torch.eye(width + 2 * n, dtype=torch.bool, device=mask.device)).unsqueeze(1)
 
 
 def next_token_loss(model: DiffusionLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -37,13 +37,13 @@ from d3llm.decode import preset
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
-from d3llm.models.convert import ar_to_dream, ar_to_llada
+from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
 from d3llm.train.config import TrainConfig
 from d3llm.train.data import build_examples, collate
 from d3llm.train.distill import collate_distill, distill_examples, distill_loss, with_lora
-from d3llm.train.objectives import masked_diffusion_loss, next_token_loss
+from d3llm.train.objectives import block_diffusion_loss, masked_diffusion_loss, next_token_loss
 from d3llm.version import code_version
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class _DiffusionTrainer(Trainer):
         if self.distill is not None:
             progress = self.state.global_step / max(self.state.max_steps, 1)
             return distill_loss(lm, inputs, self.distill, progress)[0]
+        if self.facts.family == "block":
+            return block_diffusion_loss(lm, inputs, objective=self.objective)
         if self.facts.is_diffusion:
             return masked_diffusion_loss(lm, inputs, objective=self.objective)
         return next_token_loss(lm, inputs)
@@ -141,7 +143,7 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[
     was_training = net.training
     net.eval()
     lm = LoadedModel(DiffusionLM(net), tokenizer, out, out.name)
-    method = config.eval_method or ("vanilla" if lm.facts.is_diffusion else "ar")
+    method = config.eval_method or {"ar": "ar", "block": "block"}.get(lm.facts.family, "vanilla")
     metrics = {}
     for name in config.tasks:
         result = evaluate(lm, get_task(name), preset(method, max_new_tokens=config.gen_length),
@@ -182,11 +184,16 @@ def network_for(config: TrainConfig, tokenizer):
     """The recipe's starting network: `init_from` (adapted from AR if need be) or a new one."""
     if config.init_from:
         net = load_network(resolve_model(config.init_from), dtype=torch.float32)
-        if net.config.d3llm_family == "ar" and config.family != "ar":
+        if net.config.d3llm_family == "ar" and config.family == "block":
+            net = ar_to_block(net, tokenizer.mask_token_id, _new_block_size(config))
+        elif net.config.d3llm_family == "ar" and config.family != "ar":
             adapt = ar_to_dream if config.family == "dream" else ar_to_llada
             net = adapt(net, mask_token_id=tokenizer.mask_token_id)
         if net.config.d3llm_family != config.family:
             raise D3llmError(f"`init_from` holds a {net.config.d3llm_family} model, not {config.family}")
+        if config.block_size not in (None, getattr(net.config, "d3llm_block_size", None)):
+            raise D3llmError(f"`init_from` is a block model with blocks of {net.config.d3llm_block_size}, not "
+                             f"`block_size` {config.block_size}: leave block_size out")
         return net.train()
     shape = config.model
     model_config = make_config(
@@ -195,8 +202,16 @@ def network_for(config: TrainConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         hidden_size=shape.hidden_size, num_layers=shape.num_layers, num_heads=shape.num_heads,
         num_kv_heads=shape.num_kv_heads, intermediate_size=shape.intermediate_size, max_length=shape.max_length,
+        block_size=_new_block_size(config) if config.family == "block" else None,
     )
     return DiffusionLM.new(model_config, seed=config.seed).net.train()
+
+
+def _new_block_size(config: TrainConfig) -> int:
+    """The block size of a block model the recipe creates (from AR weights or from scratch)."""
+    if config.block_size is None:
+        raise D3llmError("a new block model needs `block_size` (tokens per block) in the recipe")
+    return config.block_size
 
 
 def _is_first_process() -> bool:
@@ -237,7 +252,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
         collate_fn = collate_distill
     else:
-        gen_length = config.gen_length if config.family != "ar" else None
+        gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
         examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
         collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from d3llm.decode import generate, preset
+from d3llm.decode.config import for_model
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel, load_model, resolve_device_dtype
 from d3llm.models.tokenizer import encode_example, prompt_ids
@@ -33,10 +34,13 @@ from d3llm.version import code_version
 log = logging.getLogger(__name__)
 
 
-def teacher_config(lm: LoadedModel, max_new_tokens: int, block_size: int):
-    """One token per step, blocks of `block_size`, the family's selection rule, no early stop."""
+def teacher_config(lm: LoadedModel, max_new_tokens: int, block_size: int | None):
+    """One token per step, blocks of `block_size` (None: 32, or a block model's own), the
+    family's selection rule, no early stop."""
+    if lm.facts.family == "block":  # its own blocks, in order, with its exact cache
+        return preset("block", max_new_tokens=max_new_tokens, block_size=block_size, early_stop=False)
     rank_by = "entropy" if lm.facts.family == "dream" else "confidence"
-    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=block_size,
+    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=32 if block_size is None else block_size,
                   tokens_per_step=1, rank_by=rank_by, early_stop=False, temperature=0.0)
 
 
@@ -92,7 +96,7 @@ def run(
     split: str = "train",
     seed: int = 0,
     max_new_tokens: int = 64,
-    block_size: int = 32,
+    block_size: int | None = None,  # None: 32, or a block model's own
     chunk_size: int = 64,
     batch_size: int = 16,
     progress: bool = True,
@@ -112,7 +116,7 @@ def run(
     lm = load_model(teacher, device=device, dtype=dtype)
     if not lm.facts.is_diffusion:
         raise D3llmError(f"the teacher must be a diffusion model; {teacher} is autoregressive")
-    config = teacher_config(lm, max_new_tokens, block_size)
+    config = for_model(teacher_config(lm, max_new_tokens, block_size), lm.facts.family, lm.facts.block_size)
     problems = work_list(tasks, split, seed)
     for problem in problems:  # a target longer than the canvas fails now, not hours into the run
         try:
