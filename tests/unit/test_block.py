@@ -21,7 +21,7 @@ from d3llm.models import DiffusionLM
 from d3llm.models.block import block_causal_mask, block_ids
 from d3llm.models.lm import ModelFacts
 from d3llm.train.config import TrainConfig
-from d3llm.train.objectives import DiffusionObjective, block_diffusion_loss, next_token_loss
+from d3llm.train.objectives import DiffusionObjective, block_diffusion_loss, next_token_loss, sample_mask_ratio
 from d3llm.train.trainer import network_for
 from tests.conftest import toy_model
 
@@ -133,3 +133,29 @@ def test_a_block_recipe_needs_its_block_size_and_the_token_mean(tiny_tokenizer):
             TrainConfig(**bad)
     with pytest.raises(D3llmError, match="token_mean"):
         TrainConfig(family="block", block_size=8)
+
+
+def test_the_loss_sees_each_block_as_the_decoder_does():
+    """The loss's prediction of every masked token equals the decoder's forward over the canvas
+    [prompt, earlier blocks clean, this block as noised, later blocks masked]."""
+    k, model, batch = 3, toy_model("block", block_size=3), a_batch()
+    loss = block_diffusion_loss(model, batch, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)  # the same draws as the loss: t, then the mask
+    lengths, prompts = batch["attention_mask"].sum(1).tolist(), batch["prompt_len"].tolist()
+    whole = [-(-(n - p) // k) * k for n, p in zip(lengths, prompts)]
+    t = sample_mask_ratio(DiffusionObjective(weighting="token_mean"), 3, generator)
+    draws = torch.rand((3, max(whole)), generator=generator)
+    mask, total, count = model.facts.mask_token_id, 0.0, 0
+    for row, (p, n, w) in enumerate(zip(prompts, lengths, whole)):
+        prompt = batch["input_ids"][row, :p].tolist()
+        response = batch["input_ids"][row, p:n].tolist() + [1] * (w - (n - p))  # EOS to whole blocks
+        in_a = (draws[row, :w] < t[row]).tolist()
+        for hidden in (in_a, [not a for a in in_a]):  # copy A, then its complement
+            for b in range(0, w, k):
+                block = [mask if hidden[j] else response[j] for j in range(b, b + k)]
+                canvas = torch.tensor([prompt + response[:b] + block + [mask] * (w - b - k)])
+                logits = model(canvas, block_start=p).logits[0]
+                for j in (j for j in range(b, b + k) if hidden[j]):
+                    total += torch.nn.functional.cross_entropy(logits[p + j], torch.tensor(response[j])).item()
+                    count += 1
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
