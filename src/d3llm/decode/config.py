@@ -12,6 +12,7 @@ same loop (`d3llm.decode.loop`):
 | `d3llm`       | H <= 0.5 nats (+ best one)   | multi-block (add 0.1, act 0.95) | none          | yes        |
 | `d3llm-cache` | as `d3llm`                   | as `d3llm`                   | delayed, delay 1 | yes        |
 | `ar`          | greedy next token (AR models)| -                            | KV cache         | at EOS     |
+| `ar-spec`     | `ar` + prompt-lookup drafts  | -                            | KV cache         | at EOS     |
 | `block`       | top-1 by p (block models)    | the model's, in order        | exact block cache| yes        |
 | `fast-dllm-v2`| p >= 0.9 (+ best one)        | the model's, in order        | exact block cache| yes        |
 | `d3llm-block` | H <= 0.5 nats (+ best one)   | the model's, in order        | exact block cache| yes        |
@@ -37,6 +38,7 @@ CachePolicy = Literal["none", "prefix", "dual", "delayed", "block"]
 Forcing = Literal["block", "global"]
 RankBy = Literal["confidence", "entropy"]
 STRATEGIES = ("topk", "confidence", "entropy")
+AR_METHODS = ("ar", "ar-spec")  # the presets of autoregressive models
 CACHE_POLICIES = ("none", "prefix", "dual", "delayed", "block")
 
 
@@ -89,7 +91,7 @@ class DecodeConfig:
 
     @property
     def is_autoregressive(self) -> bool:
-        return self.method == "ar"
+        return self.method in AR_METHODS
 
     def override(self, **changes) -> "DecodeConfig":
         """A copy with `changes`; unknown names are an error that lists the valid ones."""
@@ -116,6 +118,7 @@ PRESETS: dict[str, DecodeConfig] = {
     "d3llm": DecodeConfig(method="d3llm", **_MULTI_BLOCK),
     "d3llm-cache": DecodeConfig(method="d3llm-cache", cache="delayed", cache_delay=1, **_MULTI_BLOCK),
     "ar": DecodeConfig(method="ar"),
+    "ar-spec": DecodeConfig(method="ar-spec"),
     "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True),
     "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", block_size=None, strategy="confidence", threshold=0.9,
                                  cache="block", early_stop=True),
@@ -151,8 +154,11 @@ def check_model_kind(config: DecodeConfig, family: str) -> None:
     """`ar` decodes autoregressive models only; the block cache, block models only, which decode
     their blocks in order (with the block cache, or none); the rest, LLaDA/Dream-style models."""
     if config.is_autoregressive and family != "ar":
-        raise DecodeSettingError(f"`method` 'ar' cannot decode a diffusion model ({family}): it needs an "
-                                 "autoregressive model", "method")
+        raise DecodeSettingError(f"`method` {config.method!r} cannot decode a diffusion model ({family}): it "
+                                 "needs an autoregressive model", "method")
+    if config.method == "ar-spec" and config.temperature > 0:
+        raise DecodeSettingError("`temperature` must be 0 with method 'ar-spec' (greedy verification of the "
+                                 "drafts); sample with method 'ar'", "temperature")
     if not config.is_autoregressive and family == "ar":
         raise DecodeSettingError(f"`method` {config.method!r} cannot decode an autoregressive model: it needs a "
                                  "diffusion model (use 'ar')", "method")
@@ -214,7 +220,8 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
     problems = {}
     for name in names:
         if config.is_autoregressive and name not in _AR_SETTINGS:
-            problems[name] = (f"`{name}` has no effect with method 'ar' (next-token decoding with a KV cache "
+            problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
+                              "KV cache "
                               f"takes only {', '.join(_AR_SETTINGS)})")
         elif name in _APPLIES and not _APPLIES[name][0](config):
             detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval") else (

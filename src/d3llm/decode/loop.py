@@ -7,7 +7,8 @@ the selection strategy (`select.py`), the block thresholds (`state.py`) and the 
     early stop -> update blocks -> forward (cache policy) -> score -> select -> commit
 
 Autoregressive models take `_generate_ar` (next token, KV cache): a different algorithm, not a
-variant of this loop, on the same `DecodeState`, so streaming and counts work the same.
+variant of this loop, on the same `DecodeState`, so streaming and counts work the same; `ar-spec`
+(prompt-lookup speculation, `speculative.py`) fills the same state from transformers' `generate`.
 
 Finished rows leave the batch: each iteration forwards only the rows that still have masks
 (with their cache entries), so a batch whose rows stop at different lengths does not pay for
@@ -36,6 +37,7 @@ from transformers import DynamicCache
 from d3llm.decode.cache import CACHE_POLICIES
 from d3llm.decode.config import DecodeConfig, for_model
 from d3llm.decode.select import score, select
+from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.state import DecodeState
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
@@ -122,8 +124,11 @@ def generate(
     config = _check(model, prompts, config)
     started = time.perf_counter()
     timed = _ForwardTimer(model)
-    run = _generate_ar if config.is_autoregressive else _generate_diffusion
-    state = run(timed, prompts, config, pad_token_id, on_step)
+    if config.method == "ar-spec":  # transformers' generate: its forwards are timed by hooks
+        state, timed.seconds = generate_ar_spec(model, prompts, config, pad_token_id, on_step)
+    else:
+        run = _generate_ar if config.is_autoregressive else _generate_diffusion
+        state = run(timed, prompts, config, pad_token_id, on_step)
     response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
     row_forwards = state.row_forwards.tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from d3llm.decode import preset
-from d3llm.decode.config import methods_for
+from d3llm.decode.config import AR_METHODS, methods_for
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
 from d3llm.eval.report import write_leaderboard
@@ -45,6 +45,7 @@ DEMO_METHODS: dict[str, tuple[str, ...]] = {
     "tiny-d3llm": ("d3llm", "d3llm-cache"),
     "tiny-block": ("block", "fast-dllm-v2"),
     "tiny-block-d3llm": ("d3llm-block",),
+    "tiny-ar": ("ar", "ar-spec"),
 }
 
 
@@ -64,9 +65,9 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
     results = []
     for name in names:
         lm = load_model(name, device=device, dtype=dtype)
-        own = DEMO_METHODS.get(name, methods_for(lm.facts.family)) if lm.facts.is_diffusion else ("ar",)
+        own = DEMO_METHODS.get(name, methods_for(lm.facts.family))
         for task in the_tasks:
-            for method in [m for m in own if not methods or m in methods or m == "ar"]:  # the baseline always runs
+            for method in [m for m in own if not methods or m in methods or m in AR_METHODS]:  # baselines always run
                 if progress:
                     progress(f"{name} / {task.name} / {method}")
                 results.append(evaluate(lm, task, preset(method), n=n, seed=seed))
@@ -102,8 +103,8 @@ def ar_comparisons(board: Leaderboard) -> list[ArComparison]:
     """Per task with both kinds of rows: the best dLLM row against the best AR row."""
     comparisons = []
     for task in board.tasks:
-        ar = [r for r in task.rows if r.method == "ar"]
-        dllm = [r for r in task.rows if r.method != "ar"]
+        ar = [r for r in task.rows if r.method in AR_METHODS]
+        dllm = [r for r in task.rows if r.method not in AR_METHODS]
         if ar and dllm:
             comparisons.append(ArComparison(task.task, max(dllm, key=_strength), max(ar, key=_strength)))
     return comparisons
