@@ -1,11 +1,10 @@
-"""The decode engine: equivalences that must hold exactly, and the block mechanics."""
+"""The decode engine: equivalences that must hold exactly, and the block mechanics (batches
+and caches: test_batch_exact.py)."""
 
 import pytest
 import torch
 
-from d3llm.decode import DecodeConfig, final_prefix_lengths, generate, preset
-from d3llm.decode.cache import DelayedCache, DualCache, PrefixCache
-from d3llm.decode.state import DecodeState
+from d3llm.decode import final_prefix_lengths, generate, preset
 from tests.conftest import VOCAB, toy_model
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15]]
@@ -55,20 +54,6 @@ def test_multi_block_with_thresholds_at_one_is_single_block_entropy_decoding():
     assert torch.equal(single.trace, multi.trace) and single.sequences == multi.sequences
 
 
-@pytest.mark.parametrize("method", ["vanilla", "dparallel", "d3llm"])
-@pytest.mark.parametrize("family", ["llada", "dream"])
-def test_batch_equals_one_by_one(method, family):
-    model = toy_model(family, seed=2)
-    config = preset(method, max_new_tokens=12, block_size=4)
-    if method != "vanilla":
-        config = config.override(threshold=MIXED[family])
-    batch = generate(model, PROMPTS, config, PAD)
-    for i, prompt in enumerate(PROMPTS):
-        single = generate(model, [prompt], config, PAD)
-        assert single.sequences[0] == batch.sequences[i]
-        assert torch.equal(single.trace[0], batch.trace[i])
-
-
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_delayed_cache_refreshing_every_step_equals_no_cache(family):
     model = toy_model(family, seed=2)
@@ -76,27 +61,6 @@ def test_delayed_cache_refreshing_every_step_equals_no_cache(family):
     plain = generate(model, PROMPTS, base, PAD)
     cached = generate(model, PROMPTS, base.override(cache="delayed", refresh_interval=1), PAD)
     assert torch.equal(plain.trace, cached.trace) and plain.sequences == cached.sequences
-
-
-@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache, DualCache])
-@pytest.mark.parametrize("family", ["llada", "dream"])
-def test_cached_forward_over_an_unchanged_canvas_is_exact(policy, family):
-    """After a refresh, a cached forward of the same canvas reproduces the full forward,
-    including Dream's shifted prediction at the cache boundary."""
-    model = toy_model(family, seed=4)
-    config = DecodeConfig(max_new_tokens=8, block_size=4, cache_delay=0)
-    state = DecodeState.start_from(PROMPTS, config, model.facts.mask_token_id, model.facts.eos_token_id, PAD,
-                                   model.device)
-    state.response[:, :4] = 20  # block 0 complete
-    state.completed_at[:, 0] = 0
-    state.step = 1
-    cache = policy(config)
-    full, full_first = cache.forward(model, state)
-    assert full_first == state.start and full.shape[1] == 8  # response logits only
-    part, first = cache.forward(model, state)
-    assert first == state.start + 4
-    offset = first - full_first
-    torch.testing.assert_close(part, full[:, offset : offset + part.shape[1]], atol=1e-5, rtol=1e-5)
 
 
 def confident_model(token: int, family: str = "llada"):
@@ -152,28 +116,29 @@ def test_streaming_prefix_only_grows_and_ends_at_the_answer():
         assert len(lengths) == out.row_forwards[row]  # a row is seen until it finishes, then leaves
 
 
-@pytest.mark.parametrize("cache", ["none", "delayed", "dual"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "delayed", "dual"])
 def test_finished_rows_leave_the_forward(cache):
-    """Forward k sees exactly the rows that needed more than k forwards, and every row gets
-    what it gets alone (for the policies that are exact: delayed at refresh_interval 1)."""
+    """Iteration k forwards exactly the rows that needed more than k forwards (in two forwards
+    where some rows refresh their caches and others read them), and every row gets what it
+    gets alone."""
     model = toy_model("llada", seed=2)
-    rows_per_call = []
+    rows_per_iteration, rows_now = [], []
     forward = model.forward
 
     def counting(input_ids, *args, **kwargs):
-        rows_per_call.append(input_ids.shape[0])
+        rows_now.append(input_ids.shape[0])
         return forward(input_ids, *args, **kwargs)
 
+    def end_iteration(state):
+        rows_per_iteration.append(sum(rows_now))
+        rows_now.clear()
+
     model.forward = counting
-    config = preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4)
-    if cache != "none":
-        config = config.override(cache=cache, refresh_interval=1, cache_delay=0)
-    out = generate(model, PROMPTS, config, PAD)
+    config = preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4, cache=cache)
+    out = generate(model, PROMPTS, config, PAD, on_step=end_iteration)
     assert len(set(out.row_forwards)) > 1  # rows finish at different iterations
-    assert rows_per_call == [sum(f > k for f in out.row_forwards) for k in range(out.nfe)]
+    assert rows_per_iteration == [sum(f > k for f in out.row_forwards) for k in range(out.nfe)]
     model.forward = forward
-    if cache == "dual":  # approximate by design: its stale suffix depends on the batch
-        return
     for i, prompt in enumerate(PROMPTS):
         assert generate(model, [prompt], config, PAD).sequences[0] == out.sequences[i]
 

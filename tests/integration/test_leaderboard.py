@@ -2,6 +2,7 @@
 -> Markdown, JSON and PNG plots with AUP computed from the points; refused inputs."""
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -187,13 +188,13 @@ def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys,
     code, out, err = run_cli(monkeypatch, capsys, "demo", "--n", 2, "--out", tmp_path / "demo", "--task", "arith",
                              "--task", "arith:medium", "--method", "vanilla", "--method", "d3llm-cache")
     assert code in (0, None), err
-    assert "AUP" in out and "decodes" in out and "the AR baseline tiny-ar / ar" in out
+    assert "AUP" in out and "decodes" in out and re.search(r"the AR baseline tiny-ar / ar(-spec)? ", out)
     board = json.loads((tmp_path / "demo" / "leaderboard.json").read_text())
     assert set(board["tasks"]) == {"arith", "arith:medium"}
-    for task in board["tasks"].values():  # the AR baseline runs whatever --method says
-        assert sorted(r["method"] for r in task["rows"]) == ["ar", "d3llm-cache", "vanilla"]
+    for task in board["tasks"].values():  # the AR baselines run whatever --method says
+        assert sorted(r["method"] for r in task["rows"]) == ["ar", "ar-spec", "d3llm-cache", "vanilla"]
         assert all(p["n"] == 2 for r in task["rows"] for p in r["points"])
-    assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 2 * 3
+    assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 2 * 4
     assert png_size(tmp_path / "demo" / "aup.png")[0] > 300
 
     code, _, err = run_cli(monkeypatch, capsys, "demo", "--out", tmp_path / "demo", "--method", "turbo")

@@ -1,41 +1,54 @@
 """KV-cache policies: what each iteration forwards, and what stays cached.
 
-Every policy answers one question per iteration, `forward(model, state)`, and returns the
-aligned logits of the response columns it computed plus the first of those columns (the
-network's LM head runs only there: `logits_to_keep`). The two cached
-policies share one mechanism (`_PrefixCache`): a transformers `DynamicCache` that holds the
-keys/values of canvas columns `[0, end)`. An iteration either *refreshes* (forwards the whole
-canvas into a new cache, then crops it to the policy's target) or forwards `[end, L)` with the
-cache as context and crops back to the target (keeping any newly cached block).
+Every policy answers one question per iteration, `forward(model, state)`: it returns logits
+(B, W, V) and `columns` (B, W), the canvas column each logit predicts (-1: none); the network's
+LM head runs only where logits are needed (`logits_to_keep`).
 
 - `none`: every iteration forwards the whole canvas (exact).
-- `prefix` (Fast-dLLM): the target is the start of the first incomplete block; the cache is
+- `prefix` (Fast-dLLM): a row caches everything before its first incomplete block; its cache is
   rebuilt (refresh) whenever that start moves, i.e. once per block.
-- `delayed` (d3LLM): a block enters the cache `cache_delay` iterations after it completed;
-  while any completed block is waiting, iterations refresh; also every `refresh_interval`.
-- `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current
-  block is cached too, so an iteration forwards the current block alone. Attention is
-  bidirectional, so the order of cached keys does not matter: the cache holds
-  `[prefix, suffix]` and the block's keys are appended (and dropped again) after them.
-- `block` (block-diffusion models only): exact by construction. Attention is block-causal, so
-  a finished block's keys never change: each enters the cache once, from the first forward
-  that sees it finished, and is never recomputed. An iteration forwards the blocks finished
-  since the last one and the current blocks, nothing after them.
+- `delayed` (d3LLM): a row's block enters its cache `cache_delay` iterations after it completed
+  (its keys from that iteration's forward); while any completed block of the row is waiting,
+  the row's iterations refresh; also every `refresh_interval` iterations.
+- `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current block
+  is cached too, so an iteration forwards the current block alone. Attention is bidirectional,
+  so the order of cached keys does not matter: a row's cache holds `[prefix, suffix]` and its
+  block's keys are appended (and dropped again) after them.
+- `block` (block-diffusion models only): exact by construction. Attention is block-causal, so a
+  finished block's keys never change: each enters the cache once, from the first forward that
+  sees it finished, and is never recomputed. An iteration forwards the blocks finished since
+  the last one and the current blocks, nothing after them. The batch shares one cache, up to
+  the first block some row has not finished (exact all the same: a row ahead caches less).
 
-A batch shares one cache, so its length is the minimum over rows: a row ahead of the others
-simply caches less (correct, slightly slower). Rows that finish leave the cache with the batch
-(`select_rows`). For shifted families (Dream) the prediction of
-the first uncached column comes from the last cached one; we keep it (`boundary_logits`) from
-the forward that computed it and pass it as `prev_logits`.
+Under bidirectional attention a cached key is an approximation (computed while later columns
+were still masked), so what a row decodes depends on which of its columns were cached when.
+`prefix`, `delayed` and `dual` therefore keep each row's cache to itself (`_RowCache`), and a
+batch decodes what each of its prompts decodes alone: slot k of the one padded cache holds, for
+row r, the keys of some column of row r or nothing, and an attention mask over the slots
+(`visible`) shows each row its own. Each row decides its own refreshes; an iteration where
+some rows refresh and others do not forwards the two groups apart (the whole canvas; windows
+with their caches) and joins the results. Rows that finish leave the cache with the batch
+(`select_rows`). For shifted families (Dream) the prediction of a row's first uncached column
+comes from the last cached one; we keep it (`boundary`) from the forward that computed it and
+write it over that column's logits.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.decode.state import DecodeState
+
+Forwarded = tuple[torch.Tensor, torch.Tensor]  # logits (B, W, V), columns (B, W)
+
+
+def _span(first: int, width: int, rows: int, device: torch.device) -> torch.Tensor:
+    """(rows, width): columns first .. first + width - 1 in every row."""
+    return torch.arange(first, first + width, device=device).expand(rows, width)
 
 
 class NoCache:
@@ -45,19 +58,239 @@ class NoCache:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only rows `index` of the batch (finished rows leave it)."""
 
-    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
+    def forward(self, model, state: DecodeState) -> Forwarded:
         out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
                     logits_to_keep=state.num_new, block_start=state.start)
-        return out.logits, state.start
+        return out.logits, _span(state.start, state.num_new, len(state.canvas), state.canvas.device)
 
 
-class _Cached(NoCache):
-    """What the cached policies hold per row: the cache and the boundary prediction."""
+@dataclass
+class _RowCache:
+    """Every row's own cache in one padded `DynamicCache` (see the module docstring)."""
+
+    kv: DynamicCache
+    visible: torch.Tensor  # (B, S) bool: the slots a row attends to (its own keys, not left padding)
+    prefix: torch.Tensor  # (B,) the row holds columns [0, prefix) in slots [0, prefix)
+    boundary: torch.Tensor  # (B, V) prediction for each row's first uncached column (shifted families)
+
+    def select(self, index: torch.Tensor) -> "_RowCache":
+        self.kv.batch_select_indices(index)
+        return _RowCache(self.kv, self.visible[index], self.prefix[index], self.boundary[index])
+
+
+def _gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
+    """Keep, for each row, the slots `source` (B, T) of `kv`, in that order."""
+    for layer in kv.layers:
+        index = source[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+
+
+def _with_boundary(model, logits: torch.Tensor, at: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+    """Shifted families: logits[r, at[r]], row r's first uncached column, become `boundary[r]`,
+    kept from the forward that cached the column before it."""
+    if model.facts.logit_shift:
+        logits[torch.arange(len(at), device=at.device), at] = boundary
+    return logits
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor, dim: int, value: float = 0) -> torch.Tensor:
+    """`a` and `b` stacked along dim 0, the shorter one padded with `value` along `dim`."""
+    size = max(a.shape[dim], b.shape[dim])
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = size - t.shape[dim]
+        return torch.cat([t, t.new_full(shape, value)], dim)
+
+    return torch.cat([grow(a), grow(b)])
+
+
+Step = tuple[torch.Tensor, torch.Tensor, _RowCache]  # logits, columns, the rows' caches after it
+
+
+def _join(one: Step, two: Step, order: torch.Tensor) -> Step:
+    """Two groups of rows as one batch: row i is row `order[i]` of `one` and `two` stacked."""
+    (logits_a, columns_a, a), (logits_b, columns_b, b) = one, two
+    for layer_a, layer_b in zip(a.kv.layers, b.kv.layers):
+        layer_a.keys = _cat_padded(layer_a.keys, layer_b.keys, 2)[order]
+        layer_a.values = _cat_padded(layer_a.values, layer_b.values, 2)[order]
+    rows = _RowCache(a.kv, _cat_padded(a.visible, b.visible, 1, False)[order],
+                     torch.cat([a.prefix, b.prefix])[order], torch.cat([a.boundary, b.boundary])[order])
+    return _cat_padded(logits_a, logits_b, 1)[order], _cat_padded(columns_a, columns_b, 1, -1)[order], rows
+
+
+class _RowCached(NoCache):
+    """A policy where each row keeps its own cache and decides its own refreshes. `plan` (B,)
+    is where each row's cache should now end (`prefix`, `delayed`) or its current block begin
+    (`dual`): computed once per iteration, passed to the rest."""
+
+    def __init__(self, config: DecodeConfig):
+        super().__init__(config)
+        self.rows: _RowCache | None = None
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        if self.rows is not None:
+            self.rows = self.rows.select(index)
+
+    def plan(self, state: DecodeState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: rows whose cache is rebuilt from a forward of the whole canvas."""
+        return plan != self.rows.prefix
+
+    def refresh(self, model, state: DecodeState, plan: torch.Tensor) -> Step:
+        raise NotImplementedError
+
+    def cached(self, model, state: DecodeState, plan: torch.Tensor, rows: _RowCache) -> Step:
+        raise NotImplementedError
+
+    def forward(self, model, state: DecodeState) -> Forwarded:
+        plan = self.plan(state)
+        fresh = torch.ones_like(plan, dtype=torch.bool) if self.rows is None else self.must_refresh(state, plan)
+        refreshing = int(fresh.sum())
+        if refreshing == len(fresh):
+            logits, columns, self.rows = self.refresh(model, state, plan)
+        elif refreshing == 0:
+            logits, columns, self.rows = self.cached(model, state, plan, self.rows)
+        else:
+            one, two = fresh.nonzero().flatten(), (~fresh).nonzero().flatten()
+            refreshed = self.refresh(model, state.select(one), plan[one])
+            kept = self.cached(model, state.select(two), plan[two], self.rows.select(two))
+            logits, columns, self.rows = _join(refreshed, kept, torch.argsort(torch.cat([one, two])))
+        return logits, columns
+
+
+def _forward_all(model, state: DecodeState) -> tuple[torch.Tensor, DynamicCache]:
+    """The whole canvas into a new cache; logits of the response only."""
+    kv = DynamicCache(config=model.config)
+    out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions, past_key_values=kv,
+                use_cache=True, logits_to_keep=state.num_new)
+    return out.logits, kv
+
+
+class _PrefixCache(_RowCached):
+    """Each row caches its columns [0, target), `target` (B,) the policy's `plan`."""
+
+    def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
+        logits, kv = _forward_all(model, state)
+        kv.crop(int(target.max()) - kv.get_seq_length())
+        columns = _span(state.start, state.num_new, len(target), target.device)
+        return logits, columns, self._rows(state, kv, target, logits, state.start)
+
+    def cached(self, model, state: DecodeState, target: torch.Tensor, rows: _RowCache) -> Step:
+        """Forward [lo, L), lo the shortest row cache: each row attends to its cached slots and
+        to the window's columns after them."""
+        end, slots = rows.prefix, rows.visible.shape[1]
+        lo, width = torch.stack([end.min(), target.max()]).tolist()
+        window = _span(lo, state.canvas.shape[1] - lo, len(end), end.device)
+        uncached = window >= end.unsqueeze(1)
+        mask = torch.cat([rows.visible, uncached & state.attention[:, lo:].bool()], 1)
+        out = model(state.canvas[:, lo:], attention_mask=mask.long(), position_ids=state.positions[:, lo:],
+                    past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
+        logits = _with_boundary(model, out.logits, end - lo, rows.boundary)
+        if lo == slots:  # every row caches [0, lo): slots and columns coincide
+            rows.kv.crop(width - rows.kv.get_seq_length())
+        else:  # each row's cached slots, then the window's
+            j = _span(0, width, len(end), end.device)
+            _gather_slots(rows.kv, torch.where(j < end.unsqueeze(1), j, slots + j - lo))
+        return logits, torch.where(uncached, window, -1), self._rows(state, rows.kv, target, logits, lo)
+
+    @staticmethod
+    def _rows(state: DecodeState, kv: DynamicCache, target: torch.Tensor, logits: torch.Tensor,
+              first: int) -> _RowCache:
+        """Each row's cache of [0, target) (its slots [0, max target)) after a forward whose logits
+        start at column `first`."""
+        width = kv.get_seq_length()
+        held = torch.arange(width, device=target.device) < target.unsqueeze(1)
+        at = (target - first).clamp(max=logits.shape[1] - 1)  # a row cached whole is finished
+        boundary = logits[torch.arange(len(target), device=target.device), at]
+        return _RowCache(kv, held & state.attention[:, :width].bool(), target, boundary)
+
+
+class PrefixCache(_PrefixCache):
+    """Fast-dLLM's prefix cache: everything before the current block, rebuilt once per block."""
+
+    def plan(self, state: DecodeState) -> torch.Tensor:
+        return incomplete_block_starts(state)
+
+
+class DelayedCache(_PrefixCache):
+    """d3LLM's cache: completed blocks enter after `cache_delay` iterations; a row refreshes while
+    any of its completed blocks waits, and every `refresh_interval` iterations."""
+
+    def plan(self, state: DecodeState) -> torch.Tensor:
+        done = state.completed_at >= 0
+        settled = done & (state.completed_at <= state.step - self.config.cache_delay)
+        leading = settled.long().cumprod(1).sum(1)  # leading settled blocks per row
+        return (state.start + leading * state.block_size).clamp(max=state.canvas.shape[1])
+
+    def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
+        # waiting: completed less than `cache_delay` iterations ago
+        waiting = (state.completed_at > max(state.step - self.config.cache_delay, -1)).any(1)
+        interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
+        return waiting | (interval is not None and state.step % interval == 0)
+
+
+def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
+    """(B,) column where each row's first incomplete block starts (canvas end if none)."""
+    incomplete = state.progress() < 1  # (B, nb)
+    nb = state.num_blocks
+    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
+    return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
+
+
+def first_incomplete_block_start(state: DecodeState) -> int:
+    """Column where the first block that is incomplete in any row starts (canvas end if none)."""
+    return int(incomplete_block_starts(state).min())
+
+
+class DualCache(_RowCached):
+    """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration; a
+    row's cache is rebuilt whenever its current block (`plan`: where it begins) changes."""
+
+    def plan(self, state: DecodeState) -> torch.Tensor:
+        return incomplete_block_starts(state)
+
+    def refresh(self, model, state: DecodeState, begin: torch.Tensor) -> Step:
+        logits, kv = _forward_all(model, state)
+        length = state.canvas.shape[1]
+        size = (begin + state.block_size).clamp(max=length) - begin
+        k = _span(0, length - int(size.min()), len(begin), begin.device)
+        held = torch.where(k < begin.unsqueeze(1), k, k + size.unsqueeze(1))  # [0, begin), then [end, L)
+        _gather_slots(kv, held.clamp(max=length - 1))
+        visible = (held < length) & state.attention.gather(1, held.clamp(max=length - 1)).bool()
+        boundary = logits[torch.arange(len(begin), device=begin.device), begin - state.start]
+        columns = _span(state.start, state.num_new, len(begin), begin.device)
+        return logits, columns, _RowCache(kv, visible, begin, boundary)
+
+    def cached(self, model, state: DecodeState, begin: torch.Tensor, rows: _RowCache) -> Step:
+        """Forward each row's block (a window of the widest block's width, ending at the canvas
+        end for a shorter last block), attending to the row's cached prefix and suffix."""
+        length = state.canvas.shape[1]
+        end = (begin + state.block_size).clamp(max=length)
+        width = int((end - begin).max())
+        first = begin.clamp(max=length - width)
+        window = first.unsqueeze(1) + torch.arange(width, device=first.device)
+        own = (window >= begin.unsqueeze(1)) & (window < end.unsqueeze(1))
+        mask = torch.cat([rows.visible, own & state.attention.gather(1, window).bool()], 1)
+        out = model(state.canvas.gather(1, window), attention_mask=mask.long(),
+                    position_ids=state.positions.gather(1, window), past_key_values=rows.kv, use_cache=True,
+                    prev_logits=rows.boundary)
+        rows.kv.crop(-width)
+        logits = _with_boundary(model, out.logits, begin - first, rows.boundary)
+        return logits, torch.where(own, window, -1), rows
+
+
+class BlockCache(NoCache):
+    """The block family's exact cache (see module docstring): cached columns [0, end), where
+    `end` is the start of the first block that some row has not finished."""
 
     def __init__(self, config: DecodeConfig):
         super().__init__(config)
         self.cache: DynamicCache | None = None
         self.boundary_logits: torch.Tensor | None = None  # (B, V) prediction for the first uncached column
+        self.end = 0
 
     def select_rows(self, index: torch.Tensor) -> None:
         if self.cache is not None:
@@ -65,112 +298,7 @@ class _Cached(NoCache):
         if self.boundary_logits is not None:
             self.boundary_logits = self.boundary_logits[index]
 
-
-class _PrefixCache(_Cached):
-    def __init__(self, config: DecodeConfig):
-        super().__init__(config)
-        self.end = 0  # cached columns [0, end)
-
-    def target(self, state: DecodeState) -> int:
-        raise NotImplementedError
-
-    def must_refresh(self, state: DecodeState, target: int) -> bool:
-        raise NotImplementedError
-
-    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
-        target = self.target(state)
-        if self.cache is None or self.must_refresh(state, target):
-            self.cache = DynamicCache(config=model.config)
-            first = state.start  # logits from here on (the prompt's are never needed)
-            out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                        past_key_values=self.cache, use_cache=True, logits_to_keep=state.num_new)
-        else:
-            first = self.end
-            out = model(state.canvas[:, first:], attention_mask=state.attention,
-                        position_ids=state.positions[:, first:], past_key_values=self.cache,
-                        use_cache=True, prev_logits=self.boundary_logits)
-        self.cache.crop(target - self.cache.get_seq_length())
-        self.end = target
-        if target < state.canvas.shape[1]:
-            self.boundary_logits = out.logits[:, target - first]
-        return out.logits, first
-
-
-class PrefixCache(_PrefixCache):
-    """Fast-dLLM's prefix cache: everything before the current block, rebuilt once per block."""
-
-    def target(self, state: DecodeState) -> int:
-        return first_incomplete_block_start(state)
-
-    def must_refresh(self, state: DecodeState, target: int) -> bool:
-        return target != self.end
-
-
-class DelayedCache(_PrefixCache):
-    """d3LLM's cache: completed blocks enter after `cache_delay` iterations; refresh while any
-    completed block waits, and every `refresh_interval` iterations."""
-
-    def _settled(self, state: DecodeState) -> torch.Tensor:
-        done = state.completed_at >= 0
-        return done & (state.step >= state.completed_at + self.config.cache_delay)
-
-    def target(self, state: DecodeState) -> int:
-        settled = self._settled(state)  # (B, nb)
-        leading = settled.long().cumprod(1).sum(1)  # leading settled blocks per row
-        return min(state.start + int(leading.min()) * state.block_size, state.canvas.shape[1])
-
-    def must_refresh(self, state: DecodeState, target: int) -> bool:
-        waiting = (state.completed_at >= 0) & ~self._settled(state)
-        interval = self.config.refresh_interval
-        return bool(waiting.any()) or (interval is not None and state.step % interval == 0)
-
-
-def first_incomplete_block_start(state: DecodeState) -> int:
-    """Column where the first block that is incomplete in any row starts (canvas end if none)."""
-    incomplete = state.progress() < 1  # (B, nb)
-    nb = state.num_blocks
-    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
-    return min(state.start + int(first.min()) * state.block_size, state.canvas.shape[1])
-
-
-class DualCache(_Cached):
-    """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration;
-    rebuilt whenever the current block changes."""
-
-    def __init__(self, config: DecodeConfig):
-        super().__init__(config)
-        self.block = (0, 0)  # current block columns [begin, end)
-
-    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
-        begin = first_incomplete_block_start(state)
-        end = min(begin + state.block_size, state.canvas.shape[1])
-        if self.cache is None or (begin, end) != self.block:
-            self.cache = DynamicCache(config=model.config)
-            out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                        past_key_values=self.cache, use_cache=True, logits_to_keep=state.num_new)
-            for layer in self.cache.layers:  # keep [0, begin) and [end, L): the block is recomputed
-                layer.keys = torch.cat([layer.keys[..., :begin, :], layer.keys[..., end:, :]], dim=-2)
-                layer.values = torch.cat([layer.values[..., :begin, :], layer.values[..., end:, :]], dim=-2)
-            self.block = (begin, end)
-            self.boundary_logits = out.logits[:, begin - state.start]
-            return out.logits, state.start
-        a = state.attention
-        key_mask = torch.cat([a[:, :begin], a[:, end:], a[:, begin:end]], dim=1)  # cached order, then block
-        out = model(state.canvas[:, begin:end], attention_mask=key_mask, position_ids=state.positions[:, begin:end],
-                    past_key_values=self.cache, use_cache=True, prev_logits=self.boundary_logits)
-        self.cache.crop(-(end - begin))
-        return out.logits, begin
-
-
-class BlockCache(_Cached):
-    """The block family's exact cache (see module docstring): cached columns [0, end), where
-    `end` is the start of the first block that some row has not finished."""
-
-    def __init__(self, config: DecodeConfig):
-        super().__init__(config)
-        self.end = 0
-
-    def forward(self, model, state: DecodeState) -> tuple[torch.Tensor, int]:
+    def forward(self, model, state: DecodeState) -> Forwarded:
         begin, stop = first_incomplete_block_start(state), current_blocks_end(state)
         window = dict(attention_mask=state.attention[:, :stop], past_key_values=self.cache, use_cache=True,
                       block_start=state.start)
@@ -185,7 +313,7 @@ class BlockCache(_Cached):
                         prev_logits=self.boundary_logits, **window)
         self.cache.crop(begin - stop)  # finished blocks stay; the current ones are computed again
         self.end, self.boundary_logits = begin, out.logits[:, begin - first]
-        return out.logits, first
+        return out.logits, _span(first, out.logits.shape[1], len(state.canvas), state.canvas.device)
 
 
 def current_blocks_end(state: DecodeState) -> int:

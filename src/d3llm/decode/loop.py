@@ -2,9 +2,15 @@
 
 One loop serves every diffusion preset; what differs is configuration (`DecodeConfig`):
 the selection strategy (`select.py`), the block thresholds (`state.py`) and the cache policy
-(`cache.py`). Each iteration is one model forward (one NFE):
+(`cache.py`). Each iteration is one model forward (one NFE; a cached batch where some rows
+refresh and others do not forwards the two groups apart, see `cache.py`):
 
     early stop -> update blocks -> forward (cache policy) -> score -> select -> commit
+
+The cache policy says which canvas column each of its logits predicts, per row; the loop scores
+and selects among the masked positions of created blocks found there. Every row decodes what it
+decodes alone (greedy; up to float rounding from left padding): rows share forwards, not
+decisions.
 
 Autoregressive models take `_generate_ar` (next token, KV cache): a different algorithm, not a
 variant of this loop, on the same `DecodeState`, so streaming and counts work the same; `ar-spec`
@@ -145,6 +151,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
     cache = CACHE_POLICIES[config.cache](config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
+    block_at = torch.cat([block_of, block_of.new_full((1,), state.num_blocks)])  # and one past the response
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
     while True:
         if config.early_stop:
@@ -153,22 +160,35 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         if state is None:
             return batch
         state.update_blocks(config)
-        logits, first_column = cache.forward(model, state)  # columns [first, first + width)
-        lo = max(first_column - state.start, 0)  # response positions computed: [lo, hi)
-        hi = first_column + logits.shape[1] - state.start
-        window = slice(lo, hi)
-        candidates = (state.masked() & state.is_created()[:, block_of])[:, window]
-        scores = score(logits[:, state.start + lo - first_column :], candidates, config.temperature, generator,
-                       never=facts.mask_token_id)
-        chosen = select(scores, candidates, state.fully_active[:, block_of][:, window], block_of[window], config)
+        logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
+        at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
+        candidates = _gather(state.masked() & state.is_created()[:, block_of], at)
+        scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
+        chosen = select(scores, candidates, _gather(state.fully_active[:, block_of], at), block_at[at], config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
-        full_chosen = torch.zeros_like(state.response, dtype=torch.bool)
-        full_chosen[:, window] = chosen
-        tokens = state.response.clone()
-        tokens[:, window] = scores.tokens
+        full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
+        tokens = _scatter(state.response.clone(), at, scores.tokens)
         state.commit(full_chosen, tokens)
         if on_step:
             unwanted = on_step(state)
+
+
+def _response_positions(state: DecodeState, columns: torch.Tensor) -> torch.Tensor:
+    """(B, W) response position of each canvas column in `columns`; `num_new` (one past the
+    response) for the rest (-1, or the prompt)."""
+    return torch.where(columns >= state.start, columns - state.start, state.num_new)
+
+
+def _gather(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool values at response positions `at` (B, W); False one past the response."""
+    return torch.cat([values, values.new_zeros(len(values), 1)], 1).gather(1, at)
+
+
+def _scatter(into: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`into` (B, N) with `values` (B, W) written at response positions `at` (those one past
+    the response are dropped)."""
+    spare = torch.cat([into, into.new_zeros(len(into), 1)], 1)
+    return spare.scatter_(1, at, values)[:, :-1]
 
 
 def _without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
