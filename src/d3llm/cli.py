@@ -183,13 +183,15 @@ def _key_values(items: list[str], what: str) -> dict:
     """`["masking=random", "windows=[16,32]"]` -> {"masking": "random", "windows": [16, 32]} (YAML values)."""
     import yaml
 
+    from d3llm.train.config import load_yaml
+
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise D3llmError(f"{what} {item!r} must be NAME=VALUE")
         try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+            out[key.strip().replace("-", "_")] = load_yaml(text)
         except yaml.YAMLError as exc:
             raise D3llmError(f"{what} {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +190,23 @@ class TrainConfig:
 SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": DistillSettings}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: `5e-5` is a number (PyYAML's YAML 1.1 rules read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF|nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5')."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that holds a mapping ({} when empty); every problem is a `D3llmError` naming the file."""
     try:
@@ -198,7 +216,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     except OSError as exc:
         raise D3llmError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise D3llmError(f"{what} {path} is not valid YAML ({' '.join(str(exc).split())})") from None
     if raw is None:

@@ -40,7 +40,7 @@ from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer,
 from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
-from d3llm.train.config import TrainConfig
+from d3llm.train.config import TrainConfig, load_yaml
 from d3llm.train.data import build_examples, collate
 from d3llm.train.distill import collate_distill, distill_examples, distill_loss, with_lora
 from d3llm.train.objectives import block_diffusion_loss, masked_diffusion_loss, next_token_loss
@@ -308,9 +308,9 @@ def _saved_config(path: Path) -> dict:
     """A run's saved recipe with today's defaults filled in (a field added since compares equal
     when the run used its default)."""
     try:
-        return TrainConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path)).to_dict()
+        return TrainConfig.from_dict(load_yaml(path.read_text()), source=str(path)).to_dict()
     except D3llmError:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
 
 
 def _recipe(config: dict) -> dict:

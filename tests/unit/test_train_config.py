@@ -1,0 +1,10 @@
+"""Recipes read numbers as a user writes them."""
+
+from d3llm.train.config import TrainConfig, load_yaml
+
+
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    assert load_yaml("lr: 5e-5\nsteps: 10\nname: 2e") == {"lr": 5e-5, "steps": 10, "name": "2e"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("family: ar\nlr: 3e-4\nsteps: 10\n")
+    assert TrainConfig.from_yaml(recipe).lr == 3e-4
