@@ -2,6 +2,7 @@
 decode time spent outside model forwards. Prints a Markdown table (the README's source).
 
     python benchmarks/decode_presets.py --model tiny-teacher --tasks arith,arith-long --n 50
+    python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --tasks arith,code --batch-sizes 1
 
 Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
 this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
@@ -20,6 +21,7 @@ import time
 import torch
 
 from d3llm.decode import preset
+from d3llm.decode.config import methods_for
 from d3llm.eval.runner import evaluate
 from d3llm.models import load_model
 from d3llm.models.tokenizer import prompt_ids
@@ -39,42 +41,50 @@ def forward_rows_per_second(model, length: int, batch_size: int, repeats: int = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny-teacher")
+    parser.add_argument("--model", action="append", help="Model (repeatable: all in one run; default tiny-teacher)")
     parser.add_argument("--tasks", default="arith,arith-long")
-    parser.add_argument("--methods", default="vanilla,fast-dllm,dparallel,d3llm,d3llm-cache")
+    parser.add_argument("--methods", default=None,
+                        help="Comma-separated presets (default: every preset of each model's family)")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--no-ceiling", action="store_true", help="Skip the bare-forward lines")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    header = ["task", "method", "accuracy %", "TPF"] + [f"tok/s b{b}" for b in batch_sizes] + ["outside fwd b1"]
-    print(f"model {args.model}, n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
-    for task_name in args.tasks.split(","):
-        problems = get_task(task_name).problems("test", 8, 0)
-        length = max(len(prompt_ids(lm.tokenizer, p.prompt)) for p in problems) + preset("vanilla").max_new_tokens
-        rates = [forward_rows_per_second(lm.model, length, b) for b in batch_sizes]
-        cells = ", ".join(f"b{b} {r:.0f} rows/s" for b, r in zip(batch_sizes, rates))
-        print(f"bare forward, {task_name} canvas ({length} tokens): {cells} -> ceiling "
-              f"b{batch_sizes[-1]}/b{batch_sizes[0]} = {rates[-1] / rates[0]:.2f}x")
+    header = ["model", "task", "method", "accuracy %", "TPF"] + [f"tok/s b{b}" for b in batch_sizes] + ["outside fwd b1"]
+    models = [load_model(name) for name in args.model or ["tiny-teacher"]]
+    print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
+    for lm in [] if args.no_ceiling else models:
+        for task_name in args.tasks.split(","):
+            problems = get_task(task_name).problems("test", 8, 0)
+            length = max(len(prompt_ids(lm.tokenizer, p.prompt)) for p in problems) + preset("vanilla").max_new_tokens
+            rates = [forward_rows_per_second(lm.model, length, b) for b in batch_sizes]
+            cells = ", ".join(f"b{b} {r:.0f} rows/s" for b, r in zip(batch_sizes, rates))
+            print(f"{lm.name}: bare forward, {task_name} canvas ({length} tokens): {cells} -> ceiling "
+                  f"b{batch_sizes[-1]}/b{batch_sizes[0]} = {rates[-1] / rates[0]:.2f}x")
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for task_name in args.tasks.split(","):
         task = get_task(task_name)
-        for method in args.methods.split(","):
-            config = preset(method)
-            cells, accuracy, tpf, outside = [], None, None, None
-            for batch_size in batch_sizes:
-                result = evaluate(lm, task, config, n=args.n, seed=0, batch_size=batch_size)
-                cells.append(f"{result.tokens_per_second:.1f}")
-                if accuracy is None:
-                    accuracy, tpf = result.accuracy_pct, result.tokens_per_forward
-                    outside = 1 - result.forward_seconds / max(result.seconds, 1e-9)
-            row = [task_name, method, f"{accuracy:.1f}", f"{tpf:.2f}", *cells, f"{100 * outside:.0f}%"]
-            print("| " + " | ".join(row) + " |", flush=True)
+        for lm in models:
+            methods = args.methods.split(",") if args.methods else methods_for(lm.facts.family)
+            for method in [m for m in methods if m in methods_for(lm.facts.family)]:
+                print("| " + " | ".join([lm.name, task_name, method, *_measure(lm, task, method, args.n, batch_sizes)])
+                      + " |", flush=True)
+
+
+def _measure(lm, task, method: str, n: int, batch_sizes: list[int]) -> list[str]:
+    """accuracy, TPF, tokens/s at each batch size, share of time outside forwards at the first."""
+    cells, first = [], None
+    for batch_size in batch_sizes:
+        result = evaluate(lm, task, preset(method), n=n, seed=0, batch_size=batch_size)
+        cells.append(f"{result.tokens_per_second:.1f}")
+        first = first or result
+    outside = 1 - first.forward_seconds / max(first.seconds, 1e-9)
+    return [f"{first.accuracy_pct:.1f}", f"{first.tokens_per_forward:.2f}", *cells, f"{100 * outside:.0f}%"]
 
 
 if __name__ == "__main__":
