@@ -17,18 +17,17 @@ from d3llm.tasks import get_task
 SAMPLE = 24  # test problems per check
 # Each model is checked with its own decoder: the baselines with theirs, students with the
 # decoder they were distilled for.
-METHOD = {"tiny-ar": "ar", "tiny-teacher": "vanilla", "tiny-dream": "vanilla",
-          "tiny-d3llm": "d3llm", "tiny-dparallel": "dparallel", "tiny-block": "block"}
+METHOD = {"tiny-ar": "ar", "tiny-teacher": "vanilla", "tiny-d3llm": "d3llm", "tiny-dparallel": "dparallel",
+          "tiny-block": "block"}
 # (model, task) -> minimum accuracy % on the first SAMPLE test problems (seed 0). Measured when
-# bundled: tiny-ar 83.3 / 91.7 / 75.0; tiny-teacher 8.3 / - / 62.5; tiny-dream 16.7 / 8.3 /
-# 16.7; tiny-d3llm 4.2 / 4.2 / 58.3; tiny-dparallel 12.5 / 12.5 / 58.3; tiny-block 95.8 / 91.7 /
-# 66.7. The floors sit one problem under what was reached (where that leaves at least one right
-# answer: a floor of 0 could not fail, so those cells are not listed). arith is weak for every
-# LLaDA/Dream-style dLLM; the block-diffusion model does it (README, "Bundled models").
+# bundled: tiny-ar 83.3 / 91.7 / 75.0; tiny-teacher 8.3 / - / 62.5; tiny-d3llm 4.2 / 4.2 / 58.3;
+# tiny-dparallel 12.5 / 12.5 / 58.3; tiny-block 95.8 / 91.7 / 66.7. The floors sit one problem
+# under what was reached (where that leaves at least one right answer: a floor of 0 could not
+# fail, so those cells are not listed). arith is weak for every LLaDA-style dLLM; the
+# block-diffusion model does it (README, "Bundled models").
 FLOORS: dict[tuple[str, str], float] = {
     ("tiny-ar", "arith"): 70.0, ("tiny-ar", "arith-long"): 75.0, ("tiny-ar", "code"): 62.0,
     ("tiny-teacher", "arith"): 4.0, ("tiny-teacher", "code"): 58.0,
-    ("tiny-dream", "arith"): 8.0, ("tiny-dream", "code"): 8.0,
     ("tiny-d3llm", "code"): 54.0,
     ("tiny-dparallel", "arith"): 8.0, ("tiny-dparallel", "code"): 54.0,
     ("tiny-block", "arith"): 91.0, ("tiny-block", "arith-long"): 87.0, ("tiny-block", "code"): 62.0,
@@ -51,7 +50,7 @@ def test_every_expected_model_is_bundled_with_its_records():
 # ~20 s each on 2 cores (vanilla decoding commits one token per forward), with floors of one or
 # two right answers: `make test` checks these models on code (and every decoder elsewhere);
 # `make test-all` runs these too.
-SLOW = {("tiny-teacher", "arith"), ("tiny-dream", "arith")}
+SLOW = {("tiny-teacher", "arith")}
 
 
 @pytest.mark.parametrize("name, task", [pytest.param(*key, marks=pytest.mark.slow) if key in SLOW else key

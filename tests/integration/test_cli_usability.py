@@ -105,7 +105,8 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     assert "code 68.8 (ar, n=32)" in by_name["tiny-ar"]  # provenance.json: final validation
     code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
     listing = {m["name"]: m for m in json.loads(out)}
-    assert listing["tiny-dream"]["family"] == "dream" and listing["tiny-dream"]["parameters"] == 2856768
+    assert listing["tiny-block"]["family"] == "block" and listing["tiny-block"]["parameters"] == 2853312
+    assert listing["tiny-block"]["default_method"] == "d3llm-block"
     assert listing["tiny-d3llm"]["validation_method"] == "d3llm"
 
 

@@ -40,7 +40,6 @@ from d3llm.tasks import TASK_NAMES, get_task
 # here (your own, dropped into bundled/) gets every preset for its family (`methods_for`).
 DEMO_METHODS: dict[str, tuple[str, ...]] = {
     "tiny-teacher": ("vanilla", "fast-dllm", "d3llm"),
-    "tiny-dream": ("vanilla", "d3llm"),
     "tiny-dparallel": ("dparallel",),
     "tiny-d3llm": ("d3llm", "d3llm-cache"),
     "tiny-block": ("block", "fast-dllm-v2"),
@@ -76,7 +75,7 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
 
 @dataclass
 class ArComparison:
-    """On one task: the best dLLM row (by AUP) against the best AR row, same run and machine."""
+    """On one task: the best dLLM row (by AUP) against the fastest AR row, same run and machine."""
 
     task: str
     dllm: Row
@@ -100,13 +99,16 @@ def _strength(row: Row) -> tuple:
 
 
 def ar_comparisons(board: Leaderboard) -> list[ArComparison]:
-    """Per task with both kinds of rows: the best dLLM row against the best AR row."""
+    """Per task with both kinds of rows: the best dLLM row (by AUP) against the fastest AR row
+    (the strongest baseline for a speed-up: `ar-spec` has the higher AUP, a faster `ar` loop
+    may still beat it in tokens/s)."""
     comparisons = []
     for task in board.tasks:
         ar = [r for r in task.rows if r.method in AR_METHODS]
         dllm = [r for r in task.rows if r.method not in AR_METHODS]
         if ar and dllm:
-            comparisons.append(ArComparison(task.task, max(dllm, key=_strength), max(ar, key=_strength)))
+            fastest = max(ar, key=lambda r: r.best_point.tokens_per_second)
+            comparisons.append(ArComparison(task.task, max(dllm, key=_strength), fastest))
     return comparisons
 
 
