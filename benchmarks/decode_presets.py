@@ -53,7 +53,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    header = ["model", "task", "method", "accuracy %", "TPF"] + [f"tok/s b{b}" for b in batch_sizes] + ["outside fwd b1"]
+    header = ["model", "task", "method", "accuracy %", "TPF", *[f"tok/s b{b}" for b in batch_sizes], "outside fwd b1"]
     models = [load_model(name) for name in args.model or ["tiny-teacher"]]
     print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
     for lm in [] if args.no_ceiling else models:

@@ -205,7 +205,8 @@ def trajectories(
     split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
-    block_size: Annotated[Optional[int], typer.Option(help="Teacher block size (default 32; a block model: its own).")] = None,
+    block_size: Annotated[Optional[int], typer.Option(
+        help="Teacher block size (default 32; a block model: its own).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     device: Device = "auto",

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 
-def block_ids(length: int, start: int | torch.Tensor, block_size: int, device: torch.device | None = None) -> torch.Tensor:
+def block_ids(length: int, start: int | torch.Tensor, block_size: int,
+              device: torch.device | None = None) -> torch.Tensor:
     """Block id of each canvas column (see module docstring): (length,) for one response start
     (a left-padded decode canvas), (B, length) for a (B,) tensor of them (right-padded training rows)."""
     columns = torch.arange(length, device=device)

@@ -76,12 +76,13 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     config, provenance = _read(folder / "config.json"), _read(folder / "provenance.json")
     model_type = str(config.get("model_type", "?")).lower()  # official layouts; plain Llama/Qwen2 load as AR
     family = config.get("d3llm_family") or {"llama": "ar", "qwen2": "ar"}.get(model_type, model_type)
-    default_method = {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")  # = decode.config.default_method (no torch here)
+    # = d3llm.decode.config.default_method and the trainer's validation method (no torch here)
+    default_method = {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")
     parameters = provenance.get("parameters") or _parameters_from_weights(folder)
     final = provenance.get("final_validation") or {}
     validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()
                   if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}
     recipe = provenance.get("config") or {}
-    method = recipe.get("eval_method") or {"ar": "ar", "block": "block"}.get(family, "vanilla")  # = trainer's
+    method = recipe.get("eval_method") or {"ar": "ar", "block": "block"}.get(family, "vanilla")
     return ModelSummary(name or folder.name, folder, family, parameters, default_method, validation,
                         method if validation else None, recipe.get("eval_n") if validation else None)

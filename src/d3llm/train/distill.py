@@ -210,7 +210,8 @@ def distill_config(teacher: str, trajectories: str, recipe: dict | None = None, 
     Override keys may name a `distill` setting (`masking`, `windows`, ...) or a top-level one."""
     manifest = store.read_manifest(Path(trajectories))
     family = read_json(resolve_model(teacher) / "config.json").get("d3llm_family", manifest["family"])
-    raw = {"family": family, "eval_method": default_method(family), "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
+    raw = {"family": family, "eval_method": default_method(family),
+           "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
            "gen_length": manifest["decode_config"]["max_new_tokens"], **(recipe or {})}
     raw.update(init_from=teacher, tokenizer_from=teacher)
     if not isinstance(raw.get("distill") or {}, dict):
