@@ -115,8 +115,12 @@ def test_methods_and_families_must_match():
     with pytest.raises(DecodeSettingError, match="trained with blocks of 4") as info:
         generate(block, PROMPTS, preset("vanilla"), 0)
     assert info.value.setting == "block_size"
-    with pytest.raises(DecodeSettingError, match="cache block or none"):
+    with pytest.raises(DecodeSettingError, match="not 'fast-dllm' with cache 'prefix'") as info:
         generate(block, PROMPTS, preset("fast-dllm"), 0)
+    assert info.value.setting == "method"
+    with pytest.raises(DecodeSettingError, match="not 'block' with cache 'delayed'") as info:
+        generate(block, PROMPTS, preset("block", cache="delayed"), 0)
+    assert info.value.setting == "cache"
     with pytest.raises(DecodeSettingError, match="one after the other"):
         generate(block, PROMPTS, preset("block", block_add_threshold=0.5), 0)
     assert resolve_config(None, "block").method == "d3llm-block"

@@ -166,8 +166,10 @@ def check_model_kind(config: DecodeConfig, family: str) -> None:
         raise DecodeSettingError(f"`method` {config.method!r} (cache block) decodes block-diffusion models only, "
                                  f"not a {family} model", "method")
     if family == "block" and config.cache not in ("block", "none"):
-        raise DecodeSettingError(f"a block model decodes with cache block or none, not {config.cache!r} "
-                                 "(methods block, fast-dllm-v2, d3llm-block)", "cache")
+        own = config.method in PRESETS and PRESETS[config.method].cache == config.cache  # the method's, not --set
+        raise DecodeSettingError(f"a block model decodes with methods block, fast-dllm-v2 or d3llm-block (cache block, "
+                                 f"or none), not {config.method!r} with cache {config.cache!r}",
+                                 "method" if own else "cache")
     if family == "block" and config.block_add_threshold < 1:
         raise DecodeSettingError("a block model decodes its blocks one after the other: `block_add_threshold` "
                                  f"must be 1, got {config.block_add_threshold}", "block_add_threshold")
