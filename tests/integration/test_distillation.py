@@ -65,8 +65,8 @@ def _torchrun(teacher, out, n):
 def test_two_process_rollouts_killed_and_resumed_lose_and_repeat_nothing(tmp_path, teacher):
     out, n = tmp_path / "sharded", 96
     proc = _torchrun(teacher, out, n)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "chunks").glob("*.parquet"))) < 2:
+    deadline = time.monotonic() + 180  # not time.time(): this machine's wall clock can step
+    while time.monotonic() < deadline and len(list((out / "chunks").glob("*.parquet"))) < 2:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

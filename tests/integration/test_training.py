@@ -80,9 +80,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     config_path.write_text(yaml.safe_dump({**TINY, "family": "llada", "steps": 150, "save_every": 5}))
     out = tmp_path / "run"
     proc = _cli_train(config_path, out)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
-        time.sleep(0.2)
+    deadline = time.monotonic() + 120  # not time.time(): this machine's wall clock can step
+
+    def saved_past_step_10() -> bool:  # any: the Trainer keeps only the last two checkpoints
+        return any(int(c.name.split("-")[1]) >= 10 and (c / "trainer_state.json").exists()
+                   for c in (out / "checkpoints").glob("checkpoint-*"))
+
+    while time.monotonic() < deadline and proc.poll() is None and not saved_past_step_10():
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "provenance.json").exists()  # it really died before the end
