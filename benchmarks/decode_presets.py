@@ -67,24 +67,52 @@ def main() -> None:
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    firsts = []  # the result at the first batch size of every row, for the profile
     for task_name in args.tasks.split(","):
         task = get_task(task_name)
         for lm in models:
             methods = args.methods.split(",") if args.methods else methods_for(lm.facts.family)
             for method in [m for m in methods if m in methods_for(lm.facts.family)]:
-                print("| " + " | ".join([lm.name, task_name, method, *_measure(lm, task, method, args.n, batch_sizes)])
-                      + " |", flush=True)
+                cells, first = _measure(lm, task, method, args.n, batch_sizes)
+                firsts.append(first)
+                print("| " + " | ".join([lm.name, task_name, method, *cells]) + " |", flush=True)
+    print_profile(firsts, batch_sizes[0])
 
 
-def _measure(lm, task, method: str, n: int, batch_sizes: list[int]) -> list[str]:
-    """accuracy, TPF, tokens/s at each batch size, share of time outside forwards at the first."""
+def _measure(lm, task, method: str, n: int, batch_sizes: list[int]):
+    """Cells: accuracy, TPF, tokens/s at each batch size, share of time outside forwards at the
+    first; and the result at the first batch size."""
     cells, first = [], None
     for batch_size in batch_sizes:
         result = evaluate(lm, task, preset(method), n=n, seed=0, batch_size=batch_size)
         cells.append(f"{result.tokens_per_second:.1f}")
         first = first or result
     outside = 1 - first.forward_seconds / max(first.seconds, 1e-9)
-    return [f"{first.accuracy_pct:.1f}", f"{first.tokens_per_forward:.2f}", *cells, f"{100 * outside:.0f}%"]
+    return [f"{first.accuracy_pct:.1f}", f"{first.tokens_per_forward:.2f}", *cells, f"{100 * outside:.0f}%"], first
+
+
+def print_profile(results, batch_size: int) -> None:
+    """Where the time goes, per row at `batch_size`: forwards by kind (`full`: from column 0;
+    `window`: after a KV cache; ar-spec's verifications are not split), columns and ms per
+    forward, ms per iteration outside forwards, and the ceiling: TPF x (ms of the task's `ar`
+    forward / ms of this row's forward), the speed-up over `ar` if nothing but forwards cost."""
+    ar_ms = {r.task: 1000 * r.forward_seconds / max(r.forward_calls, 1) for r in results if r.method == "ar"}
+    print(f"\nProfile at batch {batch_size}:\n")
+    print("| model | task | method | iterations | full: calls, columns, ms | window: calls, columns, ms "
+          "| outside ms/iter | ceiling vs ar | measured vs ar |")
+    print("|" + "---|" * 9)
+    ar_rate = {r.task: r.tokens_per_second for r in results if r.method == "ar"}
+    for r in results:
+        kinds = []
+        for kind in ("full", "window"):
+            calls, columns, seconds = r.forward_profile.get(kind, [0, 0, 0.0])
+            kinds.append(f"{calls}, {columns / max(calls, 1):.0f}, {1000 * seconds / max(calls, 1):.2f}" if calls else "-")
+        outside = 1000 * (r.seconds - r.forward_seconds) / max(r.forward_calls, 1)
+        row_ms = 1000 * r.forward_seconds / max(r.forward_calls, 1)
+        ceiling = f"{r.tokens_per_forward * ar_ms[r.task] / row_ms:.2f}x" if r.task in ar_ms and row_ms else "-"
+        measured = f"{r.tokens_per_second / ar_rate[r.task]:.2f}x" if r.task in ar_rate else "-"
+        print(f"| {r.model} | {r.task} | {r.method} | {r.forward_calls} | {kinds[0]} | {kinds[1]} | {outside:.2f} "
+              f"| {ceiling} | {measured} |")
 
 
 if __name__ == "__main__":

@@ -163,3 +163,12 @@ def test_the_loss_sees_each_block_as_the_decoder_does():
                     total += torch.nn.functional.cross_entropy(logits[p + j], torch.tensor(response[j])).item()
                     count += 1
     assert loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_the_profile_counts_every_forward_by_kind():
+    model = toy_model("block", seed=1, block_size=4)
+    out = generate(model, PROMPTS, preset("d3llm-block", max_new_tokens=16, threshold=10.0), 0)
+    (full_calls, full_columns, _), (window_calls, window_columns, _) = out.profile["full"], out.profile["window"]
+    assert full_calls == 1 and full_calls + window_calls == out.nfe  # the prompt once, then windows
+    assert full_columns == 3 * (11 + 4)  # three rows: the longest prompt (11) and the first block
+    assert window_columns == 3 * (4 + 4) * 3  # each later forward: the finished block and the next one

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -59,6 +59,7 @@ class DecodeOutput:
     forward_seconds: float  # of which inside model forwards (the rest is decode overhead)
     trace: torch.Tensor | None = None  # (B, N) iteration that committed each position
     response: torch.Tensor | None = None  # (B, N) the whole response canvas, EOS tail included
+    profile: dict[str, list] = field(default_factory=dict)  # kind -> [calls, columns, seconds] (_ForwardTimer)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -92,17 +93,25 @@ def final_prefix_lengths(state: DecodeState) -> torch.Tensor:
 
 
 class _ForwardTimer:
-    """Wall time inside model calls (synchronising the GPU so the time is the model's)."""
+    """Wall time inside model calls (synchronising the GPU so the time is the model's), and the
+    profile by kind of forward: `full` (from column 0, no cache to read) or `window` (columns
+    after a cache) -> [calls, columns forwarded (rows x columns), seconds]."""
 
     def __init__(self, model: DiffusionLM):
         self.model, self.seconds = model, 0.0
+        self.profile: dict[str, list] = {}
         self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, input_ids, *args, **kwargs):
+        cache = kwargs.get("past_key_values")
+        kind = "window" if cache is not None and cache.get_seq_length() > 0 else "full"
         started = time.perf_counter()
-        out = self.model(*args, **kwargs)
+        out = self.model(input_ids, *args, **kwargs)
         self.sync()
-        self.seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        entry = self.profile.setdefault(kind, [0, 0, 0.0])
+        entry[0], entry[1], entry[2] = entry[0] + 1, entry[1] + input_ids.numel(), entry[2] + elapsed
         return out
 
     @property
@@ -139,7 +148,7 @@ def generate(
     row_forwards = state.row_forwards.tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)
     return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds,
-                        trace, response)
+                        trace, response, timed.profile)
 
 
 def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:

@@ -36,6 +36,8 @@ class EvalResult:
     num_tokens: int = 0
     seconds: float = 0.0
     forward_seconds: float = 0.0  # of `seconds`, inside model forwards
+    # forward kind (`full`: from column 0; `window`: after a KV cache) -> [calls, columns, seconds]
+    forward_profile: dict = field(default_factory=dict)
     decode_config: dict = field(default_factory=dict)
     code_version: str = ""
     machine: str = ""

@@ -67,6 +67,7 @@ def evaluate(
     problems = task.problems(split, n, seed)
     correct = nfe = calls = tokens = 0
     seconds = forward_seconds = 0.0
+    profile: dict[str, list] = {}
     tok = lm.tokenizer
     prompts = [prompt_ids(tok, p.prompt) for p in problems]
     per_problem: dict[int, dict] = {}
@@ -86,6 +87,8 @@ def evaluate(
         tokens += sum(out.num_tokens)
         seconds += out.seconds
         forward_seconds += out.forward_seconds
+        for kind, counts in out.profile.items():
+            profile[kind] = [a + b for a, b in zip(profile.get(kind, [0, 0, 0.0]), counts)]
         if samples is not None:
             for row, i in enumerate(indices):
                 per_problem[i] = sample_record(task, problems[i], texts[row], scores[row],
@@ -98,7 +101,8 @@ def evaluate(
         model=lm.name, task=task.name, method=config.method, n=len(problems), seed=seed, split=split,
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
-        nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds, decode_config=asdict(config),
+        nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds,
+        forward_profile=profile, decode_config=asdict(config),
         code_version=code_version(), machine=machine_description(lm.model.device),
     )
 
