@@ -6,9 +6,10 @@ import json
 import pytest
 
 from d3llm.decode import DecodeSettingError, default_method, resolve_config
-from d3llm.decode.config import PRESETS
+from d3llm.decode.config import PRESETS, validation_method
 from d3llm.errors import D3llmError
 from d3llm.models.catalog import bundled_models, describe
+from d3llm.models.lm import FAMILIES
 
 
 def test_default_method_by_model_kind():
@@ -24,6 +25,17 @@ def test_the_catalog_names_the_same_default():
     for name, path in bundled_models().items():
         family = json.loads((path / "config.json").read_text()).get("d3llm_family")
         assert describe(path, name).default_method == default_method(family), name
+
+
+def test_the_catalog_names_the_same_methods_for_every_family(tmp_path):
+    for family in FAMILIES:
+        folder = tmp_path / family
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"d3llm_family": family}))
+        (folder / "provenance.json").write_text(json.dumps({"final_validation": {"arith_accuracy_pct": 50.0}}))
+        summary = describe(folder)
+        assert summary.default_method == default_method(family), family
+        assert summary.validation_method == validation_method(family), family  # the trainer's default
 
 
 def test_settings_that_apply_are_accepted():

@@ -240,11 +240,6 @@ def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
 
 
-def first_incomplete_block_start(state: DecodeState) -> int:
-    """Column where the first block that is incomplete in any row starts (canvas end if none)."""
-    return int(incomplete_block_starts(state).min())
-
-
 class DualCache(_RowCached):
     """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration; a
     row's cache is rebuilt whenever its current block (`plan`: where it begins) changes."""
@@ -299,7 +294,9 @@ class BlockCache(NoCache):
             self.boundary_logits = self.boundary_logits[index]
 
     def forward(self, model, state: DecodeState) -> Forwarded:
-        begin, stop = first_incomplete_block_start(state), current_blocks_end(state)
+        starts = incomplete_block_starts(state)  # every row's blocks before its start are finished
+        begin = int(starts.min())
+        stop = min(int(starts.max()) + state.block_size, state.canvas.shape[1])  # the furthest current block's end
         window = dict(attention_mask=state.attention[:, :stop], past_key_values=self.cache, use_cache=True,
                       block_start=state.start)
         if self.cache is None:  # the prompt too; logits from the response on
@@ -314,14 +311,6 @@ class BlockCache(NoCache):
         self.cache.crop(begin - stop)  # finished blocks stay; the current ones are computed again
         self.end, self.boundary_logits = begin, out.logits[:, begin - first]
         return out.logits, _span(first, out.logits.shape[1], len(state.canvas), state.canvas.device)
-
-
-def current_blocks_end(state: DecodeState) -> int:
-    """Column where the furthest of the rows' first incomplete blocks ends."""
-    incomplete = state.progress() < 1  # (B, nb)
-    nb = state.num_blocks
-    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb - 1).min(1).values
-    return min(state.start + (int(first.max()) + 1) * state.block_size, state.canvas.shape[1])
 
 
 CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache,

@@ -150,6 +150,12 @@ def default_method(family: str) -> str:
     return {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")
 
 
+def validation_method(family: str) -> str:
+    """The method training validates a model of `family` with unless its recipe names one: its
+    one-token-per-forward baseline."""
+    return {"ar": "ar", "block": "block"}.get(family, "vanilla")
+
+
 def check_model_kind(config: DecodeConfig, family: str) -> None:
     """`ar` decodes autoregressive models only; the block cache, block models only, which decode
     their blocks in order (with the block cache, or none); the rest, LLaDA/Dream-style models."""
@@ -223,8 +229,7 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
     for name in names:
         if config.is_autoregressive and name not in _AR_SETTINGS:
             problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
-                              "KV cache "
-                              f"takes only {', '.join(_AR_SETTINGS)})")
+                              f"KV cache takes only {', '.join(_AR_SETTINGS)})")
         elif name in _APPLIES and not _APPLIES[name][0](config):
             detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval") else (
                 f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")

@@ -44,7 +44,7 @@ from d3llm.decode.cache import CACHE_POLICIES
 from d3llm.decode.config import DecodeConfig, for_model
 from d3llm.decode.select import score, select
 from d3llm.decode.speculative import generate_ar_spec
-from d3llm.decode.state import DecodeState
+from d3llm.decode.state import NOT_YET, DecodeState
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
 
@@ -221,9 +221,6 @@ def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], li
         sequences.append(row[: n - 1] if eos_id in row else row)
         counts.append(n)
     return sequences, counts
-
-
-NOT_YET = -1  # the AR canvas's "masked" value: a column not generated yet (never fed to the model)
 
 
 def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:

@@ -18,10 +18,9 @@ import time
 import torch
 
 from d3llm.decode.config import DecodeConfig
-from d3llm.decode.state import DecodeState
+from d3llm.decode.state import NOT_YET, DecodeState
 
 DRAFT_TOKENS = 10  # proposed per verification forward (transformers' documented example value)
-NOT_YET = -1  # as in the AR loop: a response column not generated
 
 
 class _Counter:

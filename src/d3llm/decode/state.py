@@ -24,6 +24,9 @@ import torch
 from d3llm.decode.config import DecodeConfig
 
 
+NOT_YET = -1  # the AR decoders' "masked" value: a response column not generated yet (never fed to the model)
+
+
 @dataclass
 class DecodeState:
     canvas: torch.Tensor  # (B, start + N) token ids

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
-from d3llm.models.block import as_attention_mask
+from d3llm.models.block import as_attention_mask, block_ids
 
 # LLaDA's lower bound on the mask ratio: keeps the 1/t weight finite.
 MASK_RATIO_EPS = 1e-3
@@ -152,8 +152,7 @@ def block_diffusion_loss(
     mask_id = model.facts.mask_token_id
     inputs = torch.cat([clean, torch.where(in_a, mask_id, target), torch.where(in_b, mask_id, target)], 1)
     positions = torch.cat([torch.arange(width, device=device).expand(len(clean), -1), response_cols, response_cols], 1)
-    columns = torch.arange(width, device=device) - prompt_len.unsqueeze(1)  # relative to the response
-    clean_ids = torch.where(columns < 0, columns, columns // k)  # prompt: one block per column
+    clean_ids = block_ids(width, prompt_len, k, device)  # (B, width): prompt one block per column
     mask = _complementary_block_mask(clean_ids, clean_valid, j // k, valid)
     net = getattr(model.net, "module", model.net)  # DDP-wrapped or not
     raw = model.net(input_ids=inputs, attention_mask=as_attention_mask(mask, net.config, model.dtype),

@@ -34,6 +34,7 @@ import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from d3llm.decode import preset
+from d3llm.decode.config import validation_method
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
@@ -143,7 +144,7 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[
     was_training = net.training
     net.eval()
     lm = LoadedModel(DiffusionLM(net), tokenizer, out, out.name)
-    method = config.eval_method or {"ar": "ar", "block": "block"}.get(lm.facts.family, "vanilla")
+    method = config.eval_method or validation_method(lm.facts.family)
     metrics = {}
     for name in config.tasks:
         result = evaluate(lm, get_task(name), preset(method, max_new_tokens=config.gen_length),
