@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import get_cosine_schedule_with_warmup
 
 from d3llm.decode import preset
@@ -35,7 +34,7 @@ from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel
 from d3llm.models.tokenizer import prompt_ids
 from d3llm.tasks import get_task
-from d3llm.train.config import TrainConfig
+from d3llm.train.config import TrainConfig, load_yaml
 from d3llm.train.data import build_examples, collate
 from d3llm.train.objectives import masked_diffusion_loss, next_token_loss
 from d3llm.train.trainer import batches_by_length, network_for, tokenizer_for
@@ -90,7 +89,7 @@ def parse_settings(pairs: list[str]) -> dict:
         node = out
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value)
     return out
 
 
@@ -111,7 +110,7 @@ def main() -> None:
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config} not found")
     torch.set_num_threads(args.threads)
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    raw = load_yaml(Path(args.config).read_text()) or {}
     settings = parse_settings(args.set)
     for key, value in settings.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key == "objective" else value

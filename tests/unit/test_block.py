@@ -172,3 +172,18 @@ def test_the_profile_counts_every_forward_by_kind():
     assert full_calls == 1 and full_calls + window_calls == out.nfe  # the prompt once, then windows
     assert full_columns == 3 * (11 + 4)  # three rows: the longest prompt (11) and the first block
     assert window_columns == 3 * (4 + 4) * 3  # each later forward: the finished block and the next one
+
+
+@pytest.mark.parametrize("family", ["dream", "llada"])
+def test_a_block_model_starts_a_bidirectional_dllm(tmp_path, tiny_tokenizer, family):
+    """`init_from` a block model (tiny-dream's recipe): the same weights, full attention, no
+    blocks left in the config; the Dream network keeps the shift and so the block model's
+    prediction wherever the block model sees everything (the last column, one layer)."""
+    block = toy_model("block", block_size=4, num_layers=1, vocab_size=len(tiny_tokenizer))
+    block.save_pretrained(tmp_path / "block")
+    net = network_for(TrainConfig(family=family, init_from=str(tmp_path / "block")), tiny_tokenizer)
+    model = DiffusionLM(net.eval())
+    assert model.facts.family == family and not hasattr(net.config, "d3llm_block_size")
+    x = torch.randint(3, len(tiny_tokenizer), (2, 9))
+    if family == "dream":
+        torch.testing.assert_close(model(x).last_logits, block(x, block_start=5).last_logits, atol=1e-5, rtol=1e-5)

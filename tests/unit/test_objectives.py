@@ -34,7 +34,8 @@ def test_stratified_ratios_are_evenly_spaced_within_bounds():
 
 def test_prefix_rows_keep_a_clean_prefix_of_the_response():
     batch = _batch(rows=64)
-    maskable = maskable_positions(DiffusionObjective(prefix_rows=1.0), batch, torch.Generator().manual_seed(0))
+    maskable, always = maskable_positions(DiffusionObjective(prefix_rows=1.0), batch, torch.Generator().manual_seed(0))
+    assert not always.any()  # no prefix_window: the ratio t applies to the whole tail
     in_response = response_mask(batch)
     assert not (maskable & ~in_response).any()  # never the prompt
     for row in maskable:  # maskable = one contiguous tail of the response
@@ -42,8 +43,8 @@ def test_prefix_rows_keep_a_clean_prefix_of_the_response():
         assert row[first:].all() and not row[:first].any() and first >= 5
     cut_lengths = {int(row.sum()) for row in maskable}
     assert len(cut_lengths) > 5  # cut positions vary
-    uniform = maskable_positions(DiffusionObjective(), batch, None)
-    assert torch.equal(uniform, in_response)
+    uniform, always = maskable_positions(DiffusionObjective(), batch, None)
+    assert torch.equal(uniform, in_response) and not always.any()
 
 
 def test_default_objective_is_llada_loss_and_token_mean_differs():
@@ -69,6 +70,8 @@ def test_default_objective_is_llada_loss_and_token_mean_differs():
     ({"t_min": 0.0}, "objective.t_min"),
     ({"t_min": 0.5, "t_max": 0.4}, "objective.t_min"),
     ({"prefix_rows": 1.5}, "objective.prefix_rows"),
+    ({"prefix_window": 0}, "objective.prefix_window"),
+    ({"prefix_window": 2.5}, "objective.prefix_window"),
 ])
 def test_bad_objective_settings_name_the_field(raw, message):
     with pytest.raises(D3llmError, match=message):
@@ -86,7 +89,25 @@ def test_unknown_objective_key_is_refused():
 def test_prefix_cuts_fall_in_the_content_not_the_eos_padding():
     batch = _batch(rows=256, prompt=5, response=20)
     batch["input_ids"][:, 5 + 6 :] = 1  # content: 6 tokens, then EOS (id 1) padding
-    maskable = maskable_positions(DiffusionObjective(prefix_rows=1.0), batch, torch.Generator().manual_seed(0), 1)
+    maskable, _ = maskable_positions(DiffusionObjective(prefix_rows=1.0), batch, torch.Generator().manual_seed(0), 1)
     first = maskable.int().argmax(1)
     assert int(first.min()) == 5 and int(first.max()) <= 5 + 6  # at most: clean through the first EOS
     assert len(set(first.tolist())) == 7  # every cut in 0..6 occurs
+
+
+def test_prefix_window_masks_everything_beyond_it():
+    """With `prefix_window` w, a prefix row is clean up to its cut, masked with ratio t over the
+    next w tokens, and masked whole after them: no later token is ever in view."""
+    batch = _batch(rows=64)
+    objective = DiffusionObjective(prefix_rows=1.0, prefix_window=3, weighting="token_mean")
+    maskable, always = maskable_positions(objective, batch, torch.Generator().manual_seed(0))
+    for row_maskable, row_always in zip(maskable, always):
+        first = int(row_maskable.int().argmax())
+        assert not row_always[: first + 3].any() and row_always[first + 3 :].equal(row_maskable[first + 3 :])
+    model = toy_model("llada")
+    seen = []
+    model.net.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    masked_diffusion_loss(model, batch, torch.Generator().manual_seed(0), objective)
+    generator = torch.Generator().manual_seed(0)
+    maskable, always = maskable_positions(objective, batch, generator)
+    assert ((seen[0] == 2) | ~always).all()  # the same draws: every `always` position went in masked

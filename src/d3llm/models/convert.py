@@ -38,6 +38,8 @@ def ar_to_dream(net: PreTrainedModel, mask_token_id: int) -> PreTrainedModel:
 
 
 def ar_to_llada(net: PreTrainedModel, mask_token_id: int) -> PreTrainedModel:
+    if hasattr(net.config, "d3llm_block_size"):  # from a block model: its blocks go
+        del net.config.d3llm_block_size
     net.config.is_causal = False
     net.config.d3llm_family = "llada"
     net.config.mask_token_id = mask_token_id

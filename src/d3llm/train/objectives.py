@@ -47,6 +47,11 @@ class DiffusionObjective:
     # response position, masked with ratio t after it (semi-autoregressive masks, as block
     # diffusion and the teacher's own block-wise decoding order have it). 0 = uniform masks.
     prefix_rows: float = 0.0
+    # In those rows, how far after the cut the ratio t applies: None = to the end of the
+    # response; w = the w tokens after the cut, every later token masked (what a model decoded
+    # left to right in blocks of w sees: the blocks after the current one are all masks). A
+    # result digit then never has a clean copy of itself in view (docs/teacher-training.md).
+    prefix_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.weighting not in ("inverse_t", "token_mean"):
@@ -57,6 +62,9 @@ class DiffusionObjective:
             raise D3llmError(f"need 0 < `objective.t_min` <= `objective.t_max` <= 1, got {self.t_min}, {self.t_max}")
         if not 0 <= self.prefix_rows <= 1:
             raise D3llmError(f"`objective.prefix_rows` must be in [0, 1], got {self.prefix_rows}")
+        if self.prefix_window is not None and (isinstance(self.prefix_window, bool)
+                                               or not isinstance(self.prefix_window, int) or self.prefix_window < 1):
+            raise D3llmError(f"`objective.prefix_window` must be a positive integer or null, got {self.prefix_window!r}")
 
 
 def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -79,13 +87,14 @@ def maskable_positions(
     batch: dict[str, torch.Tensor],
     generator: torch.Generator | None,
     eos_token_id: int | None = None,
-) -> torch.Tensor:
-    """(B, L) bool: the response, except, in `prefix_rows` of the rows, a clean prefix of it.
-    The cut is uniform over the response's content: up to and including its first
-    `eos_token_id` (a canvas padded with EOS would otherwise put most cuts in the padding)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maskable, always): (B, L) bool each. Maskable: the response, except, in `prefix_rows` of
+    the rows, a clean prefix of it. The cut is uniform over the response's content: up to and
+    including its first `eos_token_id` (a canvas padded with EOS would otherwise put most cuts
+    in the padding). Always: the positions masked whatever t is (`prefix_window`)."""
     in_response = response_mask(batch)
     if objective.prefix_rows == 0:
-        return in_response
+        return in_response, torch.zeros_like(in_response)
     rows, width = in_response.shape
     content = in_response
     if eos_token_id is not None:
@@ -95,8 +104,12 @@ def maskable_positions(
     cut_rows = torch.rand(rows, generator=generator).to(device) < objective.prefix_rows
     cut = batch["prompt_len"] + (torch.rand(rows, generator=generator).to(device) * content.sum(1)).long()
     positions = torch.arange(width, device=device).unsqueeze(0)
-    after_cut = positions >= torch.where(cut_rows, cut, batch["prompt_len"]).unsqueeze(1)
-    return in_response & after_cut
+    start = torch.where(cut_rows, cut, batch["prompt_len"]).unsqueeze(1)
+    maskable = in_response & (positions >= start)
+    if objective.prefix_window is None:
+        return maskable, torch.zeros_like(maskable)
+    beyond = cut_rows.unsqueeze(1) & (positions >= start + objective.prefix_window)
+    return maskable, maskable & beyond
 
 
 def masked_diffusion_loss(
@@ -107,9 +120,9 @@ def masked_diffusion_loss(
 ) -> torch.Tensor:
     objective = objective or DiffusionObjective()
     ids = batch["input_ids"]  # (B, L)
-    maskable = maskable_positions(objective, batch, generator, model.facts.eos_token_id)
+    maskable, always = maskable_positions(objective, batch, generator, model.facts.eos_token_id)
     t = sample_mask_ratio(objective, ids.shape[0], generator).to(ids.device)  # (B, 1)
-    masked = maskable & (torch.rand(ids.shape, generator=generator).to(ids.device) < t)
+    masked = always | (maskable & (torch.rand(ids.shape, generator=generator).to(ids.device) < t))
     noisy = torch.where(masked, model.facts.mask_token_id, ids)
     logits = model(noisy, attention_mask=batch["attention_mask"]).logits  # (B, L, V)
     ce = F.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")  # (B, L)

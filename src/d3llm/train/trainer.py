@@ -187,7 +187,9 @@ def network_for(config: TrainConfig, tokenizer):
         net = load_network(resolve_model(config.init_from), dtype=torch.float32)
         if net.config.d3llm_family == "ar" and config.family == "block":
             net = ar_to_block(net, tokenizer.mask_token_id, _new_block_size(config))
-        elif net.config.d3llm_family == "ar" and config.family != "ar":
+        elif net.config.d3llm_family in ("ar", "block") and config.family in ("dream", "llada"):
+            # an AR model, or a block model (the same Llama with the AR shift, already at ease with
+            # masks: docs/teacher-training.md), becomes a fully bidirectional dLLM
             adapt = ar_to_dream if config.family == "dream" else ar_to_llada
             net = adapt(net, mask_token_id=tokenizer.mask_token_id)
         if net.config.d3llm_family != config.family:
