@@ -34,7 +34,8 @@ def configs(family: str) -> dict[str, DecodeConfig]:
             "fast-dllm-dual": preset("fast-dllm-dual", threshold=c), "dparallel": preset("dparallel", threshold=e),
             "d3llm": preset("d3llm", threshold=e), "d3llm-cache": preset("d3llm-cache", threshold=e),
             "d3llm-cache/refresh 3": preset("d3llm-cache", threshold=e, refresh_interval=3),
-            "d3llm-cache/delay 2": preset("d3llm-cache", threshold=e, cache_delay=2)}
+            "d3llm-cache/delay 2": preset("d3llm-cache", threshold=e, cache_delay=2),
+            "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_waiting=False)}
 
 
 METHODS = list(configs("llada"))
@@ -121,7 +122,8 @@ def test_one_prompt_decodes_as_before_per_row_caches(family, method):
 
 @pytest.mark.parametrize("cached, uncached", [("fast-dllm", "fast-dllm"), ("fast-dllm-dual", "fast-dllm"),
                                               ("d3llm-cache", "d3llm"), ("d3llm-cache/refresh 3", "d3llm"),
-                                              ("d3llm-cache/delay 2", "d3llm")])
+                                              ("d3llm-cache/delay 2", "d3llm"),
+                                              ("d3llm-cache/window refresh", "d3llm")])
 def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncached):
     model = toy_model("llada", seed=2, num_layers=1)
     threshold = {"confidence": 0.5, "entropy": 1.5}
@@ -135,6 +137,20 @@ def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncac
     assert mixes_commits(plain.trace)
     assert out.sequences == plain.sequences and torch.equal(out.trace, plain.trace)
     assert out.row_forwards == plain.row_forwards
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_without_refresh_waiting_only_the_first_forward_is_full(family):
+    """`refresh_waiting=False`: a completed block no longer makes its row forward the whole
+    canvas; the row forwards from its cache on, which grows as blocks settle (delay 2: with delay 1
+    a block committed by a forward is settled at the next iteration, so only a block filled by
+    the EOS of early stop waits)."""
+    model = toy_model(family, seed=2)
+    config = configs(family)["d3llm-cache/delay 2"].override(max_new_tokens=24, block_size=4)
+    official = generate(model, [PROMPTS[1]], config, PAD)
+    lean = generate(model, [PROMPTS[1]], config.override(refresh_waiting=False), PAD)
+    assert official.profile["full"][0] > 1 and lean.profile["full"][0] == 1
+    assert lean.nfe == lean.profile["full"][0] + lean.profile["window"][0]
 
 
 def complete_block(state: DecodeState, row: int, block: int) -> None:

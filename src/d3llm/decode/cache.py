@@ -9,7 +9,8 @@ LM head runs only where logits are needed (`logits_to_keep`).
   rebuilt (refresh) whenever that start moves, i.e. once per block.
 - `delayed` (d3LLM): a row's block enters its cache `cache_delay` iterations after it completed
   (its keys from that iteration's forward); while any completed block of the row is waiting,
-  the row's iterations refresh; also every `refresh_interval` iterations.
+  the row's iterations refresh (`refresh_waiting`, the official code; off: they forward from
+  the row's cache on, which holds settled blocks only); also every `refresh_interval` iterations.
 - `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current block
   is cached too, so an iteration forwards the current block alone. Attention is bidirectional,
   so the order of cached keys does not matter: a row's cache holds `[prefix, suffix]` and its
@@ -228,6 +229,8 @@ class DelayedCache(_PrefixCache):
     def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
         # waiting: completed less than `cache_delay` iterations ago
         waiting = (state.completed_at > max(state.step - self.config.cache_delay, -1)).any(1)
+        if not self.config.refresh_waiting:  # the window forward recomputes the waiting blocks anyway
+            waiting = torch.zeros_like(waiting)
         interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
         return waiting | (interval is not None and state.step % interval == 0)
 

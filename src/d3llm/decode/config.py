@@ -58,6 +58,9 @@ class DecodeConfig:
     cache: CachePolicy = "none"  # KV-cache policy
     cache_delay: int = 1  # delayed: iterations a completed block waits before it is cached
     refresh_interval: int | None = None  # delayed: recompute everything every N iterations (None: off)
+    # delayed: while a completed block of a row waits, the row forwards its whole canvas (True, the
+    # official code) or only from its cache boundary on, the settled prefix's keys reused (False)
+    refresh_waiting: bool = True
     temperature: float = 0.0  # 0 = argmax; > 0 samples committed tokens from softmax(logits / T)
     seed: int = 0  # sampling seed (temperature > 0)
 
@@ -82,6 +85,8 @@ class DecodeConfig:
                 raise D3llmError(f"`{name}` must be in (0, 1], got {value}")
         if self.cache_delay < 0:
             raise D3llmError(f"`cache_delay` must be >= 0, got {self.cache_delay}")
+        if not isinstance(self.refresh_waiting, bool):
+            raise D3llmError(f"`refresh_waiting` must be true or false, got {self.refresh_waiting!r}")
         if self.refresh_interval is not None and self.refresh_interval < 1:
             raise D3llmError(f"`refresh_interval` must be >= 1 or None (off), got {self.refresh_interval}")
         if not 0 <= self.temperature < float("inf"):  # NaN fails too
@@ -219,6 +224,7 @@ _APPLIES = {
     "forcing": (lambda c: c.strategy != "topk", "forced progress belongs to the threshold strategies"),
     "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
     "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
+    "refresh_waiting": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) has waiting blocks"),
     "seed": (lambda c: c.temperature > 0, "it seeds sampling; set temperature > 0"),
 }
 
@@ -231,7 +237,7 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
             problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
                               f"KV cache takes only {', '.join(_AR_SETTINGS)})")
         elif name in _APPLIES and not _APPLIES[name][0](config):
-            detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval") else (
+            detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval", "refresh_waiting") else (
                 f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
     return problems
