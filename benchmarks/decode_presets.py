@@ -3,6 +3,8 @@ decode time spent outside model forwards. Prints a Markdown table (the README's 
 
     python benchmarks/decode_presets.py --model tiny-teacher --tasks arith,arith-long --n 50
     python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --tasks arith,code --batch-sizes 1
+    python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm --methods ar,d3llm-cache \
+        --variant d3llm-cache:refresh_waiting=false --tasks code --batch-sizes 1
 
 Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
 this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
@@ -21,7 +23,8 @@ import time
 import torch
 
 from d3llm.decode import preset
-from d3llm.decode.config import methods_for
+from d3llm.decode.config import methods_for, parse_overrides
+from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import load_model
 from d3llm.models.tokenizer import prompt_ids
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="arith,arith-long")
     parser.add_argument("--methods", default=None,
                         help="Comma-separated presets (default: every preset of each model's family)")
+    parser.add_argument("--variant", action="append", default=[], metavar="METHOD:NAME=VALUE[,NAME=VALUE]",
+                        help="An extra row: a preset with decode settings changed (repeatable)")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--no-ceiling", action="store_true", help="Skip the bare-forward lines")
@@ -53,6 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    variants = [variant(text, parser) for text in args.variant]
     header = ["model", "task", "method", "accuracy %", "TPF", *[f"tok/s b{b}" for b in batch_sizes], "outside fwd b1"]
     models = [load_model(name) for name in args.model or ["tiny-teacher"]]
     print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
@@ -72,19 +78,30 @@ def main() -> None:
         task = get_task(task_name)
         for lm in models:
             methods = args.methods.split(",") if args.methods else methods_for(lm.facts.family)
-            for method in [m for m in methods if m in methods_for(lm.facts.family)]:
-                cells, first = _measure(lm, task, method, args.n, batch_sizes)
-                firsts.append(first)
-                print("| " + " | ".join([lm.name, task_name, method, *cells]) + " |", flush=True)
+            rows = [(m, preset(m)) for m in methods if m in methods_for(lm.facts.family)] + [
+                (label, config) for label, config in variants if config.method in methods_for(lm.facts.family)]
+            for label, config in rows:
+                cells, first = _measure(lm, task, config, args.n, batch_sizes)
+                firsts.append((label, first))
+                print("| " + " | ".join([lm.name, task_name, label, *cells]) + " |", flush=True)
     print_profile(firsts, batch_sizes[0])
 
 
-def _measure(lm, task, method: str, n: int, batch_sizes: list[int]):
+def variant(text: str, parser) -> tuple[str, object]:
+    """`d3llm-cache:refresh_waiting=false` -> (its row label, the preset with that setting)."""
+    method, _, settings = text.partition(":")
+    try:
+        return f"{method} ({settings})", preset(method, **parse_overrides(settings.split(",") if settings else []))
+    except D3llmError as exc:
+        parser.error(f"--variant {text}: {exc}")
+
+
+def _measure(lm, task, config, n: int, batch_sizes: list[int]):
     """Cells: accuracy, TPF, tokens/s at each batch size, share of time outside forwards at the
     first; and the result at the first batch size."""
     cells, first = [], None
     for batch_size in batch_sizes:
-        result = evaluate(lm, task, preset(method), n=n, seed=0, batch_size=batch_size)
+        result = evaluate(lm, task, config, n=n, seed=0, batch_size=batch_size)
         cells.append(f"{result.tokens_per_second:.1f}")
         first = first or result
     outside = 1 - first.forward_seconds / max(first.seconds, 1e-9)
@@ -96,13 +113,13 @@ def print_profile(results, batch_size: int) -> None:
     `window`: after a KV cache; ar-spec's verifications are not split), columns and ms per
     forward, ms per iteration outside forwards, and the ceiling: TPF x (ms of the task's `ar`
     forward / ms of this row's forward), the speed-up over `ar` if nothing but forwards cost."""
-    ar_ms = {r.task: 1000 * r.forward_seconds / max(r.forward_calls, 1) for r in results if r.method == "ar"}
+    ar_ms = {r.task: 1000 * r.forward_seconds / max(r.forward_calls, 1) for _, r in results if r.method == "ar"}
     print(f"\nProfile at batch {batch_size}:\n")
     print("| model | task | method | iterations | full: calls, columns, ms | window: calls, columns, ms "
           "| outside ms/iter | ceiling vs ar | measured vs ar |")
     print("|" + "---|" * 9)
-    ar_rate = {r.task: r.tokens_per_second for r in results if r.method == "ar"}
-    for r in results:
+    ar_rate = {r.task: r.tokens_per_second for _, r in results if r.method == "ar"}
+    for label, r in results:
         kinds = []
         for kind in ("full", "window"):
             calls, columns, seconds = r.forward_profile.get(kind, [0, 0, 0.0])
@@ -111,7 +128,7 @@ def print_profile(results, batch_size: int) -> None:
         row_ms = 1000 * r.forward_seconds / max(r.forward_calls, 1)
         ceiling = f"{r.tokens_per_forward * ar_ms[r.task] / row_ms:.2f}x" if r.task in ar_ms and row_ms else "-"
         measured = f"{r.tokens_per_second / ar_rate[r.task]:.2f}x" if r.task in ar_rate else "-"
-        print(f"| {r.model} | {r.task} | {r.method} | {r.forward_calls} | {kinds[0]} | {kinds[1]} | {outside:.2f} "
+        print(f"| {r.model} | {r.task} | {label} | {r.forward_calls} | {kinds[0]} | {kinds[1]} | {outside:.2f} "
               f"| {ceiling} | {measured} |")
 
 
