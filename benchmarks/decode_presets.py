@@ -23,7 +23,7 @@ import time
 import torch
 
 from d3llm.decode import preset
-from d3llm.decode.config import methods_for, parse_overrides
+from d3llm.decode.config import inapplicable, methods_for, parse_overrides
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import load_model
@@ -91,9 +91,14 @@ def variant(text: str, parser) -> tuple[str, object]:
     """`d3llm-cache:refresh_waiting=false` -> (its row label, the preset with that setting)."""
     method, _, settings = text.partition(":")
     try:
-        return f"{method} ({settings})", preset(method, **parse_overrides(settings.split(",") if settings else []))
+        overrides = parse_overrides(settings.split(",") if settings else [])
+        config = preset(method, **overrides)
     except D3llmError as exc:
         parser.error(f"--variant {text}: {exc}")
+    problems = inapplicable(config, overrides)  # a setting the method ignores would make a twin row
+    if problems:
+        parser.error(f"--variant {text}: {'; '.join(problems.values())}")
+    return f"{method} ({settings})", config
 
 
 def _measure(lm, task, config, n: int, batch_sizes: list[int]):
