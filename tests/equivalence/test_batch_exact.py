@@ -26,21 +26,24 @@ PAD = 0
 # with forced ones, and rows finish at different iterations.
 CONFIDENCE = {"llada": 0.6, "dream": 0.3}
 ENTROPY = {"llada": 1.5, "dream": 1.8}
+SHORT_ENTROPY = {"llada": 1.5, "dream": 2.0}  # the same, forwards ending at the last created block
 
 
 def configs(family: str) -> dict[str, DecodeConfig]:
-    c, e = CONFIDENCE[family], ENTROPY[family]
+    c, e, short = CONFIDENCE[family], ENTROPY[family], SHORT_ENTROPY[family]
     return {"vanilla": preset("vanilla"), "fast-dllm": preset("fast-dllm", threshold=c),
             "fast-dllm-dual": preset("fast-dllm-dual", threshold=c), "dparallel": preset("dparallel", threshold=e),
             "d3llm": preset("d3llm", threshold=e), "d3llm-cache": preset("d3llm-cache", threshold=e),
             "d3llm-cache/refresh 3": preset("d3llm-cache", threshold=e, refresh_interval=3),
             "d3llm-cache/delay 2": preset("d3llm-cache", threshold=e, cache_delay=2),
-            "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_waiting=False)}
+            "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_waiting=False),
+            "d3llm/created only": preset("d3llm", threshold=short, forward_uncreated=False),
+            "d3llm-cache/created only": preset("d3llm-cache", threshold=short, cache_delay=2, forward_uncreated=False)}
 
 
 METHODS = list(configs("llada"))
 # Methods where some iterations refresh some rows and read the others' caches (two forwards).
-SPLIT = {"fast-dllm", "fast-dllm-dual", "d3llm-cache/delay 2"}
+SPLIT = {"fast-dllm", "fast-dllm-dual", "d3llm-cache/delay 2", "d3llm-cache/created only"}
 
 
 def recording(model) -> list[int]:
@@ -79,6 +82,8 @@ def test_a_batch_decodes_what_each_prompt_decodes_alone(family, method):
     if config.cache != "none":  # cached forwards ran, and (SPLIT) forwards of refreshing rows beside them
         assert min(batch_widths) < max(map(len, PROMPTS)) + 24
         assert (len(batch_widths) > batch.nfe) == (method in SPLIT)
+    if not config.forward_uncreated:  # the first forward: the prompt and the one created block
+        assert batch_widths[0] == max(map(len, PROMPTS)) + 4
 
 
 # One prompt alone, decoded by the code before per-row caches (float64, toy seed 2, prompt
@@ -123,7 +128,8 @@ def test_one_prompt_decodes_as_before_per_row_caches(family, method):
 @pytest.mark.parametrize("cached, uncached", [("fast-dllm", "fast-dllm"), ("fast-dllm-dual", "fast-dllm"),
                                               ("d3llm-cache", "d3llm"), ("d3llm-cache/refresh 3", "d3llm"),
                                               ("d3llm-cache/delay 2", "d3llm"),
-                                              ("d3llm-cache/window refresh", "d3llm")])
+                                              ("d3llm-cache/window refresh", "d3llm"),
+                                              ("d3llm-cache/created only", "d3llm/created only")])
 def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncached):
     model = toy_model("llada", seed=2, num_layers=1)
     threshold = {"confidence": 0.5, "entropy": 1.5}

@@ -41,6 +41,7 @@ def test_the_catalog_names_the_same_methods_for_every_family(tmp_path):
 def test_settings_that_apply_are_accepted():
     assert resolve_config("d3llm-cache", "llada", cache_delay=2, refresh_interval=4).refresh_interval == 4
     assert resolve_config("d3llm-cache", "llada", refresh_waiting=False).refresh_waiting is False
+    assert resolve_config("d3llm", "dream", forward_uncreated=False).forward_uncreated is False
     assert resolve_config("vanilla", "llada", tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
     assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="global").threshold == 0.8
     assert resolve_config("ar", "ar", max_new_tokens=8, temperature=0.5, seed=3).seed == 3
@@ -54,6 +55,8 @@ def test_settings_that_apply_are_accepted():
      "`refresh_interval` has no effect with method 'd3llm' (cache none)"),
     ("d3llm", "llada", {"refresh_waiting": False}, "refresh_waiting",
      "`refresh_waiting` has no effect with method 'd3llm' (cache none)"),
+    ("fast-dllm-dual", "llada", {"forward_uncreated": False}, "forward_uncreated",
+     "`forward_uncreated` has no effect with method 'fast-dllm-dual' (cache dual)"),
     ("fast-dllm", "llada", {"cache_delay": 2}, "cache_delay",
      "`cache_delay` has no effect with method 'fast-dllm' (cache prefix)"),
     ("vanilla", "llada", {"threshold": 0.3}, "threshold",

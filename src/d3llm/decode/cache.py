@@ -11,6 +11,9 @@ LM head runs only where logits are needed (`logits_to_keep`).
   (its keys from that iteration's forward); while any completed block of the row is waiting,
   the row's iterations refresh (`refresh_waiting`, the official code; off: they forward from
   the row's cache on, which holds settled blocks only); also every `refresh_interval` iterations.
+
+`none`, `prefix` and `delayed` forward up to the canvas end, or, with `forward_uncreated` off, up to
+each row's last created block (`_extent`): later columns are masks no candidate is in.
 - `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current block
   is cached too, so an iteration forwards the current block alone. Attention is bidirectional,
   so the order of cached keys does not matter: a row's cache holds `[prefix, suffix]` and its
@@ -60,9 +63,22 @@ class NoCache:
         """Keep only rows `index` of the batch (finished rows leave it)."""
 
     def forward(self, model, state: DecodeState) -> Forwarded:
-        out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions,
-                    logits_to_keep=state.num_new, block_start=state.start)
-        return out.logits, _span(state.start, state.num_new, len(state.canvas), state.canvas.device)
+        stop, keep = _extent(state, self.config)
+        out = model(state.canvas[:, :stop], attention_mask=keep, position_ids=state.positions[:, :stop],
+                    logits_to_keep=stop - state.start, block_start=state.start)
+        return out.logits, _span(state.start, stop - state.start, len(state.canvas), state.canvas.device)
+
+
+def _extent(state: DecodeState, config: DecodeConfig) -> tuple[int, torch.Tensor]:
+    """(stop, keep): forwards end at canvas column `stop`; `keep` (B, stop) is the attention mask
+    of the columns each row's forward holds: not left padding, and with `forward_uncreated` off
+    nothing after the row's last created block (its own end, so a row decodes what it does alone)."""
+    if config.forward_uncreated:
+        return state.canvas.shape[1], state.attention
+    ends = state.created_end()
+    stop = int(ends.max())
+    before_end = torch.arange(stop, device=ends.device) < ends.unsqueeze(1)
+    return stop, state.attention[:, :stop] * before_end
 
 
 @dataclass
@@ -162,11 +178,14 @@ class _RowCached(NoCache):
         return logits, columns
 
 
-def _forward_all(model, state: DecodeState) -> tuple[torch.Tensor, DynamicCache]:
-    """The whole canvas into a new cache; logits of the response only."""
+def _forward_all(model, state: DecodeState, extent: tuple[int, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, DynamicCache]:
+    """The canvas (up to `extent`'s stop, default the end) into a new cache; logits of the
+    response only."""
+    stop, keep = extent or (state.canvas.shape[1], state.attention)
     kv = DynamicCache(config=model.config)
-    out = model(state.canvas, attention_mask=state.attention, position_ids=state.positions, past_key_values=kv,
-                use_cache=True, logits_to_keep=state.num_new)
+    out = model(state.canvas[:, :stop], attention_mask=keep, position_ids=state.positions[:, :stop],
+                past_key_values=kv, use_cache=True, logits_to_keep=stop - state.start)
     return out.logits, kv
 
 
@@ -174,20 +193,21 @@ class _PrefixCache(_RowCached):
     """Each row caches its columns [0, target), `target` (B,) the policy's `plan`."""
 
     def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
-        logits, kv = _forward_all(model, state)
+        logits, kv = _forward_all(model, state, _extent(state, self.config))
         kv.crop(int(target.max()) - kv.get_seq_length())
-        columns = _span(state.start, state.num_new, len(target), target.device)
+        columns = _span(state.start, logits.shape[1], len(target), target.device)
         return logits, columns, self._rows(state, kv, target, logits, state.start)
 
     def cached(self, model, state: DecodeState, target: torch.Tensor, rows: _RowCache) -> Step:
-        """Forward [lo, L), lo the shortest row cache: each row attends to its cached slots and
-        to the window's columns after them."""
+        """Forward [lo, stop), lo the shortest row cache, `stop` the canvas end (`_extent`): each
+        row attends to its cached slots and to the window's columns after them."""
         end, slots = rows.prefix, rows.visible.shape[1]
         lo, width = torch.stack([end.min(), target.max()]).tolist()
-        window = _span(lo, state.canvas.shape[1] - lo, len(end), end.device)
+        stop, keep = _extent(state, self.config)
+        window = _span(lo, stop - lo, len(end), end.device)
         uncached = window >= end.unsqueeze(1)
-        mask = torch.cat([rows.visible, uncached & state.attention[:, lo:].bool()], 1)
-        out = model(state.canvas[:, lo:], attention_mask=mask.long(), position_ids=state.positions[:, lo:],
+        mask = torch.cat([rows.visible, uncached & keep[:, lo:].bool()], 1)
+        out = model(state.canvas[:, lo:stop], attention_mask=mask.long(), position_ids=state.positions[:, lo:stop],
                     past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
         logits = _with_boundary(model, out.logits, end - lo, rows.boundary)
         if lo == slots:  # every row caches [0, lo): slots and columns coincide

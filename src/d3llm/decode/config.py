@@ -61,6 +61,10 @@ class DecodeConfig:
     # delayed: while a completed block of a row waits, the row forwards its whole canvas (True, the
     # official code) or only from its cache boundary on, the settled prefix's keys reused (False)
     refresh_waiting: bool = True
+    # forward the blocks not created yet (True, the official code: attention over the whole canvas)
+    # or stop each row's forwards at the end of its last created block (False: less work; an
+    # approximation for bidirectional models, exact for block models)
+    forward_uncreated: bool = True
     temperature: float = 0.0  # 0 = argmax; > 0 samples committed tokens from softmax(logits / T)
     seed: int = 0  # sampling seed (temperature > 0)
 
@@ -225,6 +229,9 @@ _APPLIES = {
     "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
     "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
     "refresh_waiting": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) has waiting blocks"),
+    "forward_uncreated": (lambda c: c.cache in ("none", "prefix", "delayed"),
+                          "the dual cache forwards one block against a cached suffix, the block cache stops at the "
+                          "current block already"),
     "seed": (lambda c: c.temperature > 0, "it seeds sampling; set temperature > 0"),
 }
 
@@ -237,7 +244,8 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
             problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
                               f"KV cache takes only {', '.join(_AR_SETTINGS)})")
         elif name in _APPLIES and not _APPLIES[name][0](config):
-            detail = f"cache {config.cache}" if name in ("cache_delay", "refresh_interval", "refresh_waiting") else (
+            cache_bound = ("cache_delay", "refresh_interval", "refresh_waiting", "forward_uncreated")
+            detail = f"cache {config.cache}" if name in cache_bound else (
                 f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
     return problems

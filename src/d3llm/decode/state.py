@@ -110,6 +110,10 @@ class DecodeState:
         """(B, nb) bool."""
         return torch.arange(self.num_blocks, device=self.canvas.device) < self.created.unsqueeze(1)
 
+    def created_end(self) -> torch.Tensor:
+        """(B,) canvas column where each row's created blocks end."""
+        return (self.start + self.created * self.block_size).clamp(max=self.canvas.shape[1])
+
     def row_finished(self) -> torch.Tensor:
         """(B,) bool: rows without masks."""
         return ~self.masked().any(1)
