@@ -48,6 +48,13 @@ def test_dream_adapts_from_an_ar_model(tmp_path):
                                          "init_from": str(ar), "tokenizer_from": str(ar)}), tmp_path / "dream")
     lm = load_model(dream)
     assert lm.facts.family == "dream" and lm.facts.mask_token_id == lm.tokenizer.mask_token_id
+    # the second stage's records carry the first stage's, as they were when it started
+    first = json.loads((ar / "provenance.json").read_text())
+    (ar / "provenance.json").write_text("{}")  # the source changes later (a bundled name re-bundled)
+    dream = train(TrainConfig.from_dict({**TINY, "family": "dream", "steps": 10, "save_every": 10,
+                                         "init_from": str(ar), "tokenizer_from": str(ar)}), tmp_path / "dream")
+    assert json.loads((dream / "provenance.json").read_text())["started_from"] == first
+    assert "started_from" not in first  # from scratch: no earlier stage
 
 
 def test_stop_at_ends_early_on_the_recipes_schedule(tmp_path):

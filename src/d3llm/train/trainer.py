@@ -8,7 +8,9 @@ callback and the output folder:
     OUT/
       config.json, model.safetensors, tokenizer.json ...   final model (a loadable folder)
       train_config.yaml     the resolved recipe
-      provenance.json       command, seed, code version, training time, final metrics
+      provenance.json       command, seed, code version, training time, final metrics, and
+                            `started_from`: the provenance of the `init_from` model (earlier stages)
+      started_from.json     that provenance, read when the run first started
       curve.jsonl           validation accuracy against step and training seconds
       runs.jsonl            one line per invocation (start step, processes): resumes are visible
       checkpoints/          Trainer checkpoints (resume: run the same command again)
@@ -50,6 +52,7 @@ from d3llm.version import code_version
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+STARTED_FROM = "started_from.json"
 
 
 def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[list[dict]]:
@@ -259,8 +262,11 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
         collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)
+    first_start = not saved.is_file()
     out.mkdir(parents=True, exist_ok=True)
     if _is_first_process():
+        if first_start:  # what the run starts from, read now: a bundled name may later mean another model
+            _record_origin(config, out)
         saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tokenizer.save_pretrained(out)
     args = TrainingArguments(
@@ -332,6 +338,17 @@ def _log_invocation(out: Path, resume: Path | None, world_size: int, command: li
         f.write(json.dumps(row) + "\n")
 
 
+def _record_origin(config: TrainConfig, out: Path) -> None:
+    """OUT/started_from.json: the provenance of the trained model `init_from` names, so a model
+    trained in stages carries the records of every stage (nothing when it starts from scratch or
+    from a model without records)."""
+    if not config.init_from:
+        return
+    source = resolve_model(config.init_from) / "provenance.json"
+    if source.is_file():
+        (out / STARTED_FROM).write_text(source.read_text())
+
+
 def _write_provenance(
     out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net, version: str,
     stop_at: int | None = None,
@@ -349,4 +366,6 @@ def _write_provenance(
         "stopped_at": stop_at,  # a step before the recipe's last, or null
         "config": config.to_dict(),
     }
+    if (out / STARTED_FROM).is_file():  # the earlier stages, nested
+        provenance["started_from"] = json.loads((out / STARTED_FROM).read_text())
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
