@@ -11,9 +11,6 @@ LM head runs only where logits are needed (`logits_to_keep`).
   (its keys from that iteration's forward); while any completed block of the row is waiting,
   the row's iterations refresh (`refresh_waiting`, the official code; off: they forward from
   the row's cache on, which holds settled blocks only); also every `refresh_interval` iterations.
-
-`none`, `prefix` and `delayed` forward up to the canvas end, or, with `forward_uncreated` off, up to
-each row's last created block (`_extent`): later columns are masks no candidate is in.
 - `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current block
   is cached too, so an iteration forwards the current block alone. Attention is bidirectional,
   so the order of cached keys does not matter: a row's cache holds `[prefix, suffix]` and its
@@ -23,6 +20,9 @@ each row's last created block (`_extent`): later columns are masks no candidate 
   sees it finished, and is never recomputed. An iteration forwards the blocks finished since
   the last one and the current blocks, nothing after them. The batch shares one cache, up to
   the first block some row has not finished (exact all the same: a row ahead caches less).
+
+`none`, `prefix` and `delayed` forward up to the canvas end, or, with `forward_uncreated` off, up to
+each row's last created block (`_extent`): later columns are masks no candidate is in.
 
 Under bidirectional attention a cached key is an approximation (computed while later columns
 were still masked), so what a row decodes depends on which of its columns were cached when.
