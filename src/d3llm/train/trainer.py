@@ -306,7 +306,17 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
             net = trained.merge_and_unload()
         net.save_pretrained(out)
         _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
+    _leave_process_group()
     return out
+
+
+def _leave_process_group() -> None:
+    """Data-parallel ranks wait for the first one to finish saving, then close their group
+    together: a rank that exits with its gloo group still open can abort in the C++ teardown
+    ("terminate called without an active exception"), failing the whole launch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _step_of(checkpoint: Path) -> int:
