@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from d3llm.decode import preset
+from d3llm.decode.config import DEFAULT_BLOCK_SIZE
 
 
 def changed_settings(record: dict) -> str:
-    base = preset(record["method"]).__dict__
+    base = asdict(preset(record["method"]))
+    if base["block_size"] is None:  # the preset takes the model's; a record holds the one decoded with
+        base["block_size"] = DEFAULT_BLOCK_SIZE
     diff = {k: v for k, v in record["decode_config"].items() if base.get(k) != v and k != "max_new_tokens"}
     return ", ".join(f"{k}={v}" for k, v in sorted(diff.items())) or "-"
 

@@ -206,7 +206,7 @@ def trajectories(
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
     block_size: Annotated[Optional[int], typer.Option(
-        help="Teacher block size (default 32; a block model: its own).")] = None,
+        help="Teacher block size (default: the teacher's own, else 32).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     device: Device = "auto",
@@ -401,6 +401,9 @@ def export(
     dtype: Annotated[str, typer.Option(
         help="Stored precision: auto (as the source) | float32 | bfloat16 | float16")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
+    decode_block_size: Annotated[Optional[int], typer.Option(
+        help="LLaDA/Dream-style models: store the block size their decoders use unless one is given "
+             "(default: keep the source's, else 32).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Write into a folder holding other files: replace only the files an export "
                             "writes (config, weights, tokenizer, training records); keep every other file.")] = False,
@@ -416,9 +419,11 @@ def export(
         _fail(f"`--layout` must be hf, llada or dream, got {layout!r}")
     if shards < 1:
         _fail(f"`--shards` must be >= 1, got {shards}")
+    if decode_block_size is not None and decode_block_size < 1:
+        _fail(f"`--decode-block-size` must be >= 1, got {decode_block_size}")
     try:
         folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards,
-                              overwrite=overwrite)
+                              overwrite=overwrite, decode_block_size=decode_block_size)
     except ValueError as exc:  # e.g. a tensor the layout has no place for
         _fail(str(exc))
     typer.echo(f"written to {folder}")

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models import load_model, write_checkpoint
-from tests.conftest import toy_model
+from tests.conftest import save_toy_model, toy_model
 
 
 def _with_tokenizer(folder, tokenizer):
@@ -118,3 +119,46 @@ def test_models_from_official_layouts_decode_like_their_source(tmp_path, tiny_to
     ours = generate(lm.model, prompts, config, tiny_tokenizer.pad_token_id)
     source = generate(model, prompts, config, tiny_tokenizer.pad_token_id)
     assert ours.sequences == source.sequences and torch.equal(ours.trace, source.trace)
+
+
+def test_an_exported_decode_block_size_is_the_model_s_default_and_a_given_one_wins(tmp_path, tiny_tokenizer):
+    from d3llm.decode import generate, preset
+    from d3llm.eval.runner import evaluate
+    from d3llm.models.checkpoint import export_model
+    from d3llm.tasks import get_task
+
+    source = save_toy_model(tmp_path / "source", tiny_tokenizer, "llada")
+    exported = export_model(source, tmp_path / "b8", decode_block_size=8)
+    assert json.loads((exported / "config.json").read_text())["d3llm_decode_block_size"] == 8
+    lm, original = load_model(exported), load_model(source)
+    assert lm.facts.decode_block_size == 8 and original.facts.decode_block_size is None
+    prompts, pad = [[5, 6, 7, 8], [9, 10]], tiny_tokenizer.pad_token_id
+
+    def tokens(model, **settings):
+        out = generate(model.model, prompts, preset("vanilla", max_new_tokens=24, **settings), pad)
+        return out.sequences, out.trace.tolist()
+
+    assert tokens(lm) == tokens(original, block_size=8) != tokens(original)  # the default is 8, not 32
+    assert tokens(lm, block_size=32) == tokens(original)  # a block size the user gives wins
+    result = evaluate(lm, get_task("arith"), preset("vanilla", max_new_tokens=24), n=2, seed=0)
+    assert result.decode_config["block_size"] == 8  # the record names the block size decoded with
+    assert evaluate(original, get_task("arith"), preset("vanilla", max_new_tokens=24), n=2,
+                    seed=0).decode_config["block_size"] == 32
+
+
+def test_a_decode_block_size_belongs_to_llada_and_dream_models_in_our_layout(tmp_path, tiny_tokenizer):
+    from d3llm.models.checkpoint import export_model
+
+    llada = save_toy_model(tmp_path / "llada", tiny_tokenizer, "llada")
+    block = save_toy_model(tmp_path / "block", tiny_tokenizer, "block", block_size=4)
+    with pytest.raises(D3llmError, match="not a block model's"):
+        export_model(block, tmp_path / "out", decode_block_size=8)
+    with pytest.raises(D3llmError, match="hf layout only"):
+        export_model(llada, tmp_path / "out", layout="llada", decode_block_size=8)
+    with pytest.raises(D3llmError, match="positive integer"):
+        export_model(llada, tmp_path / "out", decode_block_size=0)
+    assert not (tmp_path / "out").exists()
+    config = json.loads((llada / "config.json").read_text())
+    (llada / "config.json").write_text(json.dumps({**config, "d3llm_decode_block_size": "8"}))
+    with pytest.raises(ModelLoadError, match="d3llm_decode_block_size"):
+        load_model(llada)

@@ -23,7 +23,7 @@ from d3llm.models.lm import ModelFacts
 from d3llm.train.config import TrainConfig
 from d3llm.train.objectives import DiffusionObjective, block_diffusion_loss, next_token_loss, sample_mask_ratio
 from d3llm.train.trainer import network_for
-from tests.conftest import toy_model
+from tests.conftest import save_toy_model, toy_model
 
 BLOCK_METHODS = ("block", "fast-dllm-v2", "d3llm-block")
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
@@ -117,7 +117,7 @@ def test_methods_and_families_must_match():
     with pytest.raises(DecodeSettingError, match="block-diffusion models only"):
         generate(llada, PROMPTS, preset("fast-dllm-v2"), 0)
     with pytest.raises(DecodeSettingError, match="trained with blocks of 4") as info:
-        generate(block, PROMPTS, preset("vanilla"), 0)
+        generate(block, PROMPTS, preset("vanilla", block_size=32), 0)
     assert info.value.setting == "block_size"
     with pytest.raises(DecodeSettingError, match="not 'fast-dllm' with cache 'prefix'") as info:
         generate(block, PROMPTS, preset("fast-dllm"), 0)
@@ -191,3 +191,15 @@ def test_a_block_model_starts_a_bidirectional_dllm(tmp_path, tiny_tokenizer, fam
     x = torch.randint(3, len(tiny_tokenizer), (2, 9))
     if family == "dream":
         torch.testing.assert_close(model(x).last_logits, block(x, block_start=5).last_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_training_drops_the_decode_block_size_its_start_was_exported_with(tmp_path, tiny_tokenizer):
+    """A stored decode block size was measured on the old weights: the trained model starts without
+    one (and so decodes with the presets' 32 until it is exported with its own)."""
+    from d3llm.models.checkpoint import export_model
+
+    save_toy_model(tmp_path / "llada", tiny_tokenizer, "llada")
+    exported = export_model(tmp_path / "llada", tmp_path / "b8", decode_block_size=8)
+    net = network_for(TrainConfig(family="llada", init_from=str(exported)), tiny_tokenizer)
+    assert not hasattr(net.config, "d3llm_decode_block_size")
+    assert DiffusionLM(net).facts.decode_block_size is None

@@ -19,7 +19,9 @@ same loop (`d3llm.decode.loop`):
 
 The last three decode `block`-family models only (block diffusion, docs/block-diffusion.md),
 and a block model decodes with them or with cache `none` (the uncached reference): its blocks
-are the ones it was trained with (`block_size` None = the model's), one after the other.
+are the ones it was trained with (`block_size` None = the model's), one after the other. The
+other presets leave `block_size` None too: a LLaDA/Dream model decodes with the block size
+stored with it (`d3llm export --decode-block-size`), else 32.
 
 Settings follow docs/method.md section 3-4 (authors' values: entropy
 threshold 0.4-0.5 nats, block add 0.1, activation 0.95, cache delay 1-2; Fast-dLLM's
@@ -38,6 +40,7 @@ CachePolicy = Literal["none", "prefix", "dual", "delayed", "block"]
 Forcing = Literal["block", "global"]
 RankBy = Literal["confidence", "entropy"]
 STRATEGIES = ("topk", "confidence", "entropy")
+DEFAULT_BLOCK_SIZE = 32  # the authors' block length for LLaDA/Dream-style decoding
 AR_METHODS = ("ar", "ar-spec")  # the presets of autoregressive models
 CACHE_POLICIES = ("none", "prefix", "dual", "delayed", "block")
 
@@ -46,7 +49,9 @@ CACHE_POLICIES = ("none", "prefix", "dual", "delayed", "block")
 class DecodeConfig:
     method: str = "vanilla"  # preset name this config came from ("ar" selects the AR decoder)
     max_new_tokens: int = 64  # response canvas length
-    block_size: int | None = 32  # block length (the last block may be shorter); None: the model's (block family)
+    # block length (the last block may be shorter); None: the model's (`for_model`): a block model's
+    # trained blocks, a LLaDA/Dream model's recorded decode block size, else DEFAULT_BLOCK_SIZE
+    block_size: int | None = None
     strategy: Strategy = "topk"  # how masked positions are chosen for commitment
     tokens_per_step: int = 1  # topk: positions committed per forward in the current block
     rank_by: RankBy = "confidence"  # topk: most probable proposals (LLaDA) or lowest entropy (Dream)
@@ -188,32 +193,39 @@ def check_model_kind(config: DecodeConfig, family: str) -> None:
     if family == "block" and config.block_add_threshold < 1:
         raise DecodeSettingError("a block model decodes its blocks one after the other: `block_add_threshold` "
                                  f"must be 1, got {config.block_add_threshold}", "block_add_threshold")
-    if family != "block" and config.block_size is None:
-        raise DecodeSettingError(f"`block_size` must be a positive integer for a {family} model", "block_size")
 
 
 def methods_for(family: str) -> tuple[str, ...]:
-    """The presets that decode a model of `family` as they are."""
+    """The presets that decode a model of `family` as they are (a block model: its three, which
+    use its exact cache; the uncached presets would decode it too, as references)."""
     def fits(config: DecodeConfig) -> bool:
         try:
-            for_model(config, family, None)  # a block model: presets that take its own block size
+            for_model(config, family, None)
         except DecodeSettingError:
             return False
-        return True
+        return family != "block" or config.cache == "block"
 
     return tuple(name for name, config in PRESETS.items() if fits(config))
 
 
-def for_model(config: DecodeConfig, family: str, model_block_size: int | None) -> DecodeConfig:
-    """`config` with the block size a model of `family` decodes with: a block model's own."""
+def for_model(config: DecodeConfig, family: str, model_block_size: int | None,
+              decode_block_size: int | None = None) -> DecodeConfig:
+    """`config` with the block size a model of `family` decodes with: a block model's own (the
+    one it was trained with, `model_block_size`); for a LLaDA/Dream model the given one, else its
+    recorded default (`decode_block_size`), else DEFAULT_BLOCK_SIZE."""
     check_model_kind(config, family)
-    if family != "block":
-        return config
+    if family != "block":  # (an AR model's canvas takes the default's blocks too; its decoders ignore them)
+        return config if config.block_size else config.override(block_size=decode_block_size or DEFAULT_BLOCK_SIZE)
     if config.block_size not in (None, model_block_size):
         raise DecodeSettingError(f"this block model was trained with blocks of {model_block_size} tokens, not "
                                  f"`block_size` {config.block_size}: decode it with method block, fast-dllm-v2 or "
                                  "d3llm-block and no block_size", "block_size")
     return config if model_block_size is None else config.override(block_size=model_block_size)
+
+
+def for_facts(config: DecodeConfig, facts) -> DecodeConfig:
+    """`for_model` for a loaded model's `ModelFacts` (d3llm.models.lm)."""
+    return for_model(config, facts.family, facts.block_size, facts.decode_block_size)
 
 
 # What each setting depends on: (applies to this config?, why not). `max_new_tokens`,

@@ -41,7 +41,7 @@ import torch
 from transformers import DynamicCache
 
 from d3llm.decode.cache import CACHE_POLICIES
-from d3llm.decode.config import DecodeConfig, for_model
+from d3llm.decode.config import DecodeConfig, for_facts
 from d3llm.decode.select import score, select
 from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.state import NOT_YET, DecodeState
@@ -78,7 +78,7 @@ def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -
             f"prompt + `max_new_tokens` = {longest} tokens exceeds the model's maximum length "
             f"{model.facts.max_length}"
         )
-    return for_model(config, model.facts.family, model.facts.block_size)
+    return for_facts(config, model.facts)
 
 
 def final_prefix_lengths(state: DecodeState) -> torch.Tensor:

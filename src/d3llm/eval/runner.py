@@ -18,6 +18,7 @@ from dataclasses import asdict
 import torch
 
 from d3llm.decode import DecodeConfig, generate
+from d3llm.decode.config import for_facts
 from d3llm.errors import D3llmError
 from d3llm.eval.results import EvalResult  # the record (one definition; re-exported here)
 from d3llm.models import LoadedModel
@@ -102,7 +103,7 @@ def evaluate(
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds,
-        forward_profile=profile, decode_config=asdict(config),
+        forward_profile=profile, decode_config=asdict(for_facts(config, lm.facts)),
         code_version=code_version(), machine=machine_description(lm.model.device),
     )
 

@@ -30,7 +30,7 @@ from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
-from d3llm.models.lm import FAMILIES, network_class
+from d3llm.models.lm import DECODE_BLOCK_KEY, FAMILIES, network_class
 from d3llm.models.tokenizer import load_tokenizer
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -285,10 +285,12 @@ SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 def export_model(
     source: str | Path, out: str | Path, layout: str = "hf", dtype: torch.dtype | None = None, shards: int = 1,
-    overwrite: bool = False,
+    overwrite: bool = False, decode_block_size: int | None = None,
 ) -> Path:
     """Copy a model folder to `out` in another layout and/or precision, with its tokenizer and
-    its training records (how the bundled models are made from training runs).
+    its training records (how the bundled models are made from training runs). A LLaDA/Dream
+    model may be given `decode_block_size`: the block size its decoders use unless told
+    otherwise (config.json `d3llm_decode_block_size`; a block model's blocks are its training's).
 
     Nothing in `out` is touched until the source is loaded and every argument checked; the export
     is written into a temporary folder beside `out` (`.NAME.tmp-XXXX`) and moved into place at the
@@ -309,6 +311,16 @@ def export_model(
     problem = _layout_problem(layout, net.config.d3llm_family)
     if problem:
         raise D3llmError(problem)
+    if decode_block_size is not None:
+        if net.config.d3llm_family not in ("llada", "dream"):
+            raise D3llmError(f"`decode_block_size` is a LLaDA/Dream-style model's setting, not a "
+                             f"{net.config.d3llm_family} model's (a block model decodes the blocks it was trained with)")
+        if layout != "hf":
+            raise D3llmError(f"`decode_block_size` is stored in the hf layout only (the official {layout} config has no "
+                             "place for it)")
+        if isinstance(decode_block_size, bool) or not isinstance(decode_block_size, int) or decode_block_size < 1:
+            raise D3llmError(f"`decode_block_size` must be a positive integer, got {decode_block_size!r}")
+        setattr(net.config, DECODE_BLOCK_KEY, decode_block_size)
     tensors = len(net.state_dict()) - bool(net.config.tie_word_embeddings)
     if shards > tensors:
         raise D3llmError(f"`shards` must be at most the model's {tensors} tensors (one or more per file), got {shards}")

@@ -11,7 +11,8 @@ Four families share the `DiffusionLM` interface:
 
 A `block` model (block diffusion, `d3llm.models.block`) stores its block size in config.json
 (`d3llm_block_size`); its forward needs `block_start`, the canvas column where the response's
-blocks begin, and builds the block-causal mask from it.
+blocks begin, and builds the block-causal mask from it. A LLaDA/Dream-style model may store the
+block size its decoders use by default (`d3llm_decode_block_size`, docs/method.md section 3).
 
 Bidirectional attention is transformers' own `is_causal=False` config switch, so the networks
 stay stock: a folder we save loads with `AutoModelForCausalLM.from_pretrained` as well. Our
@@ -48,6 +49,9 @@ def network_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     return Qwen2ForCausalLM if config.model_type == "qwen2" else LlamaForCausalLM
 
 
+DECODE_BLOCK_KEY = "d3llm_decode_block_size"  # config.json: a LLaDA/Dream model's default decode block size
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the decode loop needs to know about a model besides its forward."""
@@ -57,6 +61,9 @@ class ModelFacts:
     eos_token_id: int
     max_length: int  # longest canvas (prompt + response) the positions support
     block_size: int | None = None  # `block` family: the trained block size (None otherwise)
+    # LLaDA/Dream-style: the block size its decoders use unless one is given (`d3llm_decode_block_size`,
+    # written by `d3llm export --decode-block-size`; None: the presets' 32)
+    decode_block_size: int | None = None
 
     @property
     def logit_shift(self) -> int:
@@ -81,7 +88,11 @@ class ModelFacts:
         block_size = getattr(config, "d3llm_block_size", None) if family == "block" else None
         if family == "block" and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
             raise ModelLoadError(f"a block model needs a positive integer `d3llm_block_size`, got {block_size!r}")
-        return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size)
+        decode_block = getattr(config, DECODE_BLOCK_KEY, None) if family in ("llada", "dream") else None
+        if decode_block is not None and (isinstance(decode_block, bool) or not isinstance(decode_block, int)
+                                         or decode_block < 1):
+            raise ModelLoadError(f"`{DECODE_BLOCK_KEY}` must be a positive integer, got {decode_block!r}")
+        return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size, decode_block)
 
 
 def make_config(

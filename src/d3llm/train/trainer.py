@@ -41,6 +41,7 @@ from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
 from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
+from d3llm.models.lm import DECODE_BLOCK_KEY
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
 from d3llm.train.config import TrainConfig, load_yaml
@@ -200,6 +201,8 @@ def network_for(config: TrainConfig, tokenizer):
         if config.block_size not in (None, getattr(net.config, "d3llm_block_size", None)):
             raise D3llmError(f"`init_from` is a block model with blocks of {net.config.d3llm_block_size}, not "
                              f"`block_size` {config.block_size}: leave block_size out")
+        if hasattr(net.config, DECODE_BLOCK_KEY):  # a decode preference measured on the old weights, not the new
+            delattr(net.config, DECODE_BLOCK_KEY)
         return net.train()
     shape = config.model
     model_config = make_config(

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from d3llm.decode import generate, preset
-from d3llm.decode.config import for_model
+from d3llm.decode.config import for_facts
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel, load_model, resolve_device_dtype
 from d3llm.models.tokenizer import encode_example, prompt_ids
@@ -35,13 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def teacher_config(lm: LoadedModel, max_new_tokens: int, block_size: int | None):
-    """One token per step, blocks of `block_size` (None: 32, or a block model's own), the
+    """One token per step, blocks of `block_size` (None: the model's, `for_model`), the
     family's selection rule, no early stop."""
     if lm.facts.family == "block":  # its own blocks, in order, with its exact cache
         return preset("block", max_new_tokens=max_new_tokens, block_size=block_size, early_stop=False)
     rank_by = "entropy" if lm.facts.family == "dream" else "confidence"
-    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=32 if block_size is None else block_size,
-                  tokens_per_step=1, rank_by=rank_by, early_stop=False, temperature=0.0)
+    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=block_size, tokens_per_step=1, rank_by=rank_by, early_stop=False, temperature=0.0)
 
 
 def work_list(tasks: dict[str, int], split: str, seed: int) -> list[Problem]:
@@ -116,7 +115,7 @@ def run(
     lm = load_model(teacher, device=device, dtype=dtype)
     if not lm.facts.is_diffusion:
         raise D3llmError(f"the teacher must be a diffusion model; {teacher} is autoregressive")
-    config = for_model(teacher_config(lm, max_new_tokens, block_size), lm.facts.family, lm.facts.block_size)
+    config = for_facts(teacher_config(lm, max_new_tokens, block_size), lm.facts)
     problems = work_list(tasks, split, seed)
     for problem in problems:  # a target longer than the canvas fails now, not hours into the run
         try:
