@@ -620,8 +620,9 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the bundled models: family, parameters, the method commands decode with unless
-    --method is given, and the final validation accuracy % of their training run (per task,
-    with the preset and problems it was measured with; provenance.json)."""
+    --method is given, the block size they decode in unless `--set block_size` is given, and
+    the final validation accuracy % of their training run (per task, with the preset and
+    problems it was measured with; provenance.json)."""
     from dataclasses import asdict
 
     from d3llm.models.catalog import bundled_models, describe  # no torch: fast
@@ -633,9 +634,9 @@ def models(
     if not summaries:
         typer.echo("no bundled models are installed")
         return
-    header = ("model", "family", "params", "default method", "validation accuracy %", "path")
+    header = ("model", "family", "params", "default method", "blocks", "validation accuracy %", "path")
     rows = [header, *[(s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
-                       s.accuracy_text(), str(s.path)) for s in summaries]]
+                       str(s.block_size or "-"), s.accuracy_text(), str(s.path)) for s in summaries]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         typer.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())

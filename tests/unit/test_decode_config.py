@@ -6,7 +6,7 @@ import json
 import pytest
 
 from d3llm.decode import DecodeSettingError, default_method, resolve_config
-from d3llm.decode.config import PRESETS, validation_method
+from d3llm.decode.config import PRESETS, for_model, preset, validation_method
 from d3llm.errors import D3llmError
 from d3llm.models.catalog import bundled_models, describe
 from d3llm.models.lm import FAMILIES
@@ -36,6 +36,10 @@ def test_the_catalog_names_the_same_methods_for_every_family(tmp_path):
         summary = describe(folder)
         assert summary.default_method == default_method(family), family
         assert summary.validation_method == validation_method(family), family  # the trainer's default
+        (folder / "config.json").write_text(json.dumps({"d3llm_family": family, "d3llm_block_size": 4,
+                                                        "d3llm_decode_block_size": 8}))
+        expected = for_model(preset("vanilla" if family != "ar" else "ar", cache="none"), family, 4, 8).block_size
+        assert describe(folder).block_size == (None if family == "ar" else expected), family
 
 
 def test_settings_that_apply_are_accepted():

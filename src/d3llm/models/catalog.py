@@ -1,7 +1,7 @@
 """The bundled models and what their records say about them, read without torch.
 
     bundled_models()            # name -> folder
-    describe(folder)            # family, parameters, default method, validation accuracy
+    describe(folder)            # family, parameters, default method and blocks, validation accuracy
 
 `d3llm models` prints `describe` of every bundled model; it reads config.json,
 provenance.json and the safetensors header only, so listing takes a fraction of a second
@@ -38,6 +38,8 @@ class ModelSummary:
     validation: dict[str, float] = field(default_factory=dict)  # task -> accuracy % (final validation)
     validation_method: str | None = None  # the preset the validation accuracy was measured with
     validation_n: int | None = None  # problems per task
+    # the block size its decoders use unless one is given (None: an AR model); = for_model's rule
+    block_size: int | None = None
 
     def accuracy_text(self) -> str:
         if not self.validation:
@@ -84,5 +86,9 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
                   if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}
     recipe = provenance.get("config") or {}
     method = recipe.get("eval_method") or {"ar": "ar", "block": "block"}.get(family, "vanilla")
+    # = d3llm.decode.config.for_model's rule (a test checks): the trained blocks, the stored decode
+    # block size, or the presets' 32
+    blocks = (config.get("d3llm_block_size") if family == "block" else
+              config.get("d3llm_decode_block_size") or 32 if family in ("llada", "dream") else None)
     return ModelSummary(name or folder.name, folder, family, parameters, default_method, validation,
-                        method if validation else None, recipe.get("eval_n") if validation else None)
+                        method if validation else None, recipe.get("eval_n") if validation else None, blocks)
