@@ -30,7 +30,7 @@ from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
-from d3llm.models.lm import DECODE_BLOCK_KEY, FAMILIES, network_class
+from d3llm.models.lm import DECODE_BLOCK_KEY, FAMILIES, is_positive_int, network_class
 from d3llm.models.tokenizer import load_tokenizer
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -169,7 +169,7 @@ def check_config(config, path: Path) -> None:
              "num_key_value_heads", "max_position_embeddings")
     for key in sizes:
         value = getattr(config, key, None)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise ModelLoadError(f"{path}: `{key}` must be a positive integer, got {value!r}")
     if config.hidden_size % config.num_attention_heads:
         raise ModelLoadError(f"{path}: `hidden_size` ({config.hidden_size}) must be divisible by the number of "
@@ -318,7 +318,7 @@ def export_model(
         if layout != "hf":
             raise D3llmError(f"`decode_block_size` is stored in the hf layout only (the official {layout} config has no "
                              "place for it)")
-        if isinstance(decode_block_size, bool) or not isinstance(decode_block_size, int) or decode_block_size < 1:
+        if not is_positive_int(decode_block_size):
             raise D3llmError(f"`decode_block_size` must be a positive integer, got {decode_block_size!r}")
         setattr(net.config, DECODE_BLOCK_KEY, decode_block_size)
     tensors = len(net.state_dict()) - bool(net.config.tie_word_embeddings)

@@ -52,6 +52,11 @@ def network_class(config: PretrainedConfig) -> type[PreTrainedModel]:
 DECODE_BLOCK_KEY = "d3llm_decode_block_size"  # config.json: a LLaDA/Dream model's default decode block size
 
 
+def is_positive_int(value: object) -> bool:
+    """A config value that must be a count: an int >= 1 (JSON's true/false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the decode loop needs to know about a model besides its forward."""
@@ -86,11 +91,10 @@ class ModelFacts:
         if family != "ar" and mask is None:
             raise ModelLoadError(f"a {family} model needs `mask_token_id` in its config")
         block_size = getattr(config, "d3llm_block_size", None) if family == "block" else None
-        if family == "block" and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+        if family == "block" and not is_positive_int(block_size):
             raise ModelLoadError(f"a block model needs a positive integer `d3llm_block_size`, got {block_size!r}")
         decode_block = getattr(config, DECODE_BLOCK_KEY, None) if family in ("llada", "dream") else None
-        if decode_block is not None and (isinstance(decode_block, bool) or not isinstance(decode_block, int)
-                                         or decode_block < 1):
+        if decode_block is not None and not is_positive_int(decode_block):
             raise ModelLoadError(f"`{DECODE_BLOCK_KEY}` must be a positive integer, got {decode_block!r}")
         return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size, decode_block)
 

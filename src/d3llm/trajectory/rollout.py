@@ -40,7 +40,8 @@ def teacher_config(lm: LoadedModel, max_new_tokens: int, block_size: int | None)
     if lm.facts.family == "block":  # its own blocks, in order, with its exact cache
         return preset("block", max_new_tokens=max_new_tokens, block_size=block_size, early_stop=False)
     rank_by = "entropy" if lm.facts.family == "dream" else "confidence"
-    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=block_size, tokens_per_step=1, rank_by=rank_by, early_stop=False, temperature=0.0)
+    return preset("vanilla", max_new_tokens=max_new_tokens, block_size=block_size, tokens_per_step=1,
+                  rank_by=rank_by, early_stop=False, temperature=0.0)
 
 
 def work_list(tasks: dict[str, int], split: str, seed: int) -> list[Problem]:
