@@ -38,12 +38,14 @@ def configs(family: str) -> dict[str, DecodeConfig]:
             "d3llm-cache/delay 2": preset("d3llm-cache", threshold=e, cache_delay=2),
             "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_waiting=False),
             "d3llm/created only": preset("d3llm", threshold=short, forward_uncreated=False),
-            "d3llm-cache/created only": preset("d3llm-cache", threshold=short, cache_delay=2, forward_uncreated=False)}
+            "d3llm-cache/created only": preset("d3llm-cache", threshold=short, cache_delay=2, forward_uncreated=False),
+            "d3llm-cache/uncreated cached": preset("d3llm-cache", threshold=e, cache_delay=2, cache_uncreated=True)}
 
 
 METHODS = list(configs("llada"))
 # Methods where some iterations refresh some rows and read the others' caches (two forwards).
-SPLIT = {"fast-dllm", "fast-dllm-dual", "d3llm-cache/delay 2", "d3llm-cache/created only"}
+SPLIT = {"fast-dllm", "fast-dllm-dual", "d3llm-cache/delay 2", "d3llm-cache/created only",
+         "d3llm-cache/uncreated cached"}
 
 
 def recording(model) -> list[int]:
@@ -129,7 +131,8 @@ def test_one_prompt_decodes_as_before_per_row_caches(family, method):
                                               ("d3llm-cache", "d3llm"), ("d3llm-cache/refresh 3", "d3llm"),
                                               ("d3llm-cache/delay 2", "d3llm"),
                                               ("d3llm-cache/window refresh", "d3llm"),
-                                              ("d3llm-cache/created only", "d3llm/created only")])
+                                              ("d3llm-cache/created only", "d3llm/created only"),
+                                              ("d3llm-cache/uncreated cached", "d3llm")])
 def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncached):
     model = toy_model("llada", seed=2, num_layers=1)
     threshold = {"confidence": 0.5, "entropy": 1.5}
@@ -159,11 +162,28 @@ def test_without_refresh_waiting_only_the_first_forward_is_full(family):
     assert lean.nfe == lean.profile["full"][0] + lean.profile["window"][0]
 
 
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cached_uncreated_masks_narrow_the_windows(family):
+    """`cache_uncreated`: after the first forward, no forward reaches the canvas end unless it
+    refreshes, and fewer columns are forwarded in all."""
+    model = toy_model(family, seed=2)
+    config = configs(family)["d3llm-cache/delay 2"].override(max_new_tokens=24, block_size=4)
+    widths = recording(model)
+    generate(model, [PROMPTS[1]], config, PAD)
+    official, widths[:] = list(widths), []
+    lean = generate(model, [PROMPTS[1]], config.override(cache_uncreated=True), PAD)
+    full = len(PROMPTS[1]) + 24
+    assert sum(widths) < sum(official)
+    assert widths.count(full) == lean.profile["full"][0] and len(widths) > widths.count(full)
+
+
 def complete_block(state: DecodeState, row: int, block: int) -> None:
-    """Commit block `block` of `row` (token 20), completed at the current iteration."""
+    """Commit block `block` of `row` (token 20), completed at the current iteration; the block
+    after it is created, as the loop's `update_blocks` would before the next forward."""
     begin = block * state.block_size
     state.response[row, begin : begin + state.block_size] = 20
     state.completed_at[row, block] = state.step
+    state.created[row] = max(int(state.created[row]), min(block + 2, state.num_blocks))
 
 
 def assert_equals_full_forward(model, state: DecodeState, cache) -> None:
@@ -175,7 +195,8 @@ def assert_equals_full_forward(model, state: DecodeState, cache) -> None:
     torch.testing.assert_close(logits[rows, k], full[rows, columns[rows, k] - state.start], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache, DualCache])
+@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache, DualCache, pytest.param(
+    lambda config: DelayedCache(config.override(cache_uncreated=True)), id="DelayedCache-uncreated-cached")])
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_cached_forwards_over_an_unchanged_canvas_are_exact(policy, family):
     """Rows with different cache boundaries (and a shorter last block) share one padded cache;

@@ -46,6 +46,8 @@ def test_settings_that_apply_are_accepted():
     assert resolve_config("d3llm-cache", "llada", cache_delay=2, refresh_interval=4).refresh_interval == 4
     assert resolve_config("d3llm-cache", "llada", refresh_waiting=False).refresh_waiting is False
     assert resolve_config("d3llm", "dream", forward_uncreated=False).forward_uncreated is False
+    assert resolve_config("d3llm-cache", "llada", cache_uncreated=True).cache_uncreated is True
+    assert resolve_config("fast-dllm", "dream", cache_uncreated=True).cache_uncreated is True
     assert resolve_config("vanilla", "llada", tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
     assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="global").threshold == 0.8
     assert resolve_config("ar", "ar", max_new_tokens=8, temperature=0.5, seed=3).seed == 3
@@ -61,6 +63,10 @@ def test_settings_that_apply_are_accepted():
      "`refresh_waiting` has no effect with method 'd3llm' (cache none)"),
     ("fast-dllm-dual", "llada", {"forward_uncreated": False}, "forward_uncreated",
      "`forward_uncreated` has no effect with method 'fast-dllm-dual' (cache dual)"),
+    ("d3llm", "llada", {"cache_uncreated": True}, "cache_uncreated",
+     "`cache_uncreated` has no effect with method 'd3llm' (cache none)"),
+    ("fast-dllm-dual", "dream", {"cache_uncreated": True}, "cache_uncreated",
+     "`cache_uncreated` has no effect with method 'fast-dllm-dual' (cache dual): only the prefix and delayed"),
     ("fast-dllm", "llada", {"cache_delay": 2}, "cache_delay",
      "`cache_delay` has no effect with method 'fast-dllm' (cache prefix)"),
     ("vanilla", "llada", {"threshold": 0.3}, "threshold",
@@ -100,3 +106,9 @@ def test_bad_names_and_values_name_the_setting():
     with pytest.raises(DecodeSettingError, match=r"`threshold` must be in \(0, 10\]") as error:
         resolve_config("d3llm", "llada", threshold=-1)
     assert error.value.setting == "threshold"
+    with pytest.raises(DecodeSettingError, match="`cache_uncreated` reads the masks .* needs `forward_uncreated` "
+                                                 "true") as error:
+        resolve_config("d3llm-cache", "llada", cache_uncreated=True, forward_uncreated=False)
+    assert error.value.setting == "cache_uncreated"
+    with pytest.raises(DecodeSettingError, match="`cache_uncreated` must be true or false, got 'yes'"):
+        resolve_config("d3llm-cache", "llada", cache_uncreated="yes")

@@ -11,18 +11,25 @@ LM head runs only where logits are needed (`logits_to_keep`).
   (its keys from that iteration's forward); while any completed block of the row is waiting,
   the row's iterations refresh (`refresh_waiting`, the official code; off: they forward from
   the row's cache on, which holds settled blocks only); also every `refresh_interval` iterations.
-- `dual` (Fast-dLLM's dual cache): like `prefix`, but the masked suffix after the current block
-  is cached too, so an iteration forwards the current block alone. Attention is bidirectional,
-  so the order of cached keys does not matter: a row's cache holds `[prefix, suffix]` and its
-  block's keys are appended (and dropped again) after them.
+- `dual` (Fast-dLLM's dual cache): `prefix` with `cache_uncreated` on: the masks after the
+  current block are read from the cache too, so an iteration forwards the current block alone.
 - `block` (block-diffusion models only): exact by construction. Attention is block-causal, so a
   finished block's keys never change: each enters the cache once, from the first forward that
   sees it finished, and is never recomputed. An iteration forwards the blocks finished since
   the last one and the current blocks, nothing after them. The batch shares one cache, up to
   the first block some row has not finished (exact all the same: a row ahead caches less).
 
+`cache_uncreated` (a setting of `prefix` and `delayed`) in general: a row's cache holds every
+column of the canvas at its last refresh (slot k = column k); an iteration forwards the row's
+created blocks after its cached prefix, and attends to the prefix and to the masks after its
+last created block in the cache (their keys from that refresh). Attention is bidirectional
+and keys carry their positions, so where a key sits in the cache does not matter. Columns that
+settle take the window's keys; the window's own keys then leave the cache.
+
 `none`, `prefix` and `delayed` forward up to the canvas end, or, with `forward_uncreated` off, up to
-each row's last created block (`_extent`): later columns are masks no candidate is in.
+each row's last created block (`_extent`): later columns are masks no candidate is in, left out
+of the forward altogether (an approximation that changes what the model sees; `cache_uncreated`
+keeps them in view).
 
 Under bidirectional attention a cached key is an approximation (computed while later columns
 were still masked), so what a row decodes depends on which of its columns were cached when.
@@ -39,7 +46,7 @@ write it over that column's logits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
@@ -63,17 +70,18 @@ class NoCache:
         """Keep only rows `index` of the batch (finished rows leave it)."""
 
     def forward(self, model, state: DecodeState) -> Forwarded:
-        stop, keep = _extent(state, self.config)
+        stop, keep = _extent(state, not self.config.forward_uncreated)
         out = model(state.canvas[:, :stop], attention_mask=keep, position_ids=state.positions[:, :stop],
                     logits_to_keep=stop - state.start, block_start=state.start)
         return out.logits, _span(state.start, stop - state.start, len(state.canvas), state.canvas.device)
 
 
-def _extent(state: DecodeState, config: DecodeConfig) -> tuple[int, torch.Tensor]:
+def _extent(state: DecodeState, to_created: bool) -> tuple[int, torch.Tensor]:
     """(stop, keep): forwards end at canvas column `stop`; `keep` (B, stop) is the attention mask
-    of the columns each row's forward holds: not left padding, and with `forward_uncreated` off
-    nothing after the row's last created block (its own end, so a row decodes what it does alone)."""
-    if config.forward_uncreated:
+    of the columns each row's forward holds: not left padding, and `to_created` (`forward_uncreated`
+    off, or a window whose later masks come from the cache) nothing after the row's last created
+    block (its own end, so a row decodes what it does alone)."""
+    if not to_created:
         return state.canvas.shape[1], state.attention
     ends = state.created_end()
     stop = int(ends.max())
@@ -100,6 +108,21 @@ def _gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
     for layer in kv.layers:
         index = source[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
         layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+
+
+def _settle_from_window(kv: DynamicCache, slots: int, lo: int, end: torch.Tensor, target: torch.Tensor) -> None:
+    """A cache whose slot k holds column k, for k < `slots`, with a window's keys appended
+    (column lo + j in slot slots + j): columns [end, target) of each row take the window's keys,
+    and the window leaves."""
+    width = int(target.max())
+    if width > lo:
+        k = torch.arange(lo, width, device=end.device)
+        fresh = ((k >= end.unsqueeze(1)) & (k < target.unsqueeze(1)))[:, None, :, None]
+        for layer in kv.layers:
+            for name in ("keys", "values"):
+                held = getattr(layer, name)
+                held[:, :, lo:width] = torch.where(fresh, held[:, :, slots:slots + width - lo], held[:, :, lo:width])
+    kv.crop(slots - kv.get_seq_length())
 
 
 def _with_boundary(model, logits: torch.Tensor, at: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
@@ -193,24 +216,32 @@ class _PrefixCache(_RowCached):
     """Each row caches its columns [0, target), `target` (B,) the policy's `plan`."""
 
     def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
-        logits, kv = _forward_all(model, state, _extent(state, self.config))
-        kv.crop(int(target.max()) - kv.get_seq_length())
+        logits, kv = _forward_all(model, state, _extent(state, not self.config.forward_uncreated))
+        if not self.config.cache_uncreated:  # else every column stays: slot k holds column k
+            kv.crop(int(target.max()) - kv.get_seq_length())
         columns = _span(state.start, logits.shape[1], len(target), target.device)
         return logits, columns, self._rows(state, kv, target, logits, state.start)
 
     def cached(self, model, state: DecodeState, target: torch.Tensor, rows: _RowCache) -> Step:
-        """Forward [lo, stop), lo the shortest row cache, `stop` the canvas end (`_extent`): each
-        row attends to its cached slots and to the window's columns after them."""
+        """Forward [lo, stop), lo the shortest row cache, `stop` the canvas end or the last created
+        block's end (`_extent`): each row attends to its cached slots and to the window's columns
+        after them; with `cache_uncreated`, also to its slots after its last created block."""
         end, slots = rows.prefix, rows.visible.shape[1]
         lo, width = torch.stack([end.min(), target.max()]).tolist()
-        stop, keep = _extent(state, self.config)
+        stop, keep = _extent(state, not self.config.forward_uncreated or self.config.cache_uncreated)
         window = _span(lo, stop - lo, len(end), end.device)
         uncached = window >= end.unsqueeze(1)
-        mask = torch.cat([rows.visible, uncached & keep[:, lo:].bool()], 1)
+        visible = rows.visible
+        if self.config.cache_uncreated:  # slot k is column k: the masks after the created blocks
+            after = torch.arange(slots, device=end.device) >= state.created_end().unsqueeze(1)
+            visible = visible | (after & state.attention.bool())
+        mask = torch.cat([visible, uncached & keep[:, lo:].bool()], 1)
         out = model(state.canvas[:, lo:stop], attention_mask=mask.long(), position_ids=state.positions[:, lo:stop],
                     past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
         logits = _with_boundary(model, out.logits, end - lo, rows.boundary)
-        if lo == slots:  # every row caches [0, lo): slots and columns coincide
+        if self.config.cache_uncreated:  # columns newly cached take the window's keys; the rest stay
+            _settle_from_window(rows.kv, slots, lo, end, target)
+        elif lo == slots:  # every row caches [0, lo): slots and columns coincide
             rows.kv.crop(width - rows.kv.get_seq_length())
         else:  # each row's cached slots, then the window's
             j = _span(0, width, len(end), end.device)
@@ -263,41 +294,13 @@ def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
 
 
-class DualCache(_RowCached):
-    """Fast-dLLM's dual cache: prefix and suffix cached, one block forwarded per iteration; a
-    row's cache is rebuilt whenever its current block (`plan`: where it begins) changes."""
+class DualCache(PrefixCache):
+    """Fast-dLLM's dual cache: the prefix cache with the masks after the current block read from
+    the cache too (`cache_uncreated`), so an iteration forwards the current block alone; a row's
+    cache is rebuilt whenever its current block changes."""
 
-    def plan(self, state: DecodeState) -> torch.Tensor:
-        return incomplete_block_starts(state)
-
-    def refresh(self, model, state: DecodeState, begin: torch.Tensor) -> Step:
-        logits, kv = _forward_all(model, state)
-        length = state.canvas.shape[1]
-        size = (begin + state.block_size).clamp(max=length) - begin
-        k = _span(0, length - int(size.min()), len(begin), begin.device)
-        held = torch.where(k < begin.unsqueeze(1), k, k + size.unsqueeze(1))  # [0, begin), then [end, L)
-        _gather_slots(kv, held.clamp(max=length - 1))
-        visible = (held < length) & state.attention.gather(1, held.clamp(max=length - 1)).bool()
-        boundary = logits[torch.arange(len(begin), device=begin.device), begin - state.start]
-        columns = _span(state.start, state.num_new, len(begin), begin.device)
-        return logits, columns, _RowCache(kv, visible, begin, boundary)
-
-    def cached(self, model, state: DecodeState, begin: torch.Tensor, rows: _RowCache) -> Step:
-        """Forward each row's block (a window of the widest block's width, ending at the canvas
-        end for a shorter last block), attending to the row's cached prefix and suffix."""
-        length = state.canvas.shape[1]
-        end = (begin + state.block_size).clamp(max=length)
-        width = int((end - begin).max())
-        first = begin.clamp(max=length - width)
-        window = first.unsqueeze(1) + torch.arange(width, device=first.device)
-        own = (window >= begin.unsqueeze(1)) & (window < end.unsqueeze(1))
-        mask = torch.cat([rows.visible, own & state.attention.gather(1, window).bool()], 1)
-        out = model(state.canvas.gather(1, window), attention_mask=mask.long(),
-                    position_ids=state.positions.gather(1, window), past_key_values=rows.kv, use_cache=True,
-                    prev_logits=rows.boundary)
-        rows.kv.crop(-width)
-        logits = _with_boundary(model, out.logits, begin - first, rows.boundary)
-        return logits, torch.where(own, window, -1), rows
+    def __init__(self, config: DecodeConfig):
+        super().__init__(replace(config, cache_uncreated=True))
 
 
 class BlockCache(NoCache):

@@ -70,6 +70,11 @@ class DecodeConfig:
     # or stop each row's forwards at the end of its last created block (False: less work; an
     # approximation for bidirectional models, exact for block models)
     forward_uncreated: bool = True
+    # prefix / delayed: read the masks after each row's last created block from its cache (their
+    # keys from the row's last full forward; Fast-dLLM's dual cache, for any number of created
+    # blocks) instead of forwarding them every iteration (False, the official code). An
+    # approximation: those keys are not recomputed as the blocks before them fill in
+    cache_uncreated: bool = False
     temperature: float = 0.0  # 0 = argmax; > 0 samples committed tokens from softmax(logits / T)
     seed: int = 0  # sampling seed (temperature > 0)
 
@@ -94,8 +99,12 @@ class DecodeConfig:
                 raise D3llmError(f"`{name}` must be in (0, 1], got {value}")
         if self.cache_delay < 0:
             raise D3llmError(f"`cache_delay` must be >= 0, got {self.cache_delay}")
-        if not isinstance(self.refresh_waiting, bool):
-            raise D3llmError(f"`refresh_waiting` must be true or false, got {self.refresh_waiting!r}")
+        for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop"):
+            if not isinstance(getattr(self, name), bool):
+                raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
+        if self.cache_uncreated and not self.forward_uncreated:
+            raise D3llmError("`cache_uncreated` reads the masks after the created blocks from the cache, which a "
+                             "full forward fills: it needs `forward_uncreated` true")
         if self.refresh_interval is not None and self.refresh_interval < 1:
             raise D3llmError(f"`refresh_interval` must be >= 1 or None (off), got {self.refresh_interval}")
         if not 0 <= self.temperature < float("inf"):  # NaN fails too
@@ -244,6 +253,9 @@ _APPLIES = {
     "forward_uncreated": (lambda c: c.cache in ("none", "prefix", "delayed"),
                           "the dual cache forwards one block against a cached suffix, the block cache stops at the "
                           "current block already"),
+    "cache_uncreated": (lambda c: c.cache in ("prefix", "delayed"),
+                        "only the prefix and delayed caches forward the masks after the created blocks (the dual "
+                        "cache reads them from its cache already)"),
     "seed": (lambda c: c.temperature > 0, "it seeds sampling; set temperature > 0"),
 }
 
@@ -256,7 +268,8 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
             problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
                               f"KV cache takes only {', '.join(_AR_SETTINGS)})")
         elif name in _APPLIES and not _APPLIES[name][0](config):
-            cache_bound = ("cache_delay", "refresh_interval", "refresh_waiting", "forward_uncreated")
+            cache_bound = ("cache_delay", "refresh_interval", "refresh_waiting", "forward_uncreated",
+                           "cache_uncreated")
             detail = f"cache {config.cache}" if name in cache_bound else (
                 f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
