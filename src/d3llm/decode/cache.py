@@ -288,7 +288,7 @@ class DelayedCache(_PrefixCache):
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     """(B,) column where each row's first incomplete block starts (canvas end if none)."""
-    incomplete = state.progress() < 1  # (B, nb)
+    incomplete = state.completed_at < 0  # (B, nb)
     nb = state.num_blocks
     first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
     return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])

@@ -18,6 +18,7 @@ masks, and `rows` names each remaining row's index in the batch it started as.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 
 import torch
 
@@ -88,7 +89,17 @@ class DecodeState:
 
     def block_of(self) -> torch.Tensor:
         """(N,) block index of each response position."""
+        return self._block_of
+
+    @cached_property
+    def _block_of(self) -> torch.Tensor:  # geometry: computed once per state object
         return torch.arange(self.num_new, device=self.canvas.device) // self.block_size
+
+    @cached_property
+    def _block_lengths(self) -> torch.Tensor:
+        """(nb,) positions in each block (the last may be shorter)."""
+        starts = torch.arange(self.num_blocks, device=self.canvas.device) * self.block_size
+        return (self.num_new - starts).clamp(max=self.block_size)
 
     def per_block(self, values: torch.Tensor) -> torch.Tensor:
         """Sum a (B, N) tensor per block -> (B, nb)."""
@@ -103,8 +114,7 @@ class DecodeState:
 
     def progress(self) -> torch.Tensor:
         """(B, nb) fraction of each block committed."""
-        lengths = self.per_block(torch.ones_like(self.response))
-        return 1 - self.per_block(self.masked().long()) / lengths
+        return 1 - self.per_block(self.masked().long()) / self._block_lengths
 
     def is_created(self) -> torch.Tensor:
         """(B, nb) bool."""
@@ -184,7 +194,7 @@ class DecodeState:
 
     def _write(self, where: torch.Tensor, tokens: torch.Tensor) -> None:
         """The one place response tokens are written: keeps trace and completion times."""
-        was_complete = self.progress() >= 1
+        was_complete = self.completed_at >= 0  # blocks only complete here, and stay complete
         self.response[...] = torch.where(where, tokens, self.response)
         self.trace = torch.where(where, self.step, self.trace)
         now_complete = self.progress() >= 1
