@@ -83,7 +83,8 @@ def _torch_dtype(name: str):
     """`d3llm export --dtype`: the stored precision (auto: as the source), not a compute dtype."""
     import torch
 
-    choices = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    choices = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+               "int8": torch.int8}
     if name not in choices:
         _fail(f"`--dtype` must be one of {', '.join(choices)}, got {name!r}")
     return choices[name]
@@ -399,7 +400,8 @@ def export(
         "files is refused unless --overwrite."))],
     layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
     dtype: Annotated[str, typer.Option(
-        help="Stored precision: auto (as the source) | float32 | bfloat16 | float16")] = "auto",
+        help="Stored precision: auto (as the source) | float32 | bfloat16 | float16 | int8 (matrices as int8 "
+             "with a float16 scale per row, loaded as floats; hf layout only)")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
     decode_block_size: Annotated[Optional[int], typer.Option(
         help="LLaDA/Dream-style models: store the block size their decoders use unless one is given "

@@ -105,6 +105,56 @@ def test_export_to_half_precision_and_official_layout(tmp_path, tiny_tokenizer):
     torch.testing.assert_close(load_model(official).model(x).logits, lm.model(x).logits)
 
 
+@pytest.mark.parametrize("family", ["llada", "dream", "block"])
+def test_int8_export_halves_the_weights_and_predicts_like_the_source(tmp_path, tiny_tokenizer, family):
+    from d3llm.models.checkpoint import INT8_SCALE, export_model, read_tensors
+
+    model = toy_model(family, vocab_size=len(tiny_tokenizer), **({"block_size": 4} if family == "block" else {}))
+    model.net.config.mask_token_id = tiny_tokenizer.mask_token_id
+    source = tmp_path / "source"
+    model.save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    half = export_model(source, tmp_path / "half", dtype=torch.float16)
+    small = export_model(source, tmp_path / "int8", dtype=torch.int8)
+    size = {f: (f / "model.safetensors").stat().st_size for f in (half, small)}
+    assert size[small] < 0.7 * size[half]  # matrices in one byte, their row scales and vectors in two
+    stored = read_tensors(small)  # as loaded: floats, no scale tensors left
+    assert not any(k.endswith(INT8_SCALE) for k in stored) and all(t.is_floating_point() for t in stored.values())
+    assert json.loads((small / "config.json").read_text())["dtype"] == "float16"
+    lm = load_model(small)
+    x = torch.randint(3, 60, (4, 24))
+    kwargs = {"block_start": 8} if family == "block" else {}
+    ours, theirs = lm.model(x, **kwargs).logits, model(x, **kwargs).logits
+    # one step of 1/127 of each row's largest weight: logits (of ~+-10) move by hundredths, and
+    # the proposal changes only where two tokens nearly tie
+    assert (ours - theirs).abs().max() < 0.2
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.95
+
+
+def test_int8_storage_is_refused_in_official_layouts_and_checked_at_load(tmp_path, tiny_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    from d3llm.models.checkpoint import INT8_SCALE, export_model
+
+    model = toy_model("llada", vocab_size=len(tiny_tokenizer))
+    source = tmp_path / "source"
+    model.save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    with pytest.raises(D3llmError, match="int8 storage is ours: the hf layout holds it, the official llada"):
+        export_model(source, tmp_path / "official", layout="llada", dtype=torch.int8)
+    assert not (tmp_path / "official").exists()
+    folder = export_model(source, tmp_path / "int8", dtype=torch.int8)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith(INT8_SCALE))[: -len(INT8_SCALE)]
+    save_file({k: v for k, v in tensors.items() if k != name + INT8_SCALE}, weights)
+    with pytest.raises(ModelLoadError, match=f"int8 tensor\\(s\\) without a row scale \\({name}"):
+        load_model(folder)
+    save_file({**tensors, name: tensors[name][:-1]}, weights)
+    with pytest.raises(ModelLoadError, match=f"is the row scale of an int8 matrix {name}, which holds int8"):
+        load_model(folder)
+
+
 @pytest.mark.parametrize("family, method", [("llada", "d3llm-cache"), ("dream", "d3llm-cache"), ("dream", "fast-dllm-dual")])
 def test_models_from_official_layouts_decode_like_their_source(tmp_path, tiny_tokenizer, family, method):
     from d3llm.decode import generate, preset

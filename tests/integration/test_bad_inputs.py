@@ -182,6 +182,8 @@ case("export-unknown-layout", *EXPORT, "--layout", "gguf", expect="--layout")
 case("export-bad-dtype", *EXPORT, "--dtype", "float8", expect="--dtype")
 case("export-missing-source", "export", "{tmp}/none", "--out", "{tmp}/export", expect="none")
 case("export-llada-layout-of-ar", *EXPORT, "--layout", "llada", expect="layout|LLaDA")
+case("export-int8-official-layout", "export", "tiny-teacher", "--out", "{tmp}/export", "--layout", "llada",
+     "--dtype", "int8", expect="int8 storage is ours")
 case("export-decode-block-size-0", *EXPORT, "--decode-block-size", "0", expect="--decode-block-size")
 case("export-decode-block-size-of-ar", *EXPORT, "--decode-block-size", "8", expect="decode_block_size")
 case("export--out-is-a-file", "export", "tiny-ar", "--out", "{tmp}/taken", expect="--out", files={"taken": "mine"})

@@ -89,6 +89,43 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
                     tensors[name] = f.get_tensor(name)
         except Exception as exc:  # safetensors raises its own error types for bad bytes
             raise ModelLoadError(f"{path} is corrupted or truncated ({exc})") from None
+    return _dequantized(tensors, folder)
+
+
+# int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under its own name
+# and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None] (symmetric,
+# scale = max |row| / 127); vectors (norms, biases) are stored in float16. Half float16's size.
+INT8_SCALE = ".d3llm_int8_scale"
+INT8_LAYOUT = "int8 storage is ours: the hf layout holds it, the official {layout} layout does not"
+
+
+def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` in int8 storage (see INT8_SCALE)."""
+    out = {}
+    for name, tensor in state.items():
+        if tensor.dim() != 2 or not tensor.is_floating_point():
+            out[name] = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+            continue
+        scale = (tensor.float().abs().amax(1) / 127).clamp(min=1e-12).to(torch.float16).float()
+        out[name] = (tensor.float() / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
+        out[name + INT8_SCALE] = scale.to(torch.float16)
+    return out
+
+
+def _dequantized(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
+    """Tensors stored in int8 (see INT8_SCALE) as float32; an int8 tensor and its scale must
+    come together."""
+    for key in [k for k in tensors if k.endswith(INT8_SCALE)]:
+        name, scale = key[: -len(INT8_SCALE)], tensors.pop(key)
+        q = tensors.get(name)
+        if q is None or q.dtype != torch.int8 or q.dim() != 2 or scale.shape != (q.shape[0],):
+            got = "nothing" if q is None else f"{str(q.dtype).removeprefix('torch.')} {tuple(q.shape)}"
+            raise ModelLoadError(f"{folder}: {key} {tuple(scale.shape)} is the row scale of an int8 matrix "
+                                 f"{name}, which holds {got}")
+        tensors[name] = q.float() * scale.float().unsqueeze(1)
+    stray = [k for k, t in tensors.items() if t.dtype == torch.int8]
+    if stray:
+        raise ModelLoadError(f"{folder}: int8 tensor(s) without a row scale ({stray[0]}{INT8_SCALE}): {stray[:3]}")
     return tensors
 
 
@@ -236,12 +273,17 @@ def write_checkpoint(
     if problem:
         raise ValueError(problem)
     folder.mkdir(parents=True, exist_ok=True)
+    if dtype == torch.int8 and layout != "hf":
+        raise ValueError(INT8_LAYOUT.format(layout=layout))
     rename = hf_name_to_llada if layout == "llada" else (lambda n: n)
-    state = {rename(k): v.detach().to(dtype or v.dtype).contiguous() for k, v in net.state_dict().items()
-             if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
+    int8 = dtype == torch.int8
+    state = {rename(k): v.detach().to(v.dtype if int8 else (dtype or v.dtype)).contiguous()
+             for k, v in net.state_dict().items() if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
+    if int8:
+        state = {k: v.contiguous() for k, v in quantized(state).items()}
     raw = {"llada": llada_raw_config, "dream": dream_raw_config}.get(layout, lambda c: c.to_dict())(net.config)
-    if layout == "hf":
-        raw["dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    if layout == "hf":  # the precision it computes in once loaded (int8 storage: float16's)
+        raw["dtype"] = "float16" if int8 else str(next(iter(state.values())).dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(raw, indent=2, default=str))
     names = sorted(state)
     if shards <= 1:
@@ -311,6 +353,8 @@ def export_model(
     problem = _layout_problem(layout, net.config.d3llm_family)
     if problem:
         raise D3llmError(problem)
+    if dtype == torch.int8 and layout != "hf":
+        raise D3llmError(INT8_LAYOUT.format(layout=layout))
     if decode_block_size is not None:
         if net.config.d3llm_family not in ("llada", "dream"):
             raise D3llmError(f"`decode_block_size` is a LLaDA/Dream-style model's setting, not a "
