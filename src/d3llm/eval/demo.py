@@ -40,6 +40,7 @@ from d3llm.tasks import TASK_NAMES, get_task
 # here (your own, dropped into bundled/) gets every preset for its family (`methods_for`).
 DEMO_METHODS: dict[str, tuple[str, ...]] = {
     "tiny-teacher": ("vanilla", "fast-dllm", "d3llm"),
+    "tiny-dream": ("vanilla", "d3llm"),
     "tiny-dparallel": ("dparallel",),
     "tiny-d3llm": ("d3llm", "d3llm-cache"),
     "tiny-block": ("block", "fast-dllm-v2", "d3llm-block"),  # the d3LLM decoder too: no block student is bundled

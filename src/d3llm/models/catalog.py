@@ -57,6 +57,11 @@ def _read(file: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+# The suffix of an int8 matrix's row scales (`d3llm export --dtype int8`; d3llm.models.checkpoint),
+# here because this module reads weights headers without importing torch.
+INT8_SCALE = ".d3llm_int8_scale"
+
+
 def _parameters_from_weights(folder: Path) -> int | None:
     """Parameter count from the safetensors headers (shapes only; no tensor data is read)."""
     total, files = 0, sorted(folder.glob("*.safetensors"))
@@ -66,7 +71,8 @@ def _parameters_from_weights(folder: Path) -> int | None:
                 header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         except (OSError, ValueError):
             return None
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+        total += sum(math.prod(v["shape"]) for k, v in header.items()
+                     if k != "__metadata__" and not k.endswith(INT8_SCALE))
     return total or None
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from d3llm.errors import D3llmError, ModelLoadError
+from d3llm.models.catalog import INT8_SCALE
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
 )
@@ -95,7 +96,6 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 # int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under its own name
 # and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None] (symmetric,
 # scale = max |row| / 127); vectors (norms, biases) are stored in float16. Half float16's size.
-INT8_SCALE = ".d3llm_int8_scale"
 INT8_LAYOUT = "int8 storage is ours: the hf layout holds it, the official {layout} layout does not"
 
 
