@@ -44,7 +44,8 @@ def score(
     the others get token 0, confidence -1 and entropy +inf, which no strategy selects."""
     if where is None:
         where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    picked = logits[where].float()  # (M, V)
+    at = where.nonzero(as_tuple=True)  # once: the same positions are read and written below
+    picked = logits[at].float()  # (M, V)
     log_probs = torch.log_softmax(picked, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
@@ -59,7 +60,7 @@ def score(
     out_tokens = torch.zeros(shape, dtype=torch.long, device=device)
     out_conf = torch.full(shape, -1.0, device=device)
     out_entropy = torch.full(shape, float("inf"), device=device)
-    out_tokens[where], out_conf[where], out_entropy[where] = tokens, confidence, entropy
+    out_tokens[at], out_conf[at], out_entropy[at] = tokens, confidence, entropy
     return Scores(out_tokens, out_conf, out_entropy)
 
 
@@ -73,8 +74,8 @@ def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 def current_block(candidates: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
     """(B, n) bool: candidates in each row's first fully-active block that still has any."""
     eligible = candidates & fully_active
-    large = int(block_of.max()) + 1
-    first = torch.where(eligible, block_of, large).min(1, keepdim=True).values  # (B, 1)
+    none = torch.iinfo(block_of.dtype).max  # above every block id: a row without eligible positions
+    first = torch.where(eligible, block_of, none).min(1, keepdim=True).values  # (B, 1)
     return eligible & (block_of == first)
 
 
