@@ -96,7 +96,6 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 # int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under its own name
 # and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None] (symmetric,
 # scale = max |row| / 127); vectors (norms, biases) are stored in float16. Half float16's size.
-INT8_LAYOUT = "int8 storage is ours: the hf layout holds it, the official {layout} layout does not"
 
 
 def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -269,18 +268,16 @@ def write_checkpoint(
     expect them; `load_network` reads all three back.
     """
     folder = Path(folder)
-    problem = _layout_problem(layout, net.config.d3llm_family)
+    problem = _layout_problem(layout, net.config.d3llm_family, dtype)
     if problem:
         raise ValueError(problem)
     folder.mkdir(parents=True, exist_ok=True)
-    if dtype == torch.int8 and layout != "hf":
-        raise ValueError(INT8_LAYOUT.format(layout=layout))
     rename = hf_name_to_llada if layout == "llada" else (lambda n: n)
     int8 = dtype == torch.int8
     state = {rename(k): v.detach().to(v.dtype if int8 else (dtype or v.dtype)).contiguous()
              for k, v in net.state_dict().items() if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
     if int8:
-        state = {k: v.contiguous() for k, v in quantized(state).items()}
+        state = quantized(state)
     raw = {"llada": llada_raw_config, "dream": dream_raw_config}.get(layout, lambda c: c.to_dict())(net.config)
     if layout == "hf":  # the precision it computes in once loaded (int8 storage: float16's)
         raw["dtype"] = "float16" if int8 else str(next(iter(state.values())).dtype).removeprefix("torch.")
@@ -302,10 +299,12 @@ def write_checkpoint(
     return folder
 
 
-def _layout_problem(layout: str, family: str) -> str | None:
-    """Why `layout` cannot hold a `family` model, or None when it can."""
+def _layout_problem(layout: str, family: str, dtype: torch.dtype | None = None) -> str | None:
+    """Why `layout` cannot hold a `family` model stored in `dtype`, or None when it can."""
     if layout not in ("hf", "llada", "dream"):
         return f"the layout must be hf, llada or dream, got {layout!r}"
+    if dtype == torch.int8 and layout != "hf":
+        return f"int8 storage is ours: the hf layout holds it, the official {layout} layout does not"
     if layout == "llada" and family != "llada":
         return f"the LLaDA layout holds llada models, not {family}"
     if layout == "dream" and family != "dream":
@@ -350,11 +349,9 @@ def export_model(
         raise ModelLoadError(f"`out` must differ from the source folder {source}")
     net = load_network(source)
     tokenizer = load_tokenizer(source)
-    problem = _layout_problem(layout, net.config.d3llm_family)
+    problem = _layout_problem(layout, net.config.d3llm_family, dtype)
     if problem:
         raise D3llmError(problem)
-    if dtype == torch.int8 and layout != "hf":
-        raise D3llmError(INT8_LAYOUT.format(layout=layout))
     if decode_block_size is not None:
         if net.config.d3llm_family not in ("llada", "dream"):
             raise D3llmError(f"`decode_block_size` is a LLaDA/Dream-style model's setting, not a "
