@@ -93,13 +93,10 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return _dequantized(tensors, folder)
 
 
-# int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under its own name
-# and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None] (symmetric,
-# scale = max |row| / 127); vectors (norms, biases) are stored in float16. Half float16's size.
-
-
 def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` in int8 storage (see INT8_SCALE)."""
+    """`state` in int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under
+    its own name and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None]
+    (symmetric, scale = max |row| / 127); vectors (norms, biases) in float16. Half float16's size."""
     out = {}
     for name, tensor in state.items():
         if tensor.dim() != 2 or not tensor.is_floating_point():
@@ -112,8 +109,8 @@ def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _dequantized(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
-    """Tensors stored in int8 (see INT8_SCALE) as float32; an int8 tensor and its scale must
-    come together."""
+    """Tensors stored in int8 (`quantized`) as float32; an int8 tensor and its scale must come
+    together."""
     for key in [k for k in tensors if k.endswith(INT8_SCALE)]:
         name, scale = key[: -len(INT8_SCALE)], tensors.pop(key)
         q = tensors.get(name)
@@ -274,7 +271,8 @@ def write_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     rename = hf_name_to_llada if layout == "llada" else (lambda n: n)
     int8 = dtype == torch.int8
-    state = {rename(k): v.detach().to(v.dtype if int8 else (dtype or v.dtype)).contiguous()
+    cast = None if int8 else dtype  # int8: `quantized` picks each tensor's storage
+    state = {rename(k): v.detach().to(cast or v.dtype).contiguous()
              for k, v in net.state_dict().items() if not (k == "lm_head.weight" and net.config.tie_word_embeddings)}
     if int8:
         state = quantized(state)
