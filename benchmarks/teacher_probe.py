@@ -120,7 +120,8 @@ def main() -> None:
     net = network_for(config, tokenizer)
     lm = DiffusionLM(net)
     gen_length = config.gen_length if lm.facts.is_diffusion else None
-    examples = build_examples(tokenizer, config.tasks, min(config.num_examples, max(args.steps, 1) * config.batch_size), "train", config.seed, gen_length)
+    examples = build_examples(tokenizer, config.tasks, min(config.num_examples, max(args.steps, 1) * config.batch_size), "train", config.seed, gen_length,
+                              distinct=config.examples == "distinct")
     batches = batches_by_length(examples, config.batch_size, config.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, args.steps // 10), args.steps)

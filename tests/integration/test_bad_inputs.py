@@ -284,6 +284,7 @@ for name, (content, expect) in {
     "init-from-number": ({"init_from": 5}, "init_from"), "eval-method-unknown": ({"eval_method": "bogus"}, "eval_method|bogus"),
     "vocab-size-string": ({"vocab_size": "x"}, "vocab_size"), "gen-length-string": ({"gen_length": "x"}, "gen_length"),
     "family-unknown": ({"family": "gpt"}, "family"), "unknown-key": ({"stepz": 1}, "stepz"),
+    "examples-unknown": ({"examples": "random"}, "examples"), "examples-list": ({"examples": ["drawn"]}, "examples"),
 }.items():
     text = as_yaml({**TINY_TRAIN, **content}) if isinstance(content, dict) else content
     case(f"train-yaml-{name}", *TRAIN, expect=expect, files={"c.yaml": text})

@@ -1,6 +1,7 @@
 """Task generators, splits, answer extraction and scoring."""
 
 import json
+import re
 
 import pytest
 
@@ -118,3 +119,37 @@ def test_gsm8k_jsonl_loader(tmp_path):
         get_task(f"gsm8k:{bad}").problems("test", 1)
     with pytest.raises(TaskError, match="not found"):
         get_task(f"gsm8k:{tmp_path / 'missing.jsonl'}").problems("test", 1)
+
+
+def _code_kind(problem):
+    """`code`'s problem kind: the request with its numbers and argument names blanked."""
+    request = problem.prompt.split("` that ", 1)[1]
+    return re.sub(r"\b(x|xs|s)\b", "A", re.sub(r"\d+", "K", request))
+
+
+def test_draws_keep_each_kind_of_problem_in_its_share():
+    """`problems` keeps distinct ones, so `code`'s kinds with few variants run out (under 3% of
+    12800 train rows for `True if x is divisible by K`); `draws` repeats them instead."""
+    task = get_task("code")
+    kind = "returns True if A is divisible by K, else False."
+    distinct = [_code_kind(p) for p in task.problems("train", 12800, seed=2)]
+    drawn = task.draws("train", 12800, seed=2)
+    assert distinct.count(kind) / 12800 < 0.03
+    assert 0.05 < [_code_kind(p) for p in drawn].count(kind) / 12800 < 0.09  # 1 of 15 kinds
+    assert len({p.key for p in drawn}) < 12800  # repeats
+    assert drawn[:50] == task.draws("train", 50, seed=2) and drawn[:50] != task.draws("train", 50, seed=3)
+    test_keys = {p.key for p in task.problems("test", 200, seed=0)}
+    assert not test_keys & {p.key for p in drawn}  # still the train split only
+
+
+def test_draws_of_arith_long_and_gsm8k(tmp_path):
+    long = get_task("arith-long").draws("validation", 5, seed=1)
+    assert len(long) == 5 and all(p.prompt.count("Question:") == 5 for p in long)
+    path = tmp_path / "gsm.jsonl"
+    path.write_text(json.dumps({"question": "q?", "answer": "1+1=2\n#### 2"}) + "\n")
+    task = get_task(f"gsm8k:{path}")
+    assert [p.answer for p in task.draws("test", 3)] == ["2", "2", "2"]
+    with pytest.raises(TaskError, match="`n` must be >= 0"):
+        task.draws("test", -1)
+    with pytest.raises(TaskError, match="`n` must be >= 0"):
+        get_task("code").draws("test", -1)

@@ -167,7 +167,12 @@ class ArithLongTask(Task):
         self.name = name
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
-        questions = self.base.problems(split, n, seed)
+        return self._with_shots(self.base.problems(split, n, seed), seed)
+
+    def draws(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        return self._with_shots(self.base.draws(split, n, seed), seed)
+
+    def _with_shots(self, questions: list[Problem], seed: int) -> list[Problem]:
         # Example pool from the train split only, so no test question leaks into a prompt.
         pool = self.base.problems("train", max(64, 4 * self.shots), seed=10_000 + seed)
         out = []

@@ -64,6 +64,12 @@ class Task(ABC):
         """`n` distinct problems of `split`, chosen by `seed` (deterministic)."""
 
     @abstractmethod
+    def draws(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        """`n` problems of `split` in the task's own proportions, repeats allowed (training data:
+        `problems` keeps distinct ones only, so a kind of problem with few variants runs out and
+        the others crowd it out)."""
+
+    @abstractmethod
     def extract_answer(self, response: str) -> str | None:
         """The final answer in a response text, or None when there is none."""
 
@@ -122,4 +128,22 @@ class GeneratedTask(Task):
                 f"task {self.name!r} has only about {len(out)} distinct {split} problems at this "
                 f"difficulty; asked for n={n} (raise the difficulty or lower n)"
             )
+        return out
+
+    def draws(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        """`n` problems of `split` as `sample` makes them, repeats allowed: every kind of problem
+        keeps its share however few variants it has (docs/teacher-training.md)."""
+        split = check_split(split)
+        if n < 0:
+            raise TaskError(f"`n` must be >= 0, got {n}")
+        rng = random.Random(f"{self.name}:{split}:{seed}:draws")
+        out: list[Problem] = []
+        budget = 200 * n + 10_000  # a split holds >= 5% of the space (as in `problems`)
+        while len(out) < n and budget > 0:
+            budget -= 1
+            problem = self.sample(rng)
+            if split_of(problem.key, self.split_salt) == split:
+                out.append(problem)
+        if len(out) < n:
+            raise TaskError(f"task {self.name!r} yielded only {len(out)} {split} problems in {200 * n + 10_000} draws")
         return out

@@ -82,5 +82,13 @@ class Gsm8kJsonlTask(Task):
             raise TaskError(f"`n` must be in 0..{len(pool)} for {self.files[split]}, got {n}")
         return random.Random(f"{self.name}:{split}:{seed}").sample(pool, n)
 
+    def draws(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        pool = self._split(split)
+        if n < 0:
+            raise TaskError(f"`n` must be >= 0, got {n}")
+        if n and not pool:
+            raise TaskError(f"{self.files[split]} holds no problems to draw from")
+        return random.Random(f"{self.name}:{split}:{seed}:draws").choices(pool, k=n)
+
     def extract_answer(self, response: str) -> str | None:
         return extract_final_number(response)

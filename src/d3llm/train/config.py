@@ -100,6 +100,10 @@ class TrainConfig:
     tasks: dict[str, float] = field(default_factory=lambda: {"arith": 0.5, "arith-long": 0.2, "code": 0.3})
     gen_length: int = 64  # diffusion families: response canvas, padded with EOS (LLaDA SFT)
     num_examples: int = 40_000  # training examples drawn from the tasks' train splits
+    # distinct: each example a different problem (every recipe before session 11). drawn: as the
+    # task's generator draws them, repeats allowed, so a kind of problem with few variants keeps
+    # its share (with distinct, `code`'s 15 kinds fall to 0.1-25% of the rows; docs/teacher-training.md).
+    examples: str = "distinct"
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
@@ -134,6 +138,8 @@ class TrainConfig:
                 self.objective.weighting != "token_mean" or self.objective.prefix_rows):
             raise D3llmError("family block trains with complementary masks, each token predicted once: set "
                              "`objective.weighting: token_mean` and leave `objective.prefix_rows` at 0")
+        if self.examples not in ("distinct", "drawn"):
+            raise D3llmError(f"`examples` must be distinct or drawn, got {self.examples!r}")
         if not self.tasks or min(self.tasks.values()) < 0:
             raise D3llmError(f"`tasks` must map task names to non-negative weights, got {self.tasks}")
         for name in self.tasks:

@@ -27,15 +27,18 @@ def build_examples(
     split: str,
     seed: int,
     gen_length: int | None,
+    distinct: bool = True,
 ) -> list[dict]:
-    """`n` examples drawn from the tasks of `mixture` (task -> weight), shuffled by seed."""
+    """`n` examples drawn from the tasks of `mixture` (task -> weight), shuffled by seed; each a
+    different problem (`distinct`), or drawn as the task draws them, repeats allowed."""
     total = sum(mixture.values())
     if not mixture or total <= 0:
         raise D3llmError("the task mixture is empty; give at least one task with a positive weight")
     examples = []
     for name, weight in mixture.items():
         count = round(n * weight / total)
-        problems = get_task(name).problems(split, count, seed)
+        task = get_task(name)
+        problems = task.problems(split, count, seed) if distinct else task.draws(split, count, seed)
         examples += [encode_example(tokenizer, p, gen_length) for p in problems]
     random.Random(seed).shuffle(examples)
     return examples

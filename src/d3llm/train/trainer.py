@@ -262,7 +262,8 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         collate_fn = collate_distill
     else:
         gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
-        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length)
+        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
+                                  distinct=config.examples == "distinct")
         collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)
     first_start = not saved.is_file()
