@@ -110,19 +110,7 @@ class GeneratedTask(Task):
             if n > about * 1.1 + 50:  # the hash split is not exact: refuse only what cannot be there
                 raise TaskError(f"task {self.name!r} has only about {about} distinct {split} problems; "
                                 f"asked for n={n} (lower n)")
-        rng = random.Random(f"{self.name}:{split}:{seed}")
-        seen: set[str] = set()
-        out: list[Problem] = []
-        # A split holds >= 5% of the space, so ~20 draws per problem suffice on average; the
-        # bound only stops a request that asks for more distinct problems than exist.
-        budget = 200 * n + 10_000
-        while len(out) < n and budget > 0:
-            budget -= 1
-            problem = self.sample(rng)
-            if problem.key in seen or split_of(problem.key, self.split_salt) != split:
-                continue
-            seen.add(problem.key)
-            out.append(problem)
+        out = self._from_split(split, n, random.Random(f"{self.name}:{split}:{seed}"), distinct=True)
         if len(out) < n:
             raise TaskError(
                 f"task {self.name!r} has only about {len(out)} distinct {split} problems at this "
@@ -136,14 +124,23 @@ class GeneratedTask(Task):
         split = check_split(split)
         if n < 0:
             raise TaskError(f"`n` must be >= 0, got {n}")
-        rng = random.Random(f"{self.name}:{split}:{seed}:draws")
+        out = self._from_split(split, n, random.Random(f"{self.name}:{split}:{seed}:draws"), distinct=False)
+        if len(out) < n:
+            raise TaskError(f"task {self.name!r} yielded only {len(out)} {split} problems; asked for n={n}")
+        return out
+
+    def _from_split(self, split: Split, n: int, rng: random.Random, distinct: bool) -> list[Problem]:
+        """Up to `n` problems of `split` from `sample` with `rng`, each key once if `distinct`."""
+        seen: set[str] = set()
         out: list[Problem] = []
-        budget = 200 * n + 10_000  # a split holds >= 5% of the space (as in `problems`)
+        # A split holds >= 5% of the space, so ~20 draws per problem suffice on average; the
+        # bound only stops a request that asks for more distinct problems than exist.
+        budget = 200 * n + 10_000
         while len(out) < n and budget > 0:
             budget -= 1
             problem = self.sample(rng)
-            if split_of(problem.key, self.split_salt) == split:
-                out.append(problem)
-        if len(out) < n:
-            raise TaskError(f"task {self.name!r} yielded only {len(out)} {split} problems in {200 * n + 10_000} draws")
+            if (distinct and problem.key in seen) or split_of(problem.key, self.split_salt) != split:
+                continue
+            seen.add(problem.key)
+            out.append(problem)
         return out
