@@ -151,8 +151,9 @@ def load_model(
     name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
 ) -> LoadedModel:
     """Load a bundled model by name, or a folder in our or an official layout, onto `device`
-    in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU,
-    where bf16/fp16 matmuls are 3-7x slower, docs/platform-notes.md)."""
+    in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU:
+    exact, and the fastest for forwards of a few columns; bf16 pays from about 8 columns on a CPU
+    with bf16 instructions, docs/platform-notes.md)."""
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
     net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy
