@@ -104,7 +104,7 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     assert by_name["tiny-teacher"].split()[1:5] == ["llada", "2.85M", "d3llm", "8"]  # its stored decode blocks
     assert by_name["tiny-block"].split()[1:5] == ["block", "2.85M", "d3llm-block", "8"]  # its trained blocks
     assert by_name["tiny-dparallel"].split()[4] == "32" and by_name["tiny-ar"].split()[4] == "-"
-    assert "code 68.8 (ar, n=32)" in by_name["tiny-ar"]  # provenance.json: final validation
+    assert "code 84.4 (ar, n=32)" in by_name["tiny-ar"]  # provenance.json: final validation
     code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
     listing = {m["name"]: m for m in json.loads(out)}
     assert listing["tiny-block"]["family"] == "block" and listing["tiny-block"]["parameters"] == 2853312
