@@ -13,23 +13,12 @@ takes `--model NAME@bfloat16`). A benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from d3llm.errors import D3llmError
 from d3llm.models import load_model
-
-
-def forward_ms(model, columns: int, repeats: int) -> float:
-    """Mean ms of one forward over `columns` random tokens at batch 1 (after a warm-up)."""
-    ids = torch.randint(5, model.config.vocab_size, (1, columns), device=model.device)
-    with torch.no_grad():
-        for _ in range(3):
-            model(ids, block_start=0)
-        started = time.perf_counter()
-        for _ in range(repeats):
-            model(ids, block_start=0)
-    return 1000 * (time.perf_counter() - started) / repeats
+from decode_presets import forward_rows_per_second  # this folder: the script's own path comes first
 
 
 def main() -> None:
@@ -47,12 +36,15 @@ def main() -> None:
         parser.error(f"--columns must be comma-separated integers, got {args.columns!r}")
     if not columns or min(columns) < 1:
         parser.error(f"--columns must be positive, got {args.columns!r}")
-    models = {dtype: load_model(args.model, dtype=dtype).model for dtype in ("float32", "bfloat16")}
+    try:
+        models = {dtype: load_model(args.model, dtype=dtype).model for dtype in ("float32", "bfloat16")}
+    except D3llmError as exc:
+        parser.error(f"--model {args.model}: {exc}")
     print(f"{args.model}, batch 1, torch threads {torch.get_num_threads()}, {args.repeats} forwards each\n")
     print("| columns | float32 ms | bfloat16 ms | bf16 / fp32 |")
     print("|---|---|---|---|")
     for n in columns:
-        fp32, bf16 = (forward_ms(models[d], n, args.repeats) for d in ("float32", "bfloat16"))
+        fp32, bf16 = (1000 / forward_rows_per_second(models[d], n, 1, args.repeats) for d in ("float32", "bfloat16"))
         print(f"| {n} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f} |", flush=True)
 
 
