@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from d3llm.errors import D3llmError
 from d3llm.train.distill import (
-    DistillSettings, certainty_entropy, distill_loss, mask_ratios, masked_ce, window_masks, window_size,
+    DistillSettings, certainty_entropy, distill_loss, mask_ratios, masked_ce, through_first_eos, window_masks,
+    window_size,
 )
 from tests.conftest import toy_model
 
@@ -104,3 +105,23 @@ def test_bad_settings_name_the_setting():
         DistillSettings(trajectories="x", masking="sometimes")
     with pytest.raises(D3llmError, match="distill.t_min"):
         DistillSettings(trajectories="x", t_min=0.9, t_max=0.5)
+
+
+def test_windows_stop_at_the_block_of_the_first_eos():
+    eos = 2
+    # prompt of 2, response of 12; first EOS at response index 5 -> blocks of 4 end at 8
+    ids = torch.tensor([[9, 9, 5, 6, 7, 8, 9, eos, eos, eos, eos, eos, eos, eos],
+                        [9, 9, 5, 6, 7, eos, eos, eos, eos, eos, eos, eos, eos, eos],
+                        [9, 9, 5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])
+    P3, N3 = torch.tensor([2, 2, 2]), torch.tensor([12, 12, 12])
+    assert through_first_eos(ids, P3, N3, eos, k=4).tolist() == [8, 4, 12]  # no EOS: unchanged
+    assert through_first_eos(ids, P3, N3, eos, k=8).tolist() == [8, 8, 12]
+
+
+def test_skipping_eos_blocks_is_for_block_models_only():
+    from d3llm.train.config import TrainConfig
+
+    raw = {"family": "llada", "init_from": "t", "distill": {"trajectories": "x", "skip_eos_blocks": True}}
+    with pytest.raises(D3llmError, match="distill.skip_eos_blocks"):
+        TrainConfig.from_dict(raw)
+    assert TrainConfig.from_dict(dict(raw, family="block")).distill.skip_eos_blocks

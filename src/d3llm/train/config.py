@@ -50,6 +50,9 @@ class DistillSettings:
     entropy_temperature: float = 0.5
     entropy_on_complementary: bool = False  # Dream's recipe also forces certainty there
     lora_rank: int | None = None  # LoRA through peft (alpha = rank) instead of full fine-tuning
+    # Block models only: draw windows over the blocks up to the one holding the response's first
+    # EOS, the blocks an early-stopping decoder decodes (the rest of the canvas is EOS padding).
+    skip_eos_blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.keep not in ("all", "correct"):
@@ -131,6 +134,9 @@ class TrainConfig:
             raise D3llmError("distillation needs the teacher (`init_from`) and `distill.trajectories`")
         if self.distill is not None and self.family == "ar":
             raise D3llmError("distillation trains a diffusion student; `family` cannot be ar")
+        if self.distill is not None and self.distill.skip_eos_blocks and self.family != "block":
+            raise D3llmError(f"`distill.skip_eos_blocks` applies to family block (blocks after the window are "
+                             f"invisible only under its block-causal mask), not {self.family}")
         if self.block_size is not None and (self.family != "block" or self.block_size < 1):
             raise D3llmError(f"`block_size` must be a positive integer for family block (null: the block size of "
                              f"`init_from`) and null otherwise, got {self.block_size!r} with family {self.family}")

@@ -103,6 +103,17 @@ def window_masks(
     return WindowMasks(window, masked, after)
 
 
+def through_first_eos(ids: torch.Tensor, prompt_len: torch.Tensor, response_len: torch.Tensor,
+                      eos_id: int, k: int) -> torch.Tensor:
+    """(B,) response lengths cut after the block of `k` holding each row's first response EOS
+    (unchanged for a row without one): the blocks an early-stopping block decoder decodes."""
+    L = ids.shape[1]
+    r = torch.arange(L, device=ids.device).unsqueeze(0) - prompt_len.unsqueeze(1)
+    is_eos = (ids == eos_id) & (r >= 0) & (r < response_len.unsqueeze(1))
+    first = torch.where(is_eos, r, L).min(1).values
+    return torch.minimum(response_len, (first // k + 1) * k)
+
+
 # --- losses ------------------------------------------------------------------------------
 
 
@@ -134,8 +145,11 @@ def distill_loss(
     # later blocks are invisible to it under the block-causal mask.
     k = model.facts.block_size or window_size(settings, progress)
     forward = functools.partial(model, attention_mask=attention, block_start=batch["prompt_len"])
+    response_len = batch["response_len"]
+    if settings.skip_eos_blocks:  # later blocks stay clean in the input: the block-causal mask hides them
+        response_len = through_first_eos(ids, batch["prompt_len"], response_len, model.facts.eos_token_id, k)
     t = mask_ratios(settings, progress, ids.shape[0], generator)
-    m = window_masks(batch["rank"], batch["prompt_len"], batch["response_len"], k, t, settings.masking, generator)
+    m = window_masks(batch["rank"], batch["prompt_len"], response_len, k, t, settings.masking, generator)
     mask_id = model.facts.mask_token_id
     logits = forward(torch.where(m.masked | m.after, mask_id, ids)).logits
     ce = masked_ce(logits, ids, m.masked)
@@ -200,7 +214,7 @@ def with_lora(net, rank: int):
 
 __all__ = [
     "DistillSettings", "WindowMasks", "certainty_entropy", "collate_distill", "distill_examples",
-    "distill_loss", "mask_ratios", "masked_ce", "window_masks", "window_size", "with_lora",
+    "distill_loss", "mask_ratios", "masked_ce", "through_first_eos", "window_masks", "window_size", "with_lora",
 ]
 
 
