@@ -16,7 +16,8 @@ MIXED = {"llada": 1.5, "dream": 1.8}
 
 def reference_vanilla(model, prompt, max_new_tokens, block_size, rank_by="confidence"):
     """LLaDA's vanilla decoder written plainly, one row, one token per forward (Dream's
-    teacher rule with `rank_by="entropy"`: the lowest-entropy position first)."""
+    teacher rule with `rank_by="entropy"`: the lowest-entropy position first; `"position"`:
+    the leftmost)."""
     mask = model.facts.mask_token_id
     x = torch.tensor([prompt + [mask] * max_new_tokens])
     start = len(prompt)
@@ -27,13 +28,15 @@ def reference_vanilla(model, prompt, max_new_tokens, block_size, rank_by="confid
             confidence, token = probs.max(-1)
             if rank_by == "entropy":
                 confidence = (probs * probs.log()).sum(-1)  # minus the entropy
+            if rank_by == "position":
+                confidence = -torch.arange(block_end - block_start).float()
             confidence[x[0, block_start:block_end] != mask] = float("-inf")
             i = int(confidence.argmax())
             x[0, block_start + i] = token[i]
     return x[0, start:].tolist()
 
 
-@pytest.mark.parametrize("rank_by", ["confidence", "entropy"])
+@pytest.mark.parametrize("rank_by", ["confidence", "entropy", "position"])
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_vanilla_equals_the_plain_reference(family, rank_by):
     model = toy_model(family)

@@ -38,7 +38,7 @@ from d3llm.errors import D3llmError
 Strategy = Literal["topk", "confidence", "entropy"]
 CachePolicy = Literal["none", "prefix", "dual", "delayed", "block"]
 Forcing = Literal["block", "global"]
-RankBy = Literal["confidence", "entropy"]
+RankBy = Literal["confidence", "entropy", "position"]
 STRATEGIES = ("topk", "confidence", "entropy")
 DEFAULT_BLOCK_SIZE = 32  # the authors' block length for LLaDA/Dream-style decoding
 AR_METHODS = ("ar", "ar-spec")  # the presets of autoregressive models
@@ -54,7 +54,8 @@ class DecodeConfig:
     block_size: int | None = None
     strategy: Strategy = "topk"  # how masked positions are chosen for commitment
     tokens_per_step: int = 1  # topk: positions committed per forward in the current block
-    rank_by: RankBy = "confidence"  # topk: most probable proposals (LLaDA) or lowest entropy (Dream)
+    # topk: most probable proposals (LLaDA), lowest entropy (Dream) or leftmost (left to right in the block)
+    rank_by: RankBy = "confidence"
     threshold: float = 0.5  # entropy: max nats; confidence: min probability of the argmax
     block_add_threshold: float = 1.0  # create the next block when the last reaches this progress
     block_activate_threshold: float = 1.0  # a block is fully active when its predecessor reaches this
@@ -88,7 +89,7 @@ class DecodeConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("cache", self.cache, CACHE_POLICIES)
         _choice("forcing", self.forcing, ("block", "global"))
-        _choice("rank_by", self.rank_by, ("confidence", "entropy"))
+        _choice("rank_by", self.rank_by, ("confidence", "entropy", "position"))
         if self.strategy == "entropy" and not 0 < self.threshold <= 10:
             raise D3llmError(f"`threshold` must be in (0, 10] nats for entropy selection, got {self.threshold}")
         if self.strategy == "confidence" and not 0 < self.threshold <= 1:

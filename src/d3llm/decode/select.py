@@ -4,8 +4,9 @@
 distribution at every position. `select` is the strategy (`DecodeConfig.strategy`):
 
 - `topk`: in the current block (the first fully-active block with masks), the
-  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla), or with the
-  lowest entropy (`rank_by="entropy"`, Dream's teacher rule);
+  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla), with the
+  lowest entropy (`rank_by="entropy"`, Dream's teacher rule), or the leftmost
+  (`rank_by="position"`: left to right inside the block);
 - `confidence`: every created-block position whose proposal has p >= threshold (Fast-dLLM);
 - `entropy`: every created-block position with H <= threshold nats (dParallel, d3LLM).
 
@@ -86,7 +87,10 @@ def select(
     `fully_active`: per position, whether its block is fully active; `block_of`: (n,) block ids."""
     target = current_block(candidates, fully_active, block_of)
     if config.strategy == "topk":
-        goodness = s.confidence if config.rank_by == "confidence" else -s.entropy
+        if config.rank_by == "position":
+            goodness = -torch.arange(target.shape[1], device=target.device, dtype=torch.float32).expand_as(target)
+        else:
+            goodness = s.confidence if config.rank_by == "confidence" else -s.entropy
         ranked = torch.where(target, goodness, float("-inf"))
         k = min(config.tokens_per_step, ranked.shape[1])
         top = ranked.topk(k, dim=1).indices

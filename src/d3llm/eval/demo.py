@@ -43,7 +43,7 @@ DEMO_METHODS: dict[str, tuple[str, ...]] = {
     "tiny-dream": ("vanilla", "d3llm"),
     "tiny-dparallel": ("dparallel",),
     "tiny-d3llm": ("d3llm", "d3llm-cache"),
-    "tiny-block": ("block", "fast-dllm-v2", "d3llm-block"),  # the d3LLM decoder too: no block student is bundled
+    "tiny-block": ("block", "fast-dllm-v2", "d3llm-block"),  # its d3LLM decoding beside its student's
     "tiny-block-d3llm": ("d3llm-block",),
     "tiny-ar": ("ar", "ar-spec"),
 }
