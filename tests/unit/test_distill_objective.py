@@ -125,3 +125,22 @@ def test_skipping_eos_blocks_is_for_block_models_only():
     with pytest.raises(D3llmError, match="distill.skip_eos_blocks"):
         TrainConfig.from_dict(raw)
     assert TrainConfig.from_dict(dict(raw, family="block")).distill.skip_eos_blocks
+
+
+def test_with_skip_eos_blocks_nothing_after_the_eos_block_reaches_the_loss():
+    model = toy_model("block", block_size=4)
+    eos = model.facts.eos_token_id
+    prompt, response = [5, 6, 7], [8, eos, eos, eos] + [eos] * 8  # EOS in the first block of 4
+    other = response[:4] + [9, 10, 11, 12, 13, 14, 15, 16]  # the blocks after it differ
+
+    def loss(resp, skip):
+        ids = torch.tensor([prompt + resp])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "prompt_len": torch.tensor([3]),
+                 "response_len": torch.tensor([12]), "rank": torch.tensor([[-1] * 3 + list(range(12))])}
+        settings = DistillSettings(trajectories="x", skip_eos_blocks=skip, t_min=0.5)
+        with torch.no_grad():
+            return [distill_loss(model, batch, settings, 0.0, torch.Generator().manual_seed(s))[0].item()
+                    for s in range(6)]
+
+    assert loss(response, True) == loss(other, True)  # only block 0 is ever a window
+    assert loss(response, False) != loss(other, False)
