@@ -49,7 +49,7 @@ def test_settings_that_apply_are_accepted():
     assert resolve_config("d3llm-cache", "llada", cache_uncreated=True).cache_uncreated is True
     assert resolve_config("fast-dllm", "dream", cache_uncreated=True).cache_uncreated is True
     assert resolve_config("vanilla", "llada", tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
-    assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="global").threshold == 0.8
+    assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="block+global").threshold == 0.8
     assert resolve_config("ar", "ar", max_new_tokens=8, temperature=0.5, seed=3).seed == 3
     # a setting that changes what applies is read first: topk made explicit, then its step size
     assert resolve_config("d3llm", "llada", strategy="topk", tokens_per_step=2).strategy == "topk"
@@ -71,7 +71,7 @@ def test_settings_that_apply_are_accepted():
      "`cache_delay` has no effect with method 'fast-dllm' (cache prefix)"),
     ("vanilla", "llada", {"threshold": 0.3}, "threshold",
      "`threshold` has no effect with method 'vanilla' (strategy topk)"),
-    ("vanilla", "llada", {"forcing": "global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
+    ("vanilla", "llada", {"forcing": "block+global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
     ("d3llm", "llada", {"tokens_per_step": 4}, "tokens_per_step",
      "`tokens_per_step` has no effect with method 'd3llm' (strategy entropy)"),
     ("fast-dllm", "llada", {"rank_by": "entropy"}, "rank_by", "`rank_by` has no effect with method 'fast-dllm'"),

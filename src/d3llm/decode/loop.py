@@ -42,7 +42,7 @@ from transformers import DynamicCache
 
 from d3llm.decode.cache import CACHE_POLICIES
 from d3llm.decode.config import DecodeConfig, for_facts
-from d3llm.decode.select import score, select
+from d3llm.decode.select import current_block, score, select
 from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.state import NOT_YET, DecodeState
 from d3llm.errors import D3llmError
@@ -171,9 +171,13 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         state.update_blocks(config)
         logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
-        candidates = _gather(state.masked() & state.is_created()[:, block_of], at)
+        masked, created = state.masked(), state.is_created()[:, block_of]
+        stale = state.filled if config.early_stop and config.stale_candidates else None
+        candidates = _gather((masked if stale is None else masked | stale) & created, at)
+        blocks = block_at[at]  # (B, W) block of each logit's column
+        current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
-        chosen = select(scores, candidates, _gather(state.fully_active[:, block_of], at), block_at[at], config)
+        chosen = select(scores, candidates, candidates & (blocks == current), config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
         tokens = _scatter(state.response.clone(), at, scores.tokens)

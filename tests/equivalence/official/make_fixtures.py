@@ -1,0 +1,129 @@
+"""Run the authors' decoders on our models and store what they produced: the fixtures of
+tests/equivalence/test_official_decoders.py.
+
+Not a test, and not part of the package: it needs the authors' code, which this repository does
+not hold. Give it their checkouts (plain clones at the commits named in fixtures.json):
+
+    git clone https://github.com/hao-ai-lab/d3LLM /tmp/official            # e5bfcac
+    git clone https://github.com/NVlabs/Fast-dLLM /tmp/official/fast-dllm  # 24cc59e
+    python tests/equivalence/official/make_fixtures.py --d3llm /tmp/official \
+        --fast-dllm /tmp/official/fast-dllm --out tests/equivalence/official/fixtures.json
+
+Their functions are imported from their files as they are; the modelling code they import at
+module level is stubbed (their decoders only call `model(x)`), and our models are handed to them
+through thin adapters that count real forwards (`Counting`). What is stored per case: the model,
+the official function and its arguments, the prompt ids, the response the function returned
+(every column after the prompt), its own `nfe` counter and the model calls it really made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(1)
+
+from tests.equivalence.official.cases import CASES, Case, case_model, case_prompts  # noqa: E402
+
+
+def _import(path: Path, name: str, stubs: dict[str, dict]) -> types.ModuleType:
+    """Import the file at `path` as module `name`, with `stubs` (module -> attributes) standing in
+    for the imports it needs but its decoders never use."""
+    for module, attributes in stubs.items():
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+        for key, value in attributes.items():
+            setattr(sys.modules[module], key, value)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Counting:
+    """Our model as the authors' LLaDA decoders call it: `model(x).logits`, `model.device`."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.device = model.device
+
+    def __call__(self, x, *args, **kwargs):
+        assert not args and not kwargs, "the uncached decoders pass the canvas alone"
+        self.calls += 1
+        return types.SimpleNamespace(logits=self.model(x).logits)
+
+
+class DreamSelf(Counting):
+    """`self` of the authors' Dream generation mixin: called as `self(x, attention, positions)`,
+    returns the network's raw (unshifted) logits: their loop shifts them itself."""
+
+    def __call__(self, x, attention, positions):
+        assert attention == "full" and positions is None, "one unpadded prompt"
+        self.calls += 1
+        return types.SimpleNamespace(logits=self.model.net(input_ids=x).logits)
+
+
+def run_llada(d3llm_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int]:
+    counting = Counting(model)
+    x, nfe = d3llm_util.generate_multi_block(
+        counting, torch.tensor([prompt]), max_new_tokens=case.max_new_tokens, block_size=case.block_size,
+        temperature=0.0, mask_id=model.facts.mask_token_id, threshold=case.threshold,
+        block_add_threshold=case.block_add_threshold, decoded_token_threshold=case.block_activate_threshold,
+        eos_token_id=model.facts.eos_token_id, early_stop=True)
+    return x[0, len(prompt):].tolist(), int(nfe), counting.calls
+
+
+def run_dream(dream_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int]:
+    me = DreamSelf(model)
+    config = types.SimpleNamespace(return_dict_in_generate=False, max_length=len(prompt) + case.max_new_tokens,
+                                   mask_token_id=model.facts.mask_token_id, temperature=0.0,
+                                   alg="entropy_threshold", eos_token_id=model.facts.eos_token_id)
+    x, nfe = dream_util.DreamGenerationMixin._sample_multi_block(
+        me, torch.tensor([prompt]), None, config, threshold=case.threshold, block_size=case.block_size,
+        block_add_threshold=case.block_add_threshold, decoded_token_threshold=case.block_activate_threshold,
+        early_stop=True)
+    return x[0, len(prompt):].tolist(), int(nfe), me.calls
+
+
+def _commit(folder: Path) -> str:
+    out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown (not a git checkout)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--d3llm", type=Path, required=True, help="checkout of hao-ai-lab/d3LLM")
+    parser.add_argument("--fast-dllm", type=Path, help="checkout of NVlabs/Fast-dLLM")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    llada_util = _import(args.d3llm / "d3llm/d3llm_LLaDA/d3llm_llada_generate_util.py", "official_llada",
+                         {"utils.utils_LLaDA.model.modeling_llada": {"LLaDAModelLM": None}})
+    dream_util = _import(args.d3llm / "d3llm/d3llm_DREAM/d3llm_dream_generate_util.py", "official_dream", {})
+    runners = {"generate_multi_block": lambda *a: run_llada(llada_util, *a),
+               "DreamGenerationMixin._sample_multi_block": lambda *a: run_dream(dream_util, *a)}
+    records = []
+    for case in CASES:
+        model = case_model(case.model)
+        for prompt in case_prompts(case):
+            response, nfe, forwards = runners[case.official](model, prompt, case)
+            records.append({"case": case.name, "prompt": prompt, "response": response, "nfe": nfe,
+                            "forwards": forwards})
+        print(f"{case.name}: {len(case_prompts(case))} prompts", file=sys.stderr)
+    source = {"hao-ai-lab/d3LLM": _commit(args.d3llm)}
+    if args.fast_dllm:
+        source["NVlabs/Fast-dLLM"] = _commit(args.fast_dllm)
+    args.out.write_text(json.dumps({"source": source, "command": " ".join(sys.argv), "records": records}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
