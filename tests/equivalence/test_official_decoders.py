@@ -3,7 +3,9 @@
 The authors' code is not in this repository: tests/equivalence/official/make_fixtures.py ran it
 on the cases of official/cases.py and stored what it produced in official/fixtures.json (with
 the commits it ran at and the command). Here our decoder runs the same cases; the response (every
-column after the prompt, the EOS tail included) and the number of model calls must be the same.
+column after the prompt, the EOS tail included) and the number of model calls must be the same,
+less the official calls that commit nothing (Fast-dLLM's cached loops forward a finished block
+once more; ours does not: docs/method.md).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def test_preset_reproduces_the_official_decoder(name):
         out = generate(model, [record["prompt"]], config, pad_token_id=0)
         if out.response[0].tolist() != record["response"]:
             tokens.append(i)
-        if out.nfe != record["forwards"]:
-            forwards.append((i, out.nfe, record["forwards"]))
+        if out.nfe != record["forwards"] - record["idle"]:  # ours skips the official forwards that commit nothing
+            forwards.append((i, out.nfe, record["forwards"] - record["idle"]))
     n = len(_records(name))
     assert not tokens and not forwards, (f"of {n}: tokens differ on {tokens}; forwards (record, ours, official) "
                                          f"on {forwards}")

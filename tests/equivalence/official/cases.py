@@ -33,18 +33,24 @@ class Case:
     block_add_threshold: float = 0.1
     block_activate_threshold: float = 0.95
     tasks: dict[str, int] = field(default_factory=dict)  # task -> prompts (test split, PROMPT_SEED)
+    tokens_per_step: int | None = None  # Fast-dLLM: a fixed number per step instead of the threshold
 
     def settings(self) -> dict:
         """Our overrides of `method` that give the official function's arguments."""
-        return dict(max_new_tokens=self.max_new_tokens, block_size=self.block_size, threshold=self.threshold,
-                    block_add_threshold=self.block_add_threshold,
+        shared = dict(max_new_tokens=self.max_new_tokens, block_size=self.block_size)
+        if self.official in FAST_DLLM:
+            fixed = dict(strategy="topk", tokens_per_step=self.tokens_per_step)
+            return {**shared, **(fixed if self.tokens_per_step else dict(threshold=self.threshold))}
+        return dict(shared, threshold=self.threshold, block_add_threshold=self.block_add_threshold,
                     block_activate_threshold=self.block_activate_threshold)
 
 
 PROMPT_SEED = 11  # not the evaluation seed: these prompts only exercise the decoders
 LLADA_MULTI_BLOCK = "generate_multi_block"
 DREAM_MULTI_BLOCK = "DreamGenerationMixin._sample_multi_block"
+FAST_DLLM = ("generate_with_prefix_cache", "generate_with_dual_cache")  # NVlabs/Fast-dLLM llada/generate.py
 MIXED_TASKS = {"arith": 17, "arith-long": 17, "code": 16}
+FEWER_TASKS = {"arith": 7, "arith-long": 7, "code": 6}
 
 CASES = [
     Case("tiny-d3llm/d3llm", "tiny-d3llm", LLADA_MULTI_BLOCK, "d3llm", block_size=16, tasks=MIXED_TASKS),
@@ -53,6 +59,14 @@ CASES = [
          tasks={"arith": 9, "arith-long": 8, "code": 8}),
     Case("scripted-llada/d3llm", "scripted-llada", LLADA_MULTI_BLOCK, "d3llm", block_size=4, max_new_tokens=16),
     Case("scripted-dream/d3llm", "scripted-dream", DREAM_MULTI_BLOCK, "d3llm", block_size=4, max_new_tokens=16),
+    Case("tiny-teacher/fast-dllm", "tiny-teacher", FAST_DLLM[0], "fast-dllm", block_size=8, threshold=0.9,
+         tasks=FEWER_TASKS),
+    Case("tiny-teacher/fast-dllm-dual", "tiny-teacher", FAST_DLLM[1], "fast-dllm-dual", block_size=8, threshold=0.9,
+         tasks=FEWER_TASKS),
+    Case("tiny-d3llm/fast-dllm k=2", "tiny-d3llm", FAST_DLLM[0], "fast-dllm", block_size=16, tokens_per_step=2,
+         tasks=FEWER_TASKS),
+    Case("tiny-d3llm/fast-dllm-dual k=2", "tiny-d3llm", FAST_DLLM[1], "fast-dllm-dual", block_size=16,
+         tokens_per_step=2, tasks=FEWER_TASKS),
 ]
 
 

@@ -13,7 +13,9 @@ Their functions are imported from their files as they are; the modelling code th
 module level is stubbed (their decoders only call `model(x)`), and our models are handed to them
 through thin adapters that count real forwards (`Counting`). What is stored per case: the model,
 the official function and its arguments, the prompt ids, the response the function returned
-(every column after the prompt), its own `nfe` counter and the model calls it really made.
+(every column after the prompt), its own `nfe` counter, the model calls it really made, and how
+many of those committed nothing (`idle`: Fast-dLLM's cached loops forward a block once more after
+the forward that completed it; our loop does not, docs/method.md).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import types
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(1)
 
-from tests.equivalence.official.cases import CASES, Case, case_model, case_prompts  # noqa: E402
+from tests.equivalence.official.cases import CASES, FAST_DLLM, Case, case_model, case_prompts  # noqa: E402
 
 
 def _import(path: Path, name: str, stubs: dict[str, dict]) -> types.ModuleType:
@@ -73,6 +76,51 @@ class DreamSelf(Counting):
         return types.SimpleNamespace(logits=self.model.net(input_ids=x).logits)
 
 
+class FastDllmModel(Counting):
+    """Our LLaDA model as Fast-dLLM's cached loops call it: `model(x, use_cache=True)` (the whole
+    canvas; its keys/values come back as a tuple per layer), `model(suffix, past_key_values=...)`
+    (the prefix cache: the suffix after the cached columns) and `model(block, past_key_values=...,
+    replace_position=...)` (the dual cache: the block's own keys take its slots). Calls whose block
+    has no masks any more commit nothing: they are counted in `idle`."""
+
+    def __init__(self, model, block_length: int):
+        super().__init__(model)
+        self.block_length, self.idle = block_length, 0
+
+    def __call__(self, x, past_key_values=None, use_cache=False, replace_position=None):
+        self.calls += 1
+        if past_key_values is None:
+            kv = DynamicCache(config=self.model.config)
+            out = self.model(x, past_key_values=kv, use_cache=True)
+            layers = [(layer.keys, layer.values) for layer in kv.layers]
+            return types.SimpleNamespace(logits=out.logits, past_key_values=layers)
+        self.idle += int(not (x[:, : self.block_length] == self.model.facts.mask_token_id).any())
+        kv = DynamicCache(config=self.model.config)
+        if replace_position is None:  # the suffix after the cached prefix
+            first = past_key_values[0][0].shape[2]
+            keep = slice(0, first)
+        else:  # the block: every cached slot but its own
+            where = replace_position[0].nonzero().flatten()
+            first = int(where[0])
+            keep = torch.ones(replace_position.shape[1], dtype=torch.bool)
+            keep[where] = False
+        for i, (k, v) in enumerate(past_key_values):
+            kv.update(k[:, :, keep], v[:, :, keep], i)
+        positions = torch.arange(first, first + x.shape[1]).unsqueeze(0)
+        return types.SimpleNamespace(logits=self.model(x, position_ids=positions, past_key_values=kv,
+                                                       use_cache=True).logits)
+
+
+def run_fast_dllm(generate_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int, int]:
+    counting = FastDllmModel(model, case.block_size)
+    function = getattr(generate_util, case.official)
+    steps = case.max_new_tokens // case.tokens_per_step if case.tokens_per_step else case.max_new_tokens
+    x, nfe = function(counting, torch.tensor([prompt]), steps=steps, gen_length=case.max_new_tokens,
+                      block_length=case.block_size, temperature=0.0, mask_id=model.facts.mask_token_id,
+                      threshold=None if case.tokens_per_step else case.threshold)
+    return x[0, len(prompt):].tolist(), int(nfe), counting.calls, counting.idle
+
+
 def run_llada(d3llm_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int]:
     counting = Counting(model)
     x, nfe = d3llm_util.generate_multi_block(
@@ -109,15 +157,19 @@ def main() -> None:
     llada_util = _import(args.d3llm / "d3llm/d3llm_LLaDA/d3llm_llada_generate_util.py", "official_llada",
                          {"utils.utils_LLaDA.model.modeling_llada": {"LLaDAModelLM": None}})
     dream_util = _import(args.d3llm / "d3llm/d3llm_DREAM/d3llm_dream_generate_util.py", "official_dream", {})
-    runners = {"generate_multi_block": lambda *a: run_llada(llada_util, *a),
-               "DreamGenerationMixin._sample_multi_block": lambda *a: run_dream(dream_util, *a)}
+    runners = {"generate_multi_block": lambda *a: (*run_llada(llada_util, *a), 0),
+               "DreamGenerationMixin._sample_multi_block": lambda *a: (*run_dream(dream_util, *a), 0)}
+    if args.fast_dllm:
+        fast_util = _import(args.fast_dllm / "llada/generate.py", "official_fast_dllm",
+                            {"model.modeling_llada": {"LLaDAModelLM": None}})
+        runners.update({name: lambda *a: run_fast_dllm(fast_util, *a) for name in FAST_DLLM})
     records = []
     for case in CASES:
         model = case_model(case.model)
         for prompt in case_prompts(case):
-            response, nfe, forwards = runners[case.official](model, prompt, case)
+            response, nfe, forwards, idle = runners[case.official](model, prompt, case)
             records.append({"case": case.name, "prompt": prompt, "response": response, "nfe": nfe,
-                            "forwards": forwards})
+                            "forwards": forwards, "idle": idle})
         print(f"{case.name}: {len(case_prompts(case))} prompts", file=sys.stderr)
     source = {"hao-ai-lab/d3LLM": _commit(args.d3llm)}
     if args.fast_dllm:
