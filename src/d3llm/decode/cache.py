@@ -255,7 +255,7 @@ class _PrefixCache(_RowCached):
         start at column `first`."""
         width = kv.get_seq_length()
         held = torch.arange(width, device=target.device) < target.unsqueeze(1)
-        at = (target - first).clamp(max=logits.shape[1] - 1)  # a row cached whole is finished
+        at = (target - first).clamp(min=0, max=logits.shape[1] - 1)  # a row cached whole is finished
         boundary = logits[torch.arange(len(target), device=target.device), at]
         return _RowCache(kv, held & state.attention[:, :width].bool(), target, boundary)
 
@@ -268,22 +268,47 @@ class PrefixCache(_PrefixCache):
 
 
 class DelayedCache(_PrefixCache):
-    """d3LLM's cache: completed blocks enter after `cache_delay` iterations; a row refreshes while
-    any of its completed blocks waits, and every `refresh_interval` iterations."""
+    """d3LLM's cache, as the authors' `generate_multi_block_kv_cache` keeps it (docs/method.md
+    section 4). Blocks enter in order, the prompt first: a block is *seen* complete at the first
+    iteration where it is complete and the block before it is cached (`seen`), and enters the
+    cache `cache_delay` iterations after that, in the forward of that iteration, which runs from
+    the old cache end and keeps the window's keys of the newly cached columns. Otherwise a row
+    refreshes (a whole-canvas forward rewriting its cached prefix) while its first uncached block
+    is complete but not yet cached (`refresh_waiting`), and every `refresh_interval`-th iteration
+    (counted from 1, as their `nfe`); else it forwards from its cache end. Blocks that early stop
+    creates (wholly after the EOS) are never cached and never wait."""
+
+    def seen(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, nb) step at which each block is seen complete (meaningful where `leading`), and
+        (B, nb) `leading`: the block and all before it are complete (phantoms excluded).
+        seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt seen at step -1; in
+        closed form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay))."""
+        delay, nb = self.config.cache_delay, state.num_blocks
+        j = torch.arange(nb, device=state.completed_at.device)
+        complete = (state.completed_at >= 0) & (j < state.stop_created_from.unsqueeze(1))
+        leading = complete.long().cumprod(1).bool()
+        term = torch.where(complete, state.completed_at + 1 - j * delay, torch.iinfo(torch.long).min)
+        return j * delay + term.cummax(1).values.clamp(min=delay - 1), leading
 
     def plan(self, state: DecodeState) -> torch.Tensor:
-        done = state.completed_at >= 0
-        settled = done & (state.completed_at <= state.step - self.config.cache_delay)
-        leading = settled.long().cumprod(1).sum(1)  # leading settled blocks per row
-        return (state.start + leading * state.block_size).clamp(max=state.canvas.shape[1])
+        seen, leading = self.seen(state)
+        settled = (leading & (seen + self.config.cache_delay <= state.step)).sum(1)
+        ends = (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
+        prompt_settled = state.step >= self.config.cache_delay - 1  # the prompt, seen at step -1
+        return torch.where(torch.tensor(prompt_settled, device=ends.device), ends, torch.zeros_like(ends))
 
     def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
-        # waiting: completed less than `cache_delay` iterations ago
-        waiting = (state.completed_at > max(state.step - self.config.cache_delay, -1)).any(1)
+        held = self.rows.prefix
+        grows = plan > held  # these forward from their cache end and cache more
+        first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
+        complete = (state.completed_at >= 0) & (torch.arange(state.num_blocks, device=held.device)
+                                                 < state.stop_created_from.unsqueeze(1))
+        waiting = complete.gather(1, first.unsqueeze(1)).squeeze(1) & (held < state.canvas.shape[1]) & (held > 0)
         if not self.config.refresh_waiting:  # the window forward recomputes the waiting blocks anyway
             waiting = torch.zeros_like(waiting)
         interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
-        return waiting | (interval is not None and state.step % interval == 0)
+        periodic = interval is not None and (state.step + 1) % interval == 0
+        return (held == 0) | (~grows & (waiting | periodic))
 
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:

@@ -42,6 +42,8 @@ class DecodeState:
     completed_at: torch.Tensor  # (B, nb) iteration at which the block became complete, -1 if not
     stopped: torch.Tensor  # (B,) bool: an EOS was committed; its tail is filled (AR: at the end)
     filled: torch.Tensor  # (B, N) bool: masks the last `apply_early_stop` filled with EOS
+    # (B,) the first block early stop created (all wholly after the EOS), num_blocks if none yet
+    stop_created_from: torch.Tensor
     trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
     rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
@@ -68,6 +70,7 @@ class DecodeState:
             completed_at=torch.full((batch, nb), -1, dtype=torch.long, device=device),
             stopped=torch.zeros(batch, dtype=torch.bool, device=device),
             filled=torch.zeros(batch, n, dtype=torch.bool, device=device),
+            stop_created_from=torch.full((batch,), nb, dtype=torch.long, device=device),
             trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
             row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
             rows=torch.arange(batch, device=device),
@@ -162,6 +165,7 @@ class DecodeState:
         after = torch.arange(n, device=is_eos.device).unsqueeze(0) > first.unsqueeze(1)
         self.filled = after & self.masked()
         self._write(after & (self.response != self.eos_id), torch.full_like(self.response, self.eos_id))
+        self.stop_created_from = torch.where(has_eos & ~self.stopped, self.created, self.stop_created_from)
         self.stopped |= has_eos
         self.created = torch.where(has_eos, self.num_blocks, self.created)
 

@@ -34,6 +34,8 @@ class Case:
     block_activate_threshold: float = 0.95
     tasks: dict[str, int] = field(default_factory=dict)  # task -> prompts (test split, PROMPT_SEED)
     tokens_per_step: int | None = None  # Fast-dLLM: a fixed number per step instead of the threshold
+    cache_delay: int = 1  # generate_multi_block_kv_cache's cache_delay_iter
+    refresh_interval: int | None = None  # and its refresh_interval (None: their 10000, never)
 
     def settings(self) -> dict:
         """Our overrides of `method` that give the official function's arguments."""
@@ -41,13 +43,17 @@ class Case:
         if self.official in FAST_DLLM:
             fixed = dict(strategy="topk", tokens_per_step=self.tokens_per_step)
             return {**shared, **(fixed if self.tokens_per_step else dict(threshold=self.threshold))}
-        return dict(shared, threshold=self.threshold, block_add_threshold=self.block_add_threshold,
-                    block_activate_threshold=self.block_activate_threshold)
+        multi_block = dict(shared, threshold=self.threshold, block_add_threshold=self.block_add_threshold,
+                           block_activate_threshold=self.block_activate_threshold)
+        if self.official == LLADA_CACHED:
+            return dict(multi_block, cache_delay=self.cache_delay, refresh_interval=self.refresh_interval)
+        return multi_block
 
 
 PROMPT_SEED = 11  # not the evaluation seed: these prompts only exercise the decoders
 LLADA_MULTI_BLOCK = "generate_multi_block"
 DREAM_MULTI_BLOCK = "DreamGenerationMixin._sample_multi_block"
+LLADA_CACHED = "generate_multi_block_kv_cache"
 FAST_DLLM = ("generate_with_prefix_cache", "generate_with_dual_cache")  # NVlabs/Fast-dLLM llada/generate.py
 MIXED_TASKS = {"arith": 17, "arith-long": 17, "code": 16}
 FEWER_TASKS = {"arith": 7, "arith-long": 7, "code": 6}
@@ -59,6 +65,10 @@ CASES = [
          tasks={"arith": 9, "arith-long": 8, "code": 8}),
     Case("scripted-llada/d3llm", "scripted-llada", LLADA_MULTI_BLOCK, "d3llm", block_size=4, max_new_tokens=16),
     Case("scripted-dream/d3llm", "scripted-dream", DREAM_MULTI_BLOCK, "d3llm", block_size=4, max_new_tokens=16),
+    Case("tiny-d3llm/d3llm-cache", "tiny-d3llm", LLADA_CACHED, "d3llm-cache", block_size=16, tasks=FEWER_TASKS),
+    Case("tiny-teacher/d3llm-cache", "tiny-teacher", LLADA_CACHED, "d3llm-cache", block_size=8, tasks=FEWER_TASKS),
+    Case("tiny-teacher/d3llm-cache delay 2 refresh 3", "tiny-teacher", LLADA_CACHED, "d3llm-cache", block_size=8,
+         cache_delay=2, refresh_interval=3, tasks=FEWER_TASKS),
     Case("tiny-teacher/fast-dllm", "tiny-teacher", FAST_DLLM[0], "fast-dllm", block_size=8, threshold=0.9,
          tasks=FEWER_TASKS),
     Case("tiny-teacher/fast-dllm-dual", "tiny-teacher", FAST_DLLM[1], "fast-dllm-dual", block_size=8, threshold=0.9,

@@ -111,6 +111,40 @@ class FastDllmModel(Counting):
                                                        use_cache=True).logits)
 
 
+class DelayedCacheModel(Counting):
+    """Our LLaDA model as the authors' `generate_multi_block_kv_cache` calls it (their modified
+    LLaDA forward): `model(x)`, `model(x, use_cache=True)` (a refresh: keys/values of the whole
+    canvas, a tuple per layer), and `model(window, past_key_values=cache, use_cache=True,
+    update_kvcache=u, cache_position=positions)`: the window attends to the cache and to itself,
+    at RoPE positions `positions`, and the cache keeps the window's first `u` columns."""
+
+    def __call__(self, x, past_key_values=None, use_cache=False, update_kvcache=None, cache_position=None):
+        self.calls += 1
+        if not use_cache:
+            return types.SimpleNamespace(logits=self.model(x).logits)
+        if update_kvcache is None:  # the refresh
+            kv = DynamicCache(config=self.model.config)
+            out = self.model(x, past_key_values=kv, use_cache=True)
+            return types.SimpleNamespace(logits=out.logits,
+                                         past_key_values=[(layer.keys, layer.values) for layer in kv.layers])
+        kv = past_key_values if past_key_values is not None else DynamicCache(config=self.model.config)
+        held = kv.get_seq_length()
+        out = self.model(x, position_ids=cache_position.unsqueeze(0), past_key_values=kv, use_cache=True)
+        kv.crop(held + update_kvcache - kv.get_seq_length())
+        return types.SimpleNamespace(logits=out.logits, past_key_values=kv)
+
+
+def run_llada_cached(d3llm_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int]:
+    counting = DelayedCacheModel(model)
+    x, nfe = d3llm_util.generate_multi_block_kv_cache(
+        counting, torch.tensor([prompt]), max_new_tokens=case.max_new_tokens, block_size=case.block_size,
+        temperature=0.0, mask_id=model.facts.mask_token_id, threshold=case.threshold,
+        block_add_threshold=case.block_add_threshold, decoded_token_threshold=case.block_activate_threshold,
+        cache_delay_iter=case.cache_delay, refresh_interval=case.refresh_interval or 10000,
+        eos_token_id=model.facts.eos_token_id, early_stop=True)
+    return x[0, len(prompt):].tolist(), int(nfe), counting.calls
+
+
 def run_fast_dllm(generate_util, model, prompt: list[int], case: Case) -> tuple[list[int], int, int, int]:
     counting = FastDllmModel(model, case.block_size)
     function = getattr(generate_util, case.official)
@@ -158,7 +192,8 @@ def main() -> None:
                          {"utils.utils_LLaDA.model.modeling_llada": {"LLaDAModelLM": None}})
     dream_util = _import(args.d3llm / "d3llm/d3llm_DREAM/d3llm_dream_generate_util.py", "official_dream", {})
     runners = {"generate_multi_block": lambda *a: (*run_llada(llada_util, *a), 0),
-               "DreamGenerationMixin._sample_multi_block": lambda *a: (*run_dream(dream_util, *a), 0)}
+               "DreamGenerationMixin._sample_multi_block": lambda *a: (*run_dream(dream_util, *a), 0),
+               "generate_multi_block_kv_cache": lambda *a: (*run_llada_cached(llada_util, *a), 0)}
     if args.fast_dllm:
         fast_util = _import(args.fast_dllm / "llada/generate.py", "official_fast_dllm",
                             {"model.modeling_llada": {"LLaDAModelLM": None}})
