@@ -151,11 +151,12 @@ PRESETS: dict[str, DecodeConfig] = {
     "d3llm-cache": DecodeConfig(method="d3llm-cache", cache="delayed", cache_delay=1, **_MULTI_BLOCK),
     "ar": DecodeConfig(method="ar"),
     "ar-spec": DecodeConfig(method="ar-spec"),
-    "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True),
+    # block models: no official loop to follow at early stop, so the columns it fills are no candidates
+    "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True, stale_candidates=False),
     "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", block_size=None, strategy="confidence", threshold=0.9,
-                                 cache="block", early_stop=True),
+                                 cache="block", early_stop=True, stale_candidates=False),
     "d3llm-block": DecodeConfig(method="d3llm-block", block_size=None, strategy="entropy", threshold=0.5,
-                                cache="block", early_stop=True),
+                                cache="block", early_stop=True, stale_candidates=False),
 }
 METHODS: tuple[str, ...] = tuple(PRESETS)
 
