@@ -265,7 +265,7 @@ _APPLIES = {
     "threshold": (lambda c: c.strategy != "topk", "strategy topk commits `tokens_per_step` positions; use a "
                                                   "threshold method (fast-dllm, dparallel, d3llm, ...)"),
     "forcing": (lambda c: c.strategy != "topk", "forced progress belongs to the threshold strategies"),
-    "stale_candidates": (lambda c: c.early_stop, "it concerns the columns early stop fills; early_stop is off"),
+    "stale_candidates": (lambda c: c.early_stop, "it concerns the columns early stop fills"),
     "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
     "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
     "refresh_waiting": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) has waiting blocks"),
@@ -290,7 +290,8 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
             cache_bound = ("cache_delay", "refresh_interval", "refresh_waiting", "forward_uncreated",
                            "cache_uncreated")
             detail = f"cache {config.cache}" if name in cache_bound else (
-                f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
+                f"temperature {config.temperature:g}" if name == "seed" else
+                "early_stop off" if name == "stale_candidates" else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
     return problems
 
