@@ -278,32 +278,36 @@ class DelayedCache(_PrefixCache):
     (counted from 1, as their `nfe`); else it forwards from its cache end. Blocks that early stop
     creates (wholly after the EOS) are never cached and never wait."""
 
+    @staticmethod
+    def cacheable_complete(state: DecodeState) -> torch.Tensor:
+        """(B, nb) bool: complete blocks, less those early stop created (never cached)."""
+        blocks = torch.arange(state.num_blocks, device=state.completed_at.device)
+        return (state.completed_at >= 0) & (blocks < state.stop_created_from.unsqueeze(1))
+
     def seen(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, nb) step at which each block is seen complete (meaningful where `leading`), and
-        (B, nb) `leading`: the block and all before it are complete (phantoms excluded).
+        (B, nb) `leading`: the block and all before it are complete (and cacheable).
         seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt seen at step -1; in
         closed form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay))."""
-        delay, nb = self.config.cache_delay, state.num_blocks
-        j = torch.arange(nb, device=state.completed_at.device)
-        complete = (state.completed_at >= 0) & (j < state.stop_created_from.unsqueeze(1))
+        delay = self.config.cache_delay
+        j = torch.arange(state.num_blocks, device=state.completed_at.device)
+        complete = self.cacheable_complete(state)
         leading = complete.long().cumprod(1).bool()
         term = torch.where(complete, state.completed_at + 1 - j * delay, torch.iinfo(torch.long).min)
         return j * delay + term.cummax(1).values.clamp(min=delay - 1), leading
 
     def plan(self, state: DecodeState) -> torch.Tensor:
+        if state.step < self.config.cache_delay - 1:  # the prompt (seen at step -1) is not cached yet
+            return torch.zeros_like(state.created)
         seen, leading = self.seen(state)
         settled = (leading & (seen + self.config.cache_delay <= state.step)).sum(1)
-        ends = (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
-        prompt_settled = state.step >= self.config.cache_delay - 1  # the prompt, seen at step -1
-        return torch.where(torch.tensor(prompt_settled, device=ends.device), ends, torch.zeros_like(ends))
+        return (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
 
     def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
         held = self.rows.prefix
         grows = plan > held  # these forward from their cache end and cache more
         first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
-        complete = (state.completed_at >= 0) & (torch.arange(state.num_blocks, device=held.device)
-                                                 < state.stop_created_from.unsqueeze(1))
-        waiting = complete.gather(1, first.unsqueeze(1)).squeeze(1) & (held < state.canvas.shape[1]) & (held > 0)
+        waiting = self.cacheable_complete(state).gather(1, first.unsqueeze(1)).squeeze(1)  # the first uncached block
         if not self.config.refresh_waiting:  # the window forward recomputes the waiting blocks anyway
             waiting = torch.zeros_like(waiting)
         interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
