@@ -53,6 +53,7 @@ from transformers import DynamicCache
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.decode.state import DecodeState
+from d3llm.tensors import first_index
 
 Forwarded = tuple[torch.Tensor, torch.Tensor]  # logits (B, W, V), columns (B, W)
 
@@ -317,9 +318,7 @@ class DelayedCache(_PrefixCache):
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     """(B,) column where each row's first incomplete block starts (canvas end if none)."""
-    incomplete = state.completed_at < 0  # (B, nb)
-    nb = state.num_blocks
-    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
+    first = first_index(state.completed_at < 0)  # (B,) nb where none
     return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
 
 

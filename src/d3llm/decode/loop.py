@@ -47,6 +47,7 @@ from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.state import NOT_YET, DecodeState
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
+from d3llm.tensors import first_index
 
 
 @dataclass
@@ -87,9 +88,7 @@ def final_prefix_lengths(state: DecodeState) -> torch.Tensor:
     committed = ~state.masked()
     prefix = committed.long().cumprod(1).sum(1)
     is_eos = (state.response == state.eos_id) & committed
-    n = state.num_new
-    first_eos = torch.where(is_eos, torch.arange(n, device=is_eos.device), n).min(1).values
-    return torch.minimum(prefix, first_eos + 1)
+    return torch.minimum(prefix, first_index(is_eos) + 1)
 
 
 class _ForwardTimer:

@@ -23,6 +23,7 @@ from functools import cached_property
 import torch
 
 from d3llm.decode.config import DecodeConfig
+from d3llm.tensors import first_index
 
 
 NOT_YET = -1  # the AR decoders' "masked" value: a response column not generated yet (never fed to the model)
@@ -161,7 +162,7 @@ class DecodeState:
             self.filled = torch.zeros_like(self.filled)
             return
         n = self.num_new
-        first = torch.where(is_eos, torch.arange(n, device=is_eos.device), n).min(1).values  # (B,)
+        first = first_index(is_eos)  # (B,)
         after = torch.arange(n, device=is_eos.device).unsqueeze(0) > first.unsqueeze(1)
         self.filled = after & self.masked()
         self._write(after & (self.response != self.eos_id), torch.full_like(self.response, self.eos_id))
