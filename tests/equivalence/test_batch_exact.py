@@ -1,4 +1,4 @@
-"""Exact under batching (issue 13): a batch decodes what each of its prompts decodes alone, for
+"""Exact under batching: a batch decodes what each of its prompts decodes alone, for
 every diffusion preset (the cached ones too: each row has its own cache and refreshes), and
 the caches compute what they must.
 
