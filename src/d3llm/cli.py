@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 
+from d3llm.cli_help import tidy as tidy_help
 from d3llm.errors import D3llmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -114,19 +116,52 @@ def _load(model: str, device: str, dtype: str):
     return load_model(model, device=where, dtype=precision)
 
 
-def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str]):
+def _one_model(positional: str | None, option: str | None) -> str:
+    """MODEL as vLLM's `serve MODEL` or as --model; exactly one of the two."""
+    if positional is not None and option is not None and positional != option:
+        raise D3llmError(f"MODEL given twice ({positional!r} and --model {option!r}); give one")
+    if positional is None and option is None:
+        raise D3llmError("Missing MODEL: give a bundled name, folder or hub id, e.g. tiny-d3llm (or --model tiny-d3llm)")
+    return positional or option
+
+
+def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str],
+                   **options):
+    """The decode config of --method, the first-class options (--threshold, ...; None: not
+    given) and --set NAME=VALUE (which wins, as the most specific)."""
     from d3llm.decode.config import parse_overrides, resolve_config
 
-    fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    fixed = {k: v for k, v in {"max_new_tokens": max_new_tokens, **options}.items() if v is not None}
     return resolve_config(method, family, **{**fixed, **parse_overrides(settings)})  # --set wins
+
+
+def _prompt_text(prompt: str) -> str:
+    """PROMPT, or standard input for `-` (as `cat`, `llm` and `ollama run` read it)."""
+    from_stdin = prompt == "-"
+    if from_stdin:
+        if sys.stdin.isatty():
+            typer.echo("reading the prompt from standard input (end with Ctrl-D)", err=True)
+        prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        _fail("the prompt is empty" + (" (standard input held no text)" if from_stdin else ""))
+    return prompt
+
+
+THRESHOLD_HELP = "Commit every token whose entropy (confidence for fast-dllm) passes this; = --set threshold=X."
+TEMPERATURE_HELP = "Sampling temperature (0: greedy, the default); = --set temperature=X."
+BLOCK_SIZE_HELP = "Tokens per block (LLaDA/Dream-style models); = --set block_size=N."
 
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    prompt: Annotated[str, typer.Argument(help="The user message; - reads it from standard input.")],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, ar for AR models).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, "
+                                                  "d3llm-block for block models, ar for AR models).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -137,10 +172,10 @@ def generate(
     from d3llm.decode import final_prefix_lengths, generate as decode
     from d3llm.models.tokenizer import prompt_ids
 
-    if not prompt.strip():
-        _fail("the prompt is empty")
+    prompt = _prompt_text(prompt)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+                            threshold=threshold, block_size=block_size)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
 
@@ -155,6 +190,7 @@ def generate(
                  on_step=show_final_text if stream else None)
     answer = lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True)
     typer.echo(answer[len(shown[0]):] if answer.startswith(shown[0]) else answer)
+    sys.stdout.flush()  # the answer and its newline before the statistics on stderr
     if stats:
         tps = sum(out.num_tokens) / max(out.seconds, 1e-9)
         typer.echo(f"[{config.method}] tokens={sum(out.num_tokens)} nfe={out.nfe} "
@@ -172,11 +208,14 @@ def train(
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
+    from d3llm.train.recipes import check_sources
     from d3llm.train.trainer import train as run
 
     _out_folder(out)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
-    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
+    recipe = TrainConfig.from_yaml(config, **overrides)
+    check_sources(config, recipe)  # a recipe that starts from another's output says which, now
+    folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
     typer.echo(f"model written to {folder}")
 
 
@@ -434,7 +473,7 @@ def export(
 @app.command()
 def sweep(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    task: Annotated[str, typer.Option(help="Task name.")],
+    task: Annotated[list[str], typer.Option(help="Task name (one per sweep).")],
     params: Annotated[list[str], typer.Option("--param", help="NAME=V1,V2,... (repeatable: a grid).")],
     out: Annotated[Path, typer.Option("--out", "-o", help=(
         "Folder for point files and curve.json; run again to resume (only a sweep of the same settings)."))],
@@ -461,9 +500,12 @@ def sweep(
         if value < 1:
             _fail(f"`{option}` must be >= 1, got {value}")
     _out_folder(out)
+    if len(task) > 1:  # click keeps the last of a repeated option; a sweep is of one task
+        _fail(f"--task given {len(task)} times ({', '.join(task)}); a sweep covers one task: run one sweep "
+              "per task, each with its own --out")
     grid = parse_grid(params)
     fixed = parse_overrides(settings)
-    the_task = get_task(task)
+    the_task = get_task(task[0])
     lm = _load(model, device, dtype)
     records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True),
@@ -538,7 +580,8 @@ def leaderboard(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
+    model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     method: Annotated[Optional[str], typer.Option(help="Default decode preset (default: d3llm / ar).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -560,6 +603,7 @@ def serve(
     from d3llm.serve import create_app, run_server
     from d3llm.serve.server import listen
 
+    model = _one_model(model_arg, model)
     levels = ("debug", "info", "warning", "error")
     if log_level.lower() not in levels:
         raise D3llmError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
@@ -595,25 +639,34 @@ def serve(
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
+    model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
+    history: Annotated[Optional[bool], typer.Option("--history/--no-history", help=(
+        "Send the conversation so far with each message (default: yes, except for the bundled models, "
+        "which are single-turn: each message is answered on its own)."), show_default=False)] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ) -> None:
     """Talk to a model in the terminal, answers streamed, with NFE, TPF and tokens/s.
 
     Reads one message per line (with line editing and history on a terminal); /help lists the
-    commands: /reset starts a new conversation, /exit (or end of input) quits."""
+    commands: /reset starts a new conversation, /exit (or end of input) quits; Ctrl-C cancels
+    the answer being written."""
     from d3llm.decode.config import DecodeConfig, parse_overrides
-    from d3llm.serve.chat import ChatSession, repl
+    from d3llm.serve.chat import ChatSession, banner, repl
 
+    model = _one_model(model_arg, model)
     if max_new_tokens is not None and max_new_tokens < 1:
         _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
+    overrides = parse_overrides(settings)
+    typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds
     lm = _load(model, device, dtype)
     canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
-    with ChatSession(lm, method, canvas, **parse_overrides(settings)) as session:
+    with ChatSession(lm, method, canvas, history=history, **overrides) as session:
+        typer.echo(banner(session), err=True)
         repl(session)
 
 
@@ -663,7 +716,9 @@ def _usage_errors() -> tuple[type, ...]:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = app(prog_name="d3llm", standalone_mode=False)  # also under `python -m d3llm.cli` and torchrun
+        command = typer.main.get_command(app)
+        tidy_help(command)  # metavars, summaries, examples (d3llm/cli_help.py)
+        code = command.main(prog_name="d3llm", standalone_mode=False)  # also under `python -m d3llm.cli` and torchrun
     except D3llmError as exc:
         typer.secho(f"error: {_one_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
