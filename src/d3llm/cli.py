@@ -327,10 +327,8 @@ def eval_(
     dtype: Dtype = "auto",
 ) -> None:
     """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from d3llm.eval.runner import clamp_n, evaluate
+    from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
     from d3llm.tasks.base import check_split
 
@@ -357,13 +355,11 @@ def eval_(
     config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
     samples: list[dict] | None = [] if log_samples else None
     results = []
-    console = Console(stderr=True)  # stdout holds only the results
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_bar(sum(counts.values()), "eval") as bar:  # on stderr: stdout holds only the results
         for the_task in the_tasks:
-            job = bar.add_task(f"{the_task.name} / {config.method}", total=counts[the_task.name])
+            bar.describe(f"{the_task.name} / {config.method}")
             results.append(evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
-                                    batch_size=batch_size, progress=lambda k, job=job: bar.advance(job, k),
-                                    samples=samples))
+                                    batch_size=batch_size, progress=bar.advance, samples=samples))
     for result in results:
         if json_out:
             path = _per_task_json(json_out, result.task, len(results) > 1)
@@ -375,22 +371,6 @@ def eval_(
         log_samples.parent.mkdir(parents=True, exist_ok=True)
         log_samples.write_text("".join(json.dumps(record) + "\n" for record in samples))
         typer.echo(f"{len(samples)} samples written to {log_samples}", err=True)
-
-
-def _demo_table(board, n: int, seed: int):
-    from rich.table import Table
-
-    y_max = ", ".join(f"{t.task} {t.y_max:.1f}%" for t in board.tasks)
-    table = Table(title=f"Bundled models on held-out test problems (n={n} per task, seed {seed}); "
-                        f"AUP against y_max {y_max}")
-    columns = ("model", "task", "method", "accuracy %", "TPF", "tokens/s", "AUP")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "task", "method") else "right")
-    for task in board.tasks:
-        for row in task.rows:
-            cells = {"model": row.model, "task": task.task, "method": row.method, **row.cells()}
-            table.add_row(*(cells[c] for c in columns), end_section=row is task.rows[-1])
-    return table
 
 
 @app.command()
@@ -408,19 +388,22 @@ def demo(
     baseline comparison, and the result files, leaderboard and plots written to OUT."""
     from rich.console import Console
 
-    from d3llm.eval.demo import run_demo, write_demo
+    from d3llm.eval.demo import demo_plan, run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
+    from d3llm.eval.report import terminal_tables
+    from d3llm.progress import progress_bar
 
     if n < 1:
         _fail(f"`--n` must be >= 1 (test problems per task), got {n}")
     _out_folder(out)
     where, precision = _placement(device, dtype)
     console = Console()
-    with console.status("decoding") as status:
-        results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"),
+    with progress_bar(len(demo_plan(tasks, methods)) * n, "demo") as bar:  # problems, all rows
+        results = run_demo(n=n, seed=seed, progress=bar.describe, advance=bar.advance,
                            tasks=tasks, methods=methods, device=where, dtype=precision)
     report = write_demo(results, out, plots=matplotlib_available())
-    console.print(_demo_table(report.board, n, seed))
+    for table in terminal_tables(report.board, n, seed):
+        console.print(table)
     for comparison in report.comparisons:
         console.print(comparison.sentence(), highlight=False)
     if not report.comparisons:
@@ -493,7 +476,10 @@ def sweep(
 ) -> None:
     """Evaluate a preset over a grid of settings; one results file per point plus the curve."""
     from d3llm.decode.config import parse_overrides
+    import math
+
     from d3llm.eval.sweep import parse_grid, points_table, sweep as run_sweep
+    from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
 
     for option, value in (("--n", n), ("--batch-size", batch_size)):
@@ -507,9 +493,11 @@ def sweep(
     fixed = parse_overrides(settings)
     the_task = get_task(task[0])
     lm = _load(model, device, dtype)
-    records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True),
-                        split=split, settings=fixed, overwrite=overwrite)
+    points = math.prod(len(values) for values in grid.values())
+    with progress_bar(points * n, "sweep") as bar:
+        records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=lambda p: bar.describe(f"{the_task.name} {p}"),
+                            advance=bar.advance, split=split, settings=fixed, overwrite=overwrite)
     typer.echo(points_table(records))
     typer.echo(f"curve written to {out / 'curve.json'}")
 
@@ -662,11 +650,14 @@ def chat(
     if max_new_tokens is not None and max_new_tokens < 1:
         _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
     overrides = parse_overrides(settings)
-    typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds
+    interactive = sys.stdin.isatty()  # piped questions get answers only
+    if interactive:
+        typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds
     lm = _load(model, device, dtype)
     canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
     with ChatSession(lm, method, canvas, history=history, **overrides) as session:
-        typer.echo(banner(session), err=True)
+        if interactive:
+            typer.echo(banner(session), err=True)
         repl(session)
 
 
@@ -680,7 +671,7 @@ def models(
     problems it was measured with; provenance.json)."""
     from dataclasses import asdict
 
-    from d3llm.models.catalog import bundled_models, describe  # no torch: fast
+    from d3llm.models.catalog import bundled_models, describe, models_table  # no torch: fast
 
     summaries = [describe(path, name) for name, path in bundled_models().items()]
     if as_json:
@@ -689,12 +680,8 @@ def models(
     if not summaries:
         typer.echo("no bundled models are installed")
         return
-    header = ("model", "family", "params", "default method", "blocks", "validation accuracy %", "path")
-    rows = [header, *[(s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
-                       str(s.block_size or "-"), s.accuracy_text(), str(s.path)) for s in summaries]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        typer.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
+    for line in models_table(summaries):
+        typer.echo(line)
 
 
 def _one_line(message: str) -> str:
