@@ -32,12 +32,12 @@ def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
 
     tables = []
     for task in board.tasks:
-        table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; AUP against y_max {task.y_max:.1f}%",
+        table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; best accuracy {task.y_max:.1f}%",
                       title_justify="left")
         for column in ("model", "method"):
             table.add_column(column, no_wrap=True, min_width=max(len(getattr(r, column)) for r in task.rows))
         for column in ("accuracy %", "TPF", "tokens/s", "AUP"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
         for row in task.rows:
             cells = row.cells()
             table.add_row(row.model, row.method, *(cells[c] for c in ("accuracy %", "TPF", "tokens/s", "AUP")))
