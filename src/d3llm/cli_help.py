@@ -37,7 +37,8 @@ SUMMARIES = {
 }
 
 EXAMPLES = {
-    "generate": ["d3llm generate -m tiny-d3llm 'Omar has 88 books. Omar sells 27 books. How many books does Omar have now?'",
+    "generate": ["d3llm generate -m tiny-d3llm 'Omar has 88 books. Omar sells 27 books. Omar sells 14 books. "
+                 "How many books does Omar have now?'",
                  "echo 'Write a Python function `copies(s)` that returns the string s repeated 3 times.' "
                  "| d3llm generate -m tiny-d3llm --threshold 0.8 --stats -"],
     "chat": ["d3llm chat tiny-d3llm"],
