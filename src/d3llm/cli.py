@@ -208,6 +208,7 @@ def train(
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
+    from d3llm.progress import progress_bar
     from d3llm.train.recipes import check_sources
     from d3llm.train.trainer import train as run
 
@@ -215,7 +216,8 @@ def train(
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
     recipe = TrainConfig.from_yaml(config, **overrides)
     check_sources(config, recipe)  # a recipe that starts from another's output says which, now
-    folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
+    with progress_bar(None, "train") as bar:
+        folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at, progress=bar.phase)
     typer.echo(f"model written to {folder}")
 
 
@@ -255,6 +257,7 @@ def trajectories(
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
     when all chunks are done they are merged."""
+    from d3llm.progress import progress_bar
     from d3llm.trajectory.rollout import run
 
     _out_folder(out)
@@ -264,8 +267,9 @@ def trajectories(
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise D3llmError(f"--task {name}={n!r}: the count must be an integer >= 1")
         counts[name.replace("_", "-")] = n
-    folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
-                 block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
+    with progress_bar(None, "teacher rollouts") as bar:
+        folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens, block_size=block_size,
+                     chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision, progress=bar.phase)
     typer.echo(f"trajectories in {folder}")
 
 
@@ -280,6 +284,7 @@ def distill(
                                                  "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
+    from d3llm.progress import progress_bar
     from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
     from d3llm.train.trainer import train as run
@@ -291,7 +296,8 @@ def distill(
             raise D3llmError(f"--config {config} not found")
         recipe = read_yaml_mapping(config, "--config")
     train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
-    folder = run(train_config, out, command=["d3llm", *sys.argv[1:]])
+    with progress_bar(None, "distill") as bar:
+        folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], progress=bar.phase)
     typer.echo(f"student written to {folder}")
 
 

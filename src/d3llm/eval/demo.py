@@ -33,6 +33,7 @@ from d3llm.eval.report import write_leaderboard
 from d3llm.eval.results import EvalResult
 from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
+from d3llm.models.catalog import describe
 from d3llm.tasks import TASK_NAMES, Task, get_task
 
 # What the demo decodes each bundled dLLM with: the baselines on the teacher, each student with
@@ -52,8 +53,6 @@ DEMO_METHODS: dict[str, tuple[str, ...]] = {
 def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[tuple[str, Task, str]]:
     """(model, task, method) of every evaluation `run_demo` makes, in its order, read from the
     bundled models' records (nothing loaded): a progress bar knows its total up front."""
-    from d3llm.models.catalog import describe
-
     names = bundled_models()
     if not names:
         raise D3llmError("no bundled models are installed (train them: see README, 'Train and distill')")

@@ -24,6 +24,7 @@ from typing import TextIO
 
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
+from d3llm.models.catalog import bundled_models
 from d3llm.serve.scheduler import Failed, Finished, Job, Scheduler
 from d3llm.serve.service import Limits, ModelService
 from d3llm.serve.text import TextStream, chat_prompt_ids
@@ -82,8 +83,6 @@ class ChatSession:
 
 def single_turn(lm: LoadedModel) -> bool:
     """The bundled models answer one question per sequence (their tasks); others may chat."""
-    from d3llm.models.catalog import bundled_models
-
     bundled = bundled_models()
     return lm.name in bundled and lm.path.resolve() == bundled[lm.name].resolve()
 

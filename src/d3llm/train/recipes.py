@@ -15,6 +15,7 @@ from pathlib import Path
 
 from d3llm.errors import D3llmError
 from d3llm.models.catalog import bundled_models
+from d3llm.train.config import read_yaml_mapping
 
 KEYS = ("init_from", "tokenizer_from")
 
@@ -32,8 +33,6 @@ def _maker(folder: str, configs: Path) -> Path | None:
 
 
 def _sources(recipe: Path) -> dict[str, str]:
-    from d3llm.train.config import read_yaml_mapping
-
     raw = read_yaml_mapping(recipe, "training config")
     return {key: str(raw[key]) for key in KEYS if raw.get(key)}
 
