@@ -121,7 +121,7 @@ def _one_model(positional: str | None, option: str | None) -> str:
     if positional is not None and option is not None and positional != option:
         raise D3llmError(f"MODEL given twice ({positional!r} and --model {option!r}); give one")
     if positional is None and option is None:
-        raise D3llmError("Missing MODEL: give a bundled name, folder or hub id, e.g. tiny-d3llm (or --model tiny-d3llm)")
+        raise D3llmError("Missing MODEL: give a bundled name or a model folder, e.g. tiny-d3llm (or --model tiny-d3llm)")
     return positional or option
 
 
@@ -592,7 +592,8 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
 
-    /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
+    /v1/completions, /v1/chat/completions, /v1/models, /health, /version and /metrics
+    (Prometheus); see docs/reference.md, "Serving"."""
     from d3llm.decode.config import METHODS
     from d3llm.serve import create_app, run_server
     from d3llm.serve.server import listen

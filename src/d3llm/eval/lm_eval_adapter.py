@@ -8,8 +8,9 @@
     lm_eval.simple_evaluate(model="d3llm", model_args="model=PATH,method=d3llm-cache", tasks=[...])
 
 `python -m d3llm.eval.lm_eval_cli` is lm-eval's own command line with the model registered
-(the plain `lm_eval` command does not import this package). Model arguments: `model`
-or `pretrained` (as lm-eval's HF models name it: a bundled name, folder or hub id), `method` (a decode preset; default d3llm, or ar for AR models),
+(the plain `lm_eval` command does not import this package). Model arguments: `model` or
+`pretrained` (as lm-eval's HF models name it: a bundled name or folder), `method` (a decode
+preset; default d3llm, or ar for AR models),
 `max_new_tokens` (the response canvas; default: each task's `max_gen_toks`), `batch_size`
 (prompts decoded together; on lm-eval's command line give `--batch_size N` instead, whose
 default is 1), `dtype` (auto | float32 | bfloat16 | float16), `device` (auto | cpu | cuda |
