@@ -156,3 +156,21 @@ def test_commands_not_run_are_listed_with_a_reason():
     commands = [c for language, block in quick_start() if language != "python" for c, _ in bash_steps(block)]
     for prefix in NOT_RUN:
         assert any(c.startswith(prefix) for c in commands), f"NOT_RUN lists {prefix!r}, no longer in the README"
+
+
+def test_readme_and_docs_links_lead_somewhere():
+    """Every relative link in README.md and docs/ names a file or folder of the repository, and
+    every `results/...` path they cite exists (results/ moved into current/ and archive/)."""
+    root = README.parent
+    missing = []
+    for page in [README, *sorted((root / "docs").rglob("*.md"))]:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if not target.startswith("http") and not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(root)}: {target}")
+        for cited in re.findall(r"`(results/[^`*\s]+)`", text):
+            if re.search(r"(^|[-/])(T|M|B|MODEL|TASK|METHOD|VARIANT)([-./]|$)|\.\.\.", cited):
+                continue  # a pattern (results/current/tiny-MODEL-TASK-METHOD.json), not a path
+            if not (root / cited.rstrip("/.,;")).exists():
+                missing.append(f"{page.relative_to(root)}: {cited}")
+    assert not missing, "\n".join(missing)
