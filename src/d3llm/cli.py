@@ -94,6 +94,7 @@ def _torch_dtype(name: str):
 
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
 MODEL_HELP = "Bundled model name (see `d3llm models`) or model folder."
+METHOD_HELP = "Decode preset (default: d3llm for LLaDA/Dream-style, d3llm-block for block models, ar for AR models)."
 CANVAS_HELP = "Response length (canvas). [default: the preset's max_new_tokens, 64]"
 # One spelling of --device / --dtype for every command that loads a model (vLLM and SGLang's).
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps; auto: CUDA if "
@@ -121,7 +122,8 @@ def _one_model(positional: str | None, option: str | None) -> str:
     if positional is not None and option is not None and positional != option:
         raise D3llmError(f"MODEL given twice ({positional!r} and --model {option!r}); give one")
     if positional is None and option is None:
-        raise D3llmError("Missing MODEL: give a bundled name or a model folder, e.g. tiny-d3llm (or --model tiny-d3llm)")
+        raise D3llmError("Missing MODEL: give a bundled name or a model folder, e.g. tiny-d3llm "
+                         "(or --model tiny-d3llm)")
     return positional or option
 
 
@@ -316,7 +318,7 @@ def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     tasks: Annotated[list[str], typer.Option("--task", help="arith | arith-long | code | arith:medium | gsm8k:PATH; "
                                              "repeatable: one result per task.")],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
@@ -576,7 +578,7 @@ def leaderboard(
 def serve(
     model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
-    method: Annotated[Optional[str], typer.Option(help="Default decode preset (default: d3llm / ar).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Default " + METHOD_HELP[0].lower() + METHOD_HELP[1:])] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="D3LLM_API_KEY",
@@ -636,7 +638,7 @@ def serve(
 def chat(
     model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     history: Annotated[Optional[bool], typer.Option("--history/--no-history", help=(

@@ -42,11 +42,13 @@ EXAMPLES = {
                  "echo 'Write a Python function `copies(s)` that returns the string s repeated 3 times.' "
                  "| d3llm generate -m tiny-d3llm --threshold 0.8 --stats -"],
     "chat": ["d3llm chat tiny-d3llm"],
-    "serve": ["d3llm serve tiny-d3llm --port 8000", "d3llm serve /ckpt/LLaDA-8B-Instruct --method d3llm-cache --device cuda"],
+    "serve": ["d3llm serve tiny-d3llm --port 8000",
+              "d3llm serve /ckpt/LLaDA-8B-Instruct --method d3llm-cache --device cuda"],
     "eval": ["d3llm eval -m tiny-d3llm --task arith --task code --n 20",
              "d3llm eval -m tiny-teacher --task arith --method vanilla --n 200 --json runs/teacher-arith.json"],
     "sweep": ["d3llm sweep -m tiny-d3llm --task arith --param threshold=0.3,0.5,0.8 --n 50 --out runs/sweep"],
-    "leaderboard": ["d3llm leaderboard runs/sweep results/current/tiny-ar-arith-ar.json --allow-mixed --out runs/board"],
+    "leaderboard": ["d3llm leaderboard runs/sweep results/current/tiny-ar-arith-ar.json --allow-mixed "
+                    "--out runs/board"],
     "aup": ["d3llm aup table.yaml   # table.yaml: arith: {d3llm: [[1.0, 80], [4.0, 78]]}"],
     "demo": ["d3llm demo --n 10 --out runs/demo", "d3llm demo --task arith --method d3llm --n 5"],
     "models": ["d3llm models", "d3llm models --json"],

@@ -103,8 +103,10 @@ def test_a_recipe_that_needs_another_names_init_from_and_the_chain(monkeypatch, 
                    "`d3llm train --config configs/tiny-teacher-from-block.yaml --out runs/tiny-teacher-from-block` && "
                    "`d3llm train --config configs/tiny-teacher-stage2.yaml --out runs/tiny-teacher-stage2` && "
                    "`d3llm train --config configs/tiny-teacher-stage3.yaml --out runs/tiny-teacher-stage3`")
-    code, _, err = run_cli(monkeypatch, capsys, "train", "--config", "configs/tiny-teacher.yaml", "--out", tmp_path / "t")
-    one_line_error(code, err, "`init_from: runs/tiny-ar`", "a cycle: runs/tiny-teacher -> runs/tiny-ar -> runs/tiny-teacher")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--config", "configs/tiny-teacher.yaml",
+                           "--out", tmp_path / "t")
+    one_line_error(code, err, "`init_from: runs/tiny-ar`",
+                   "a cycle: runs/tiny-teacher -> runs/tiny-ar -> runs/tiny-teacher")
     assert not (tmp_path / "t").exists()
 
 
@@ -149,7 +151,8 @@ def test_ctrl_c_cancels_the_answer_and_keeps_the_chat(lm):
         repl(session, read=read, out=out, err=err)
         assert "answer cancelled" in err.getvalue()
         assert err.getvalue().count("nfe=") == 1  # the second message was answered
-        assert [m["content"] for m in session.history if m["role"] == "user"] == ["second"]  # the cancelled one is not kept
+        users = [m["content"] for m in session.history if m["role"] == "user"]
+        assert users == ["second"]  # the cancelled answer's question is not kept
 
 
 # --- output width ---------------------------------------------------------------------------

@@ -56,3 +56,17 @@ def test_local_chat_completions_against_the_server(task_dir, toy_dir):  # noqa: 
     # the server decoded each chat with its default method: the in-process route's answers
     direct = run_harness(task_dir, f"model={toy_dir},batch_size=1", apply_chat_template=True)
     assert [s["resps"] for s in samples] == [s["resps"] for s in direct["samples"]["d3llm_local_arith"]]
+
+
+def test_d3llm_lm_eval_help_says_what_it_adds(monkeypatch, capsys):
+    import sys
+
+    from d3llm.eval import lm_eval_cli
+
+    monkeypatch.setattr(sys, "argv", ["d3llm-lm-eval", "-h"])
+    with pytest.raises(SystemExit):
+        lm_eval_cli.main()
+    out = capsys.readouterr().out
+    assert out.startswith("d3llm-lm-eval: lm-evaluation-harness's command line with the model `d3llm`")
+    assert "pretrained=" in out and "local-chat-completions" in out
+    assert out.index("lm-eval's own help follows") < out.index("usage:")  # then lm-eval's own

@@ -75,7 +75,8 @@ def _row_legend(figure, rows, colors: dict, markers: dict) -> None:
     from matplotlib.lines import Line2D
 
     handles = {(r.model, r.method): Line2D([], [], color=colors[r.method], marker=markers[r.model],
-                                           markeredgecolor="black", markeredgewidth=0.6, label=f"{r.model} / {r.method}")
+                                           markeredgecolor="black", markeredgewidth=0.6,
+                                           label=f"{r.model} / {r.method}")
                for r in rows}
     entries = [handles[k] for k in sorted(handles)]
     figure.legend(handles=entries, loc="outside lower center", ncols=min(4, len(entries)), fontsize=9,

@@ -6,9 +6,10 @@
 Routes: `POST /v1/completions` (a prompt, or a list of prompts answered as one choice each),
 `POST /v1/chat/completions` (both with `stream: true` as server-sent events carrying only
 final text, ending with `data: [DONE]`), `GET /v1/models`, and, with no key needed (probes and
-scrapers), `GET /health`, `GET /version` and `GET /metrics` (Prometheus; serve/metrics.py). With `api_key`, the `/v1` routes
-and `/openapi.json` need `Authorization: Bearer KEY` (401 otherwise), and the browser pages
-`/docs` and `/redoc` are off (a browser cannot send the key); without a key all are open.
+scrapers), `GET /health`, `GET /version` and `GET /metrics` (Prometheus; serve/metrics.py).
+With `api_key`, the `/v1` routes and `/openapi.json` need `Authorization: Bearer KEY` (401
+otherwise), and the browser pages `/docs` and `/redoc` are off (a browser cannot send the
+key); without a key all are open.
 
 Status codes: 400 a setting or prompt the server cannot decode, or text that is not valid
 Unicode, 401 a missing or wrong key, 404 another model's name, 422 a malformed body, 503 a
