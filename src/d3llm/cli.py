@@ -319,6 +319,9 @@ def eval_(
     tasks: Annotated[list[str], typer.Option("--task", help="arith | arith-long | code | arith:medium | gsm8k:PATH; "
                                              "repeatable: one result per task.")],
     method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
@@ -360,7 +363,8 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+                            threshold=threshold, block_size=block_size)
     samples: list[dict] | None = [] if log_samples else None
     results = []
     with progress_bar(sum(counts.values()), "eval") as bar:  # on stderr: stdout holds only the results
@@ -640,6 +644,9 @@ def chat(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     history: Annotated[Optional[bool], typer.Option("--history/--no-history", help=(
         "Send the conversation so far with each message (default: yes, except for the bundled models, "
@@ -658,7 +665,8 @@ def chat(
     model = _one_model(model_arg, model)
     if max_new_tokens is not None and max_new_tokens < 1:
         _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
-    overrides = parse_overrides(settings)
+    first_class = {"temperature": temperature, "threshold": threshold, "block_size": block_size}
+    overrides = {**{k: v for k, v in first_class.items() if v is not None}, **parse_overrides(settings)}  # --set wins
     interactive = sys.stdin.isatty()  # piped questions get answers only
     if interactive:
         typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds

@@ -75,6 +75,20 @@ def test_decode_options_are_first_class_and_set_wins(monkeypatch, capsys):
     one_line_error(code, err, "threshold")  # `ar` has no threshold: an error, not ignored
 
 
+def test_eval_and_chat_take_the_same_first_class_options(monkeypatch, capsys, tmp_path):
+    import json
+
+    args = ["eval", "-m", "tiny-d3llm", "--task", "arith", "--n", "4"]
+    run_cli(monkeypatch, capsys, *args, "--threshold", "0.3", "--block-size", "8", "--json", tmp_path / "a.json")
+    run_cli(monkeypatch, capsys, *args, "--set", "threshold=0.3", "--set", "block_size=8", "--json", tmp_path / "b.json")
+    first, second = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert first["decode_config"] == second["decode_config"] and first["decode_config"]["threshold"] == 0.3
+    assert first["accuracy_pct"] == second["accuracy_pct"] and first["nfe"] == second["nfe"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(QUESTION + "\n"))
+    code, out, err = run_cli(monkeypatch, capsys, "chat", "tiny-d3llm", "--threshold", "0.3", "--block-size", "8")
+    assert code in (0, None) and out.strip().endswith("#### 47"), (out, err)
+
+
 def test_dash_reads_the_prompt_from_stdin_and_stats_follow_a_newline(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(QUESTION + "\n"))
     code, out, err = run_cli(monkeypatch, capsys, "generate", "-m", "tiny-d3llm", "--stream", "--stats", "-")
