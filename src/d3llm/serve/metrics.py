@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds (vLLM's e2e spread, shorter top)
-TPF_BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)  # d3LLM students reach 5-10 (README)
+TPF_BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)  # d3LLM students reach 5-8 (docs/benchmarks.md)
 
 
 @dataclass
