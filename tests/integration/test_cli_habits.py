@@ -186,3 +186,13 @@ def test_demo_tables_never_cut_model_or_method_names():
     text = console.export_text()
     assert "tiny-block-d3llm" in text and "fast-dllm-v2" in text and "…" not in text
     assert text.count("arith") == 1  # the task is the table's title, not a column repeated per row
+
+
+def test_chat_banner_says_whether_the_model_keeps_the_conversation(lm):
+    from d3llm import load_model
+    from d3llm.serve.chat import ChatSession, banner
+
+    with ChatSession(load_model("tiny-d3llm")) as bundled, ChatSession(lm) as other:
+        assert not bundled.multi_turn and "single-turn" in banner(bundled) and "--history" in banner(bundled)
+        assert other.multi_turn and "multi-turn" in banner(other)
+        assert "Ctrl-C cancels an answer" in banner(other)

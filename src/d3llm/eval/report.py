@@ -27,7 +27,8 @@ def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preambl
 
 def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
     """One rich table per task for `d3llm demo` (the task in the title, not in every row); model
-    and method names never wrapped or cut, whatever the terminal width (the numbers wrap first)."""
+    and method names are never cut with an ellipsis (a name wider than the terminal allows folds
+    onto a second line) and the number columns keep their width."""
     from rich.table import Table
 
     tables = []
@@ -35,7 +36,7 @@ def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
         table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; best accuracy {task.y_max:.1f}%",
                       title_justify="left")
         for column in ("model", "method"):
-            table.add_column(column, no_wrap=True, min_width=max(len(getattr(r, column)) for r in task.rows))
+            table.add_column(column, overflow="fold", ratio=1)
         for column in ("accuracy %", "TPF", "tokens/s", "AUP"):
             table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
         for row in task.rows:
