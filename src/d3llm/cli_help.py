@@ -52,7 +52,7 @@ EXAMPLES = {
     "aup": ["d3llm aup table.yaml   # table.yaml: arith: {d3llm: [[1.0, 80], [4.0, 78]]}"],
     "demo": ["d3llm demo --n 10 --out runs/demo", "d3llm demo --task arith --method d3llm --n 5"],
     "models": ["d3llm models", "d3llm models --json"],
-    "train": ["d3llm train --config configs/tiny-ar.yaml --out runs/tiny-ar --stop-at 100"],
+    "train": ["d3llm train --config configs/tiny-block-v2.yaml --out runs/tiny-block-v2 --stop-at 100"],
     "trajectories": ["d3llm trajectories --teacher tiny-teacher --task arith=600 --task code=300 --out runs/traj"],
     "distill": ["d3llm distill --teacher tiny-teacher --trajectories runs/traj --config configs/tiny-d3llm.yaml "
                 "--out runs/my-d3llm"],

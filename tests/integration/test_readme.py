@@ -174,3 +174,16 @@ def test_readme_and_docs_links_lead_somewhere():
             if not (root / cited.rstrip("/.,;")).exists():
                 missing.append(f"{page.relative_to(root)}: {cited}")
     assert not missing, "\n".join(missing)
+
+
+def test_the_readme_training_recipes_run_from_a_clone():
+    """`d3llm train --config X` in the README starts from bundled models only (no runs/ folder
+    that a fresh clone lacks): its sources pass the check `d3llm train` makes first."""
+    from d3llm.train.config import TrainConfig
+    from d3llm.train.recipes import check_sources
+
+    configs = re.findall(r"^d3llm train --config (\S+)", README.read_text(), flags=re.M)
+    assert configs, "the README shows no training command"
+    for config in configs:
+        path = README.parent / config
+        check_sources(path, TrainConfig.from_yaml(path))
