@@ -1,7 +1,7 @@
 """Print a Markdown ablation table from `d3llm eval --json` result files.
 
-    python benchmarks/ablation_table.py "d3LLM (full)=results/tiny-d3llm-arith-d3llm.json" \
-        "random masks=results/ablation/random-masks-d3llm.json" ...
+    python benchmarks/ablation_table.py "d3LLM (full)=results/current/tiny-d3llm-arith-d3llm.json" \
+        "random masks=results/archive/2026-11-23-ablation/random-masks-d3llm.json" ...
 
 Each argument is LABEL=FILE; the row shows the file's model, method, the decode settings that
 differ from the method's preset, accuracy, TPF and n, so every number traces to its run.

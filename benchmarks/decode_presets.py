@@ -1,5 +1,5 @@
 """Decode presets on a model: accuracy, TPF, tokens/s at batch 1 and batch 8, and the share of
-decode time spent outside model forwards. Prints a Markdown table (the README's source).
+decode time spent outside model forwards. Prints a Markdown table (the source of docs/benchmarks.md's speed tables).
 
     python benchmarks/decode_presets.py --model tiny-teacher --tasks arith,arith-long --n 50
     python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --tasks arith,code --batch-sizes 1

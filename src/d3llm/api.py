@@ -26,6 +26,11 @@ class GenerateResult:
     texts: list[str]  # one answer per prompt
     output: DecodeOutput  # ids, counts, NFE, TPF, times, trace
 
+    def __repr__(self) -> str:  # the answers and the counts, not the tensors
+        out = self.output
+        return (f"GenerateResult(texts={self.texts!r}, nfe={out.nfe}, num_tokens={list(out.num_tokens)}, "
+                f"tokens_per_forward={out.tokens_per_forward:.2f}, seconds={out.seconds:.3f})")
+
 
 def generate(
     model: str | Path | LoadedModel,

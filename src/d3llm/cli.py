@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 
+from d3llm.cli_help import tidy as tidy_help
 from d3llm.errors import D3llmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -92,6 +94,7 @@ def _torch_dtype(name: str):
 
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
 MODEL_HELP = "Bundled model name (see `d3llm models`) or model folder."
+METHOD_HELP = "Decode preset (default: d3llm for LLaDA/Dream-style, d3llm-block for block models, ar for AR models)."
 CANVAS_HELP = "Response length (canvas). [default: the preset's max_new_tokens, 64]"
 # One spelling of --device / --dtype for every command that loads a model (vLLM and SGLang's).
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps; auto: CUDA if "
@@ -114,19 +117,53 @@ def _load(model: str, device: str, dtype: str):
     return load_model(model, device=where, dtype=precision)
 
 
-def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str]):
+def _one_model(positional: str | None, option: str | None) -> str:
+    """MODEL as vLLM's `serve MODEL` or as --model; exactly one of the two."""
+    if positional is not None and option is not None and positional != option:
+        raise D3llmError(f"MODEL given twice ({positional!r} and --model {option!r}); give one")
+    if positional is None and option is None:
+        raise D3llmError("Missing MODEL: give a bundled name or a model folder, e.g. tiny-d3llm "
+                         "(or --model tiny-d3llm)")
+    return positional or option
+
+
+def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str],
+                   **options):
+    """The decode config of --method, the first-class options (--threshold, ...; None: not
+    given) and --set NAME=VALUE (which wins, as the most specific)."""
     from d3llm.decode.config import parse_overrides, resolve_config
 
-    fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    fixed = {k: v for k, v in {"max_new_tokens": max_new_tokens, **options}.items() if v is not None}
     return resolve_config(method, family, **{**fixed, **parse_overrides(settings)})  # --set wins
+
+
+def _prompt_text(prompt: str) -> str:
+    """PROMPT, or standard input for `-` (as `cat`, `llm` and `ollama run` read it)."""
+    from_stdin = prompt == "-"
+    if from_stdin:
+        if sys.stdin.isatty():
+            typer.echo("reading the prompt from standard input (end with Ctrl-D)", err=True)
+        prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        _fail("the prompt is empty" + (" (standard input held no text)" if from_stdin else ""))
+    return prompt
+
+
+THRESHOLD_HELP = "Commit every token whose entropy (confidence for fast-dllm) passes this; = --set threshold=X."
+TEMPERATURE_HELP = "Sampling temperature (0: greedy, the default); = --set temperature=X."
+BLOCK_SIZE_HELP = "Tokens per block (LLaDA/Dream-style models); = --set block_size=N."
 
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    prompt: Annotated[str, typer.Argument(help="The user message; - reads it from standard input.")],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, ar for AR models).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm for dLLMs, "
+                                                  "d3llm-block for block models, ar for AR models).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -137,10 +174,10 @@ def generate(
     from d3llm.decode import final_prefix_lengths, generate as decode
     from d3llm.models.tokenizer import prompt_ids
 
-    if not prompt.strip():
-        _fail("the prompt is empty")
+    prompt = _prompt_text(prompt)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+                            threshold=threshold, block_size=block_size)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
 
@@ -155,6 +192,7 @@ def generate(
                  on_step=show_final_text if stream else None)
     answer = lm.tokenizer.decode(out.sequences[0], skip_special_tokens=True)
     typer.echo(answer[len(shown[0]):] if answer.startswith(shown[0]) else answer)
+    sys.stdout.flush()  # the answer and its newline before the statistics on stderr
     if stats:
         tps = sum(out.num_tokens) / max(out.seconds, 1e-9)
         typer.echo(f"[{config.method}] tokens={sum(out.num_tokens)} nfe={out.nfe} "
@@ -172,11 +210,16 @@ def train(
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
+    from d3llm.progress import progress_bar
+    from d3llm.train.recipes import check_sources
     from d3llm.train.trainer import train as run
 
     _out_folder(out)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
-    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
+    recipe = TrainConfig.from_yaml(config, **overrides)
+    check_sources(config, recipe)  # a recipe that starts from another's output says which, now
+    with progress_bar(None, "train") as bar:
+        folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at, progress=bar.phase)
     typer.echo(f"model written to {folder}")
 
 
@@ -216,6 +259,7 @@ def trajectories(
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
     when all chunks are done they are merged."""
+    from d3llm.progress import progress_bar
     from d3llm.trajectory.rollout import run
 
     _out_folder(out)
@@ -225,8 +269,9 @@ def trajectories(
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise D3llmError(f"--task {name}={n!r}: the count must be an integer >= 1")
         counts[name.replace("_", "-")] = n
-    folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
-                 block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
+    with progress_bar(None, "teacher rollouts") as bar:
+        folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens, block_size=block_size,
+                     chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision, progress=bar.phase)
     typer.echo(f"trajectories in {folder}")
 
 
@@ -241,6 +286,7 @@ def distill(
                                                  "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
+    from d3llm.progress import progress_bar
     from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
     from d3llm.train.trainer import train as run
@@ -252,7 +298,8 @@ def distill(
             raise D3llmError(f"--config {config} not found")
         recipe = read_yaml_mapping(config, "--config")
     train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
-    folder = run(train_config, out, command=["d3llm", *sys.argv[1:]])
+    with progress_bar(None, "distill") as bar:
+        folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], progress=bar.phase)
     typer.echo(f"student written to {folder}")
 
 
@@ -271,7 +318,10 @@ def eval_(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     tasks: Annotated[list[str], typer.Option("--task", help="arith | arith-long | code | arith:medium | gsm8k:PATH; "
                                              "repeatable: one result per task.")],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
@@ -288,10 +338,8 @@ def eval_(
     dtype: Dtype = "auto",
 ) -> None:
     """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from d3llm.eval.runner import clamp_n, evaluate
+    from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
     from d3llm.tasks.base import check_split
 
@@ -315,16 +363,15 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+                            threshold=threshold, block_size=block_size)
     samples: list[dict] | None = [] if log_samples else None
     results = []
-    console = Console(stderr=True)  # stdout holds only the results
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+    with progress_bar(sum(counts.values()), "eval") as bar:  # on stderr: stdout holds only the results
         for the_task in the_tasks:
-            job = bar.add_task(f"{the_task.name} / {config.method}", total=counts[the_task.name])
+            bar.describe(f"{the_task.name} / {config.method}")
             results.append(evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
-                                    batch_size=batch_size, progress=lambda k, job=job: bar.advance(job, k),
-                                    samples=samples))
+                                    batch_size=batch_size, progress=bar.advance, samples=samples))
     for result in results:
         if json_out:
             path = _per_task_json(json_out, result.task, len(results) > 1)
@@ -336,22 +383,6 @@ def eval_(
         log_samples.parent.mkdir(parents=True, exist_ok=True)
         log_samples.write_text("".join(json.dumps(record) + "\n" for record in samples))
         typer.echo(f"{len(samples)} samples written to {log_samples}", err=True)
-
-
-def _demo_table(board, n: int, seed: int):
-    from rich.table import Table
-
-    y_max = ", ".join(f"{t.task} {t.y_max:.1f}%" for t in board.tasks)
-    table = Table(title=f"Bundled models on held-out test problems (n={n} per task, seed {seed}); "
-                        f"AUP against y_max {y_max}")
-    columns = ("model", "task", "method", "accuracy %", "TPF", "tokens/s", "AUP")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "task", "method") else "right")
-    for task in board.tasks:
-        for row in task.rows:
-            cells = {"model": row.model, "task": task.task, "method": row.method, **row.cells()}
-            table.add_row(*(cells[c] for c in columns), end_section=row is task.rows[-1])
-    return table
 
 
 @app.command()
@@ -369,19 +400,22 @@ def demo(
     baseline comparison, and the result files, leaderboard and plots written to OUT."""
     from rich.console import Console
 
-    from d3llm.eval.demo import run_demo, write_demo
+    from d3llm.eval.demo import demo_plan, run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
+    from d3llm.eval.report import terminal_tables
+    from d3llm.progress import progress_bar
 
     if n < 1:
         _fail(f"`--n` must be >= 1 (test problems per task), got {n}")
     _out_folder(out)
     where, precision = _placement(device, dtype)
     console = Console()
-    with console.status("decoding") as status:
-        results = run_demo(n=n, seed=seed, progress=lambda what: status.update(f"decoding {what}"),
+    with progress_bar(len(demo_plan(tasks, methods)) * n, "demo") as bar:  # problems, all rows
+        results = run_demo(n=n, seed=seed, progress=bar.describe, advance=bar.advance,
                            tasks=tasks, methods=methods, device=where, dtype=precision)
     report = write_demo(results, out, plots=matplotlib_available())
-    console.print(_demo_table(report.board, n, seed))
+    for table in terminal_tables(report.board, n, seed):
+        console.print(table)
     for comparison in report.comparisons:
         console.print(comparison.sentence(), highlight=False)
     if not report.comparisons:
@@ -434,7 +468,7 @@ def export(
 @app.command()
 def sweep(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    task: Annotated[str, typer.Option(help="Task name.")],
+    task: Annotated[list[str], typer.Option(help="Task name (one per sweep).")],
     params: Annotated[list[str], typer.Option("--param", help="NAME=V1,V2,... (repeatable: a grid).")],
     out: Annotated[Path, typer.Option("--out", "-o", help=(
         "Folder for point files and curve.json; run again to resume (only a sweep of the same settings)."))],
@@ -454,20 +488,28 @@ def sweep(
 ) -> None:
     """Evaluate a preset over a grid of settings; one results file per point plus the curve."""
     from d3llm.decode.config import parse_overrides
+    import math
+
     from d3llm.eval.sweep import parse_grid, points_table, sweep as run_sweep
+    from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
 
     for option, value in (("--n", n), ("--batch-size", batch_size)):
         if value < 1:
             _fail(f"`{option}` must be >= 1, got {value}")
     _out_folder(out)
+    if len(task) > 1:  # click keeps the last of a repeated option; a sweep is of one task
+        _fail(f"--task given {len(task)} times ({', '.join(task)}); a sweep covers one task: run one sweep "
+              "per task, each with its own --out")
     grid = parse_grid(params)
     fixed = parse_overrides(settings)
-    the_task = get_task(task)
+    the_task = get_task(task[0])
     lm = _load(model, device, dtype)
-    records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=lambda p: typer.echo(f"point {p}", err=True),
-                        split=split, settings=fixed, overwrite=overwrite)
+    points = math.prod(len(values) for values in grid.values())
+    with progress_bar(points * n, "sweep") as bar:
+        records = run_sweep(lm, the_task, method, grid, n=n, seed=seed, out=out, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=lambda p: bar.describe(f"{the_task.name} {p}"),
+                            advance=bar.advance, split=split, settings=fixed, overwrite=overwrite)
     typer.echo(points_table(records))
     typer.echo(f"curve written to {out / 'curve.json'}")
 
@@ -538,8 +580,9 @@ def leaderboard(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    method: Annotated[Optional[str], typer.Option(help="Default decode preset (default: d3llm / ar).")] = None,
+    model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    method: Annotated[Optional[str], typer.Option(help="Default " + METHOD_HELP[0].lower() + METHOD_HELP[1:])] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="D3LLM_API_KEY",
@@ -555,11 +598,13 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, batched and streaming.
 
-    /v1/completions, /v1/chat/completions, /v1/models and /health; see README "Serving"."""
+    /v1/completions, /v1/chat/completions, /v1/models, /health, /version and /metrics
+    (Prometheus); see docs/reference.md, "Serving"."""
     from d3llm.decode.config import METHODS
     from d3llm.serve import create_app, run_server
     from d3llm.serve.server import listen
 
+    model = _one_model(model_arg, model)
     levels = ("debug", "info", "warning", "error")
     if log_level.lower() not in levels:
         raise D3llmError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
@@ -595,25 +640,41 @@ def serve(
 
 @app.command()
 def chat(
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    method: Annotated[Optional[str], typer.Option(help="Decode preset (default: d3llm / ar).")] = None,
+    model_arg: Annotated[Optional[str], typer.Argument(help=MODEL_HELP + " Or give it as --model.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    method: Annotated[Optional[str], typer.Option(help=METHOD_HELP)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=TEMPERATURE_HELP)] = None,
+    threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
+    history: Annotated[Optional[bool], typer.Option("--history/--no-history", help=(
+        "Send the conversation so far with each message (default: yes, except for the bundled models, "
+        "which are single-turn: each message is answered on its own)."), show_default=False)] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ) -> None:
     """Talk to a model in the terminal, answers streamed, with NFE, TPF and tokens/s.
 
     Reads one message per line (with line editing and history on a terminal); /help lists the
-    commands: /reset starts a new conversation, /exit (or end of input) quits."""
+    commands: /reset starts a new conversation, /exit (or end of input) quits; Ctrl-C cancels
+    the answer being written."""
     from d3llm.decode.config import DecodeConfig, parse_overrides
-    from d3llm.serve.chat import ChatSession, repl
+    from d3llm.serve.chat import ChatSession, banner, repl
 
+    model = _one_model(model_arg, model)
     if max_new_tokens is not None and max_new_tokens < 1:
         _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
+    first_class = {"temperature": temperature, "threshold": threshold, "block_size": block_size}
+    overrides = {**{k: v for k, v in first_class.items() if v is not None}, **parse_overrides(settings)}  # --set wins
+    interactive = sys.stdin.isatty()  # piped questions get answers only
+    if interactive:
+        typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds
     lm = _load(model, device, dtype)
     canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
-    with ChatSession(lm, method, canvas, **parse_overrides(settings)) as session:
+    with ChatSession(lm, method, canvas, history=history, **overrides) as session:
+        if interactive:
+            typer.echo(banner(session), err=True)
         repl(session)
 
 
@@ -627,7 +688,7 @@ def models(
     problems it was measured with; provenance.json)."""
     from dataclasses import asdict
 
-    from d3llm.models.catalog import bundled_models, describe  # no torch: fast
+    from d3llm.models.catalog import bundled_models, describe, models_table  # no torch: fast
 
     summaries = [describe(path, name) for name, path in bundled_models().items()]
     if as_json:
@@ -636,12 +697,8 @@ def models(
     if not summaries:
         typer.echo("no bundled models are installed")
         return
-    header = ("model", "family", "params", "default method", "blocks", "validation accuracy %", "path")
-    rows = [header, *[(s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
-                       str(s.block_size or "-"), s.accuracy_text(), str(s.path)) for s in summaries]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        typer.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
+    for line in models_table(summaries):
+        typer.echo(line)
 
 
 def _one_line(message: str) -> str:
@@ -663,7 +720,9 @@ def _usage_errors() -> tuple[type, ...]:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = app(prog_name="d3llm", standalone_mode=False)  # also under `python -m d3llm.cli` and torchrun
+        command = typer.main.get_command(app)
+        tidy_help(command)  # metavars, summaries, examples (d3llm/cli_help.py)
+        code = command.main(prog_name="d3llm", standalone_mode=False)  # also under `python -m d3llm.cli` and torchrun
     except D3llmError as exc:
         typer.secho(f"error: {_one_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)

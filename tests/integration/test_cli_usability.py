@@ -74,7 +74,8 @@ def test_model_is_required_everywhere(monkeypatch, capsys, command):
     extra = {"generate": ["hi"], "eval": ["--task", "arith"], "sweep": ["--task", "arith", "--param", "seed=0",
                                                                          "--out", "x"]}.get(command, [])
     code, _, err = run_cli(monkeypatch, capsys, command, *extra)
-    assert code == 2 and "Missing option '--model'" in err
+    missing = "Missing MODEL" if command in ("serve", "chat") else "Missing option '--model'"  # MODEL or --model
+    assert code == 2 and missing in err and len(err.strip().splitlines()) == 1
 
 
 def test_one_max_new_tokens_default_the_presets(monkeypatch, capsys, toys):
@@ -97,14 +98,15 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     code, out, _ = run_cli(monkeypatch, capsys, "models")
     assert code in (0, None)
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == ["model", "family", "params", "default"]
+    assert lines[0].split()[:8] == ["model", "family", "params", "method", "blocks", "arith", "arith-long", "code"]
+    assert max(map(len, lines)) <= 100, out  # fits a terminal (paths: --json)
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert set(by_name) == set(bundled_models())
     assert by_name["tiny-ar"].split()[1:4] == ["ar", "2.85M", "ar"]
     assert by_name["tiny-teacher"].split()[1:5] == ["llada", "2.85M", "d3llm", "8"]  # its stored decode blocks
     assert by_name["tiny-block"].split()[1:5] == ["block", "2.85M", "d3llm-block", "8"]  # its trained blocks
     assert by_name["tiny-dparallel"].split()[4] == "32" and by_name["tiny-ar"].split()[4] == "-"
-    assert "code 84.4 (ar, n=32)" in by_name["tiny-ar"]  # provenance.json: final validation
+    assert by_name["tiny-ar"].split()[5:] == ["90.6", "87.5", "84.4", "ar,", "n=32"]  # provenance.json: final validation
     code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
     listing = {m["name"]: m for m in json.loads(out)}
     assert listing["tiny-block"]["family"] == "block" and listing["tiny-block"]["parameters"] == 2853312
@@ -152,7 +154,7 @@ def test_sweep_refuses_a_folder_of_other_settings(monkeypatch, capsys, toys, tmp
         code, _, err = run_cli(monkeypatch, capsys, *args)
         one_line_error(code, err, f"--out {out} holds a sweep with other settings")
         assert what in err and "use --overwrite" in err, (what, err)
-    code, _, err = run_cli(monkeypatch, capsys, *sweep_args(toys[0], out, "--task", "code"))
+    code, _, err = run_cli(monkeypatch, capsys, *[a if a != "arith" else "code" for a in sweep_args(toys[0], out)])
     one_line_error(code, err, "task 'arith' there, 'code' now")
     assert {f.name: f.read_text() for f in out.iterdir()} == before  # nothing was touched
 

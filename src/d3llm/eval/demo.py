@@ -33,7 +33,8 @@ from d3llm.eval.report import write_leaderboard
 from d3llm.eval.results import EvalResult
 from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
-from d3llm.tasks import TASK_NAMES, get_task
+from d3llm.models.catalog import describe
+from d3llm.tasks import TASK_NAMES, Task, get_task
 
 # What the demo decodes each bundled dLLM with: the baselines on the teacher, each student with
 # its own decoder, so the whole comparison fits in a few minutes on 2 cores. A dLLM not listed
@@ -49,28 +50,40 @@ DEMO_METHODS: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
-             tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
-             device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto") -> list[EvalResult]:
-    """Evaluate every bundled model on `tasks` (default: all), `n` test problems each: a dLLM with
-    `methods` (default: every diffusion preset), the AR baseline always with `ar`; loaded on
-    `device` in `dtype` (`d3llm.models.loading.resolve_device_dtype`)."""
-    device, dtype = resolve_device_dtype(device, dtype)
-    names = list(bundled_models())
+def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[tuple[str, Task, str]]:
+    """(model, task, method) of every evaluation `run_demo` makes, in its order, read from the
+    bundled models' records (nothing loaded): a progress bar knows its total up front."""
+    names = bundled_models()
     if not names:
-        raise D3llmError("no bundled models are installed (train them: see README, 'Bundled models')")
+        raise D3llmError("no bundled models are installed (train them: see README, 'Train and distill')")
     the_tasks = [get_task(t) for t in (tasks or TASK_NAMES)]  # unknown names fail before decoding
     for method in methods or ():
         preset(method)
-    results = []
-    for name in names:
-        lm = load_model(name, device=device, dtype=dtype)
-        own = DEMO_METHODS.get(name, methods_for(lm.facts.family))
+    plan = []
+    for name, path in names.items():
+        own = DEMO_METHODS.get(name) or methods_for(describe(path, name).family)
         for task in the_tasks:
-            for method in [m for m in own if not methods or m in methods or m in AR_METHODS]:  # baselines always run
-                if progress:
-                    progress(f"{name} / {task.name} / {method}")
-                results.append(evaluate(lm, task, preset(method), n=n, seed=seed))
+            plan += [(name, task, m) for m in own if not methods or m in methods or m in AR_METHODS]  # baselines always
+    return plan
+
+
+def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
+             tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+             device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
+             advance: Callable[[int], None] | None = None) -> list[EvalResult]:
+    """Evaluate every bundled model on `tasks` (default: all), `n` test problems each: a dLLM with
+    `methods` (default: every diffusion preset), the AR baseline always with `ar`; loaded on
+    `device` in `dtype` (`d3llm.models.loading.resolve_device_dtype`). `progress(what)` is told
+    each (model / task / method) as it starts, `advance(k)` each k problems done."""
+    device, dtype = resolve_device_dtype(device, dtype)
+    plan = demo_plan(tasks, methods)
+    results, lm = [], None
+    for name, task, method in plan:
+        if lm is None or lm.name != name:
+            lm = load_model(name, device=device, dtype=dtype)
+        if progress:
+            progress(f"{name} / {task.name} / {method}")
+        results.append(evaluate(lm, task, preset(method), n=n, seed=seed, progress=advance))
     return results
 
 

@@ -8,8 +8,9 @@
     lm_eval.simple_evaluate(model="d3llm", model_args="model=PATH,method=d3llm-cache", tasks=[...])
 
 `python -m d3llm.eval.lm_eval_cli` is lm-eval's own command line with the model registered
-(the plain `lm_eval` command does not import this package). Model arguments: `model`
-(bundled name or folder), `method` (a decode preset; default d3llm, or ar for AR models),
+(the plain `lm_eval` command does not import this package). Model arguments: `model` or
+`pretrained` (as lm-eval's HF models name it: a bundled name or folder), `method` (a decode
+preset; default d3llm, or ar for AR models),
 `max_new_tokens` (the response canvas; default: each task's `max_gen_toks`), `batch_size`
 (prompts decoded together; on lm-eval's command line give `--batch_size N` instead, whose
 default is 1), `dtype` (auto | float32 | bfloat16 | float16), `device` (auto | cpu | cuda |
@@ -56,10 +57,12 @@ SUPPORTED_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
 class D3llmLM(LM):
     """lm-eval `LM` that answers `generate_until` requests with the d3llm decode loop."""
 
-    def __init__(self, model: str = "tiny-teacher", method: str | None = None, max_new_tokens: int | None = None,
+    def __init__(self, model: str | None = None, method: str | None = None, max_new_tokens: int | None = None,
                  batch_size: int | str | None = 8, dtype: str = "auto", chat: bool = True,
-                 device: str | None = None, max_batch_size: int | None = None, **settings) -> None:
+                 device: str | None = None, max_batch_size: int | None = None, pretrained: str | None = None,
+                 **settings) -> None:
         super().__init__()
+        model = _model_name(model, pretrained)
         device, torch_dtype = resolve_device_dtype(_device(device), dtype,
                                                    names=("model_args device", "model_args dtype"))
         batch_size = _batch_size(batch_size, max_batch_size)
@@ -181,6 +184,14 @@ def _batch_size(batch_size: int | str | None, max_batch_size: int | None) -> int
     return batch_size
 
 
+def _model_name(model: str | None, pretrained: str | None) -> str:
+    """`model=` (ours) or `pretrained=` (what lm-eval's HF models take, so lm-eval users type it);
+    neither: the bundled tiny-teacher."""
+    if model is not None and pretrained is not None and model != pretrained:
+        raise D3llmError(f"model_args name two models (model={model}, pretrained={pretrained}); give one")
+    return model or pretrained or "tiny-teacher"
+
+
 def _device(device: str | None) -> str:
     """The device to resolve: None is "auto" (the best available); lm-eval's command line asks
     for cuda:0 by default, so without CUDA (a laptop, CI) a CUDA request falls back to the
@@ -188,7 +199,9 @@ def _device(device: str | None) -> str:
     if device is None:
         return "auto"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %r requested but CUDA is not available; decoding on the best device there is", device)
+        # lm-eval's command line sends "cuda:0" when no --device is given: no warning for that
+        say = log.info if device == "cuda:0" else log.warning
+        say("device %r is not available (no CUDA); decoding on the best device there is", device)
         return "auto"
     return device
 

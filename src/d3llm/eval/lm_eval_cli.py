@@ -16,6 +16,20 @@ import sys
 
 from d3llm.errors import D3llmError
 
+# Printed before lm-eval's own help (`d3llm-lm-eval -h`): what this command adds to it.
+PREFACE = """d3llm-lm-eval: lm-evaluation-harness's command line with the model `d3llm` registered.
+
+  d3llm-lm-eval run --model d3llm --tasks gsm8k --batch_size 8 \\
+      --model_args pretrained=tiny-d3llm,method=d3llm,threshold=0.5
+
+  model_args: pretrained= (or model=) a bundled name or model folder; method= a decode preset;
+  max_new_tokens=, dtype=, device=, chat=, and any decode setting (threshold=, block_size=, ...).
+  Generation tasks only. Through a server instead: `d3llm serve MODEL`, then
+  lm_eval --model local-chat-completions --apply_chat_template \\
+      --model_args model=MODEL,base_url=http://127.0.0.1:8000/v1/chat/completions
+  lm-eval's own help follows.
+"""
+
 
 def main() -> None:
     try:  # deliberately lazy (allowed in tests/unit/test_structure.py): lm-eval is the optional `eval` extra
@@ -25,6 +39,9 @@ def main() -> None:
     except ImportError as exc:
         sys.stderr.write(f"error: d3llm-lm-eval needs lm-eval ({exc}): pip install 'd3llm[eval]'\n")
         raise SystemExit(2) from None
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        sys.stdout.write(PREFACE + "\n")
+        sys.stdout.flush()
     try:
         cli_evaluate()
     except D3llmError as exc:

@@ -4,14 +4,18 @@
     plot_aup(board, Path("aup.png"))
     figure = aup_figure(board)  # the matplotlib Figure itself, to inspect or save elsewhere
 
-One panel per task in both, in the board's task order (arith, arith-long, code, then others).
-A method has the same colour everywhere and a model the same marker, so two short legends
-(methods, models) serve any number of rows; the demo compares ~25 (model, method) pairs, which
-one colour per pair could not tell apart. Markers of rows that coincide are drawn side by side
-(a few pixels apart). AUP bars are grouped per model and centred on its tick; every bar carries
-its value ("0" for a zero AUP, "n/a" where the model was not run with that method on the task
-or AUP is undefined), and the axis says what AUP measures: accuracy % integrated over TPF, so
-it exceeds 100 whenever accuracy holds at TPF > 1. Drawn with
+One panel per task in both, in the board's task order (arith, arith-long, code, then others);
+each figure has a title that says what is plotted and on how many problems (n), and is ~10
+inches wide with 9-10 pt text, so it reads at page width. A method has the same colour
+everywhere and a model the same marker; the curves carry one legend, one entry per (model,
+method) drawn as it appears (colour and marker), below the panels where it covers no point.
+Markers of rows that coincide are drawn side by side (a few pixels apart). AUP panels are
+stacked, one per task at full width; bars are grouped per model and centred on its tick; every
+bar carries its value ("0" for a zero AUP, "n/a" where the model was not run with that method on
+the task or AUP is undefined); a dashed line marks the task's best accuracy, the AUP of a
+method that holds it at one token per forward (an AR model), and the axis says what AUP
+measures: accuracy % integrated over TPF, so it exceeds 100 whenever accuracy holds at TPF > 1.
+Drawn with
 matplotlib's object API on the Agg canvas (no pyplot, no display, no global state), so
 plotting works on a headless machine, in a server or in a test. matplotlib is the optional
 `plot` extra; without it these functions raise a `D3llmError` that says so.
@@ -34,16 +38,16 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _figure(board: Leaderboard, panel_width: float, panel_height: float):
-    """A figure with one panel per task (up to 3 a row) and the legends' space on the right."""
+def _figure(board: Leaderboard, panel_width: float, panel_height: float, per_row: int = 3):
+    """A figure with one panel per task (up to `per_row` a row)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise D3llmError("plots need matplotlib: pip install 'd3llm[plot]' (or pass --no-plots)") from None
-    columns = min(len(board.tasks), 3)
+    columns = min(len(board.tasks), per_row)
     rows = -(-len(board.tasks) // columns)
-    figure = Figure(figsize=(panel_width * columns + 2.5, panel_height * rows), layout="constrained")
+    figure = Figure(figsize=(panel_width * columns, panel_height * rows + 0.6), layout="constrained")
     FigureCanvasAgg(figure)
     return figure, [figure.add_subplot(rows, columns, i + 1) for i in range(len(board.tasks))]
 
@@ -60,14 +64,33 @@ def _styles(board: Leaderboard) -> tuple[dict[str, tuple], dict[str, str]]:
             {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)})
 
 
-def _legends(figure, colors: dict, markers: dict | None) -> None:
+def _problems(board: Leaderboard) -> str:
+    """"n = 200 problems per point" (or a range where results differ), for titles."""
+    ns = sorted({p.n for t in board.tasks for r in t.rows for p in r.points})
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
+
+
+def _row_legend(figure, rows, colors: dict, markers: dict) -> None:
+    """One legend, one entry per (model, method) as drawn, below the panels."""
     from matplotlib.lines import Line2D
 
-    methods = [Line2D([], [], color=c, lw=6, label=m) for m, c in colors.items()]
-    figure.legend(handles=methods, title="method", loc="outside right upper", fontsize="small")
-    if markers:
-        models = [Line2D([], [], color="black", marker=k, ls="", label=m) for m, k in markers.items()]
-        figure.legend(handles=models, title="model", loc="outside right lower", fontsize="small")
+    handles = {(r.model, r.method): Line2D([], [], color=colors[r.method], marker=markers[r.model],
+                                           markeredgecolor="black", markeredgewidth=0.6,
+                                           label=f"{r.model} / {r.method}")
+               for r in rows}
+    entries = [handles[k] for k in sorted(handles)]
+    figure.legend(handles=entries, loc="outside lower center", ncols=min(4, len(entries)), fontsize=9,
+                  title="model / method", title_fontsize=9, frameon=False)
+
+
+def _method_legend(figure, colors: dict) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=m) for m, c in colors.items()]
+    handles.append(Line2D([], [], color="dimgray", ls="--", lw=0.8, label="best accuracy = AUP at TPF 1"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)), fontsize=9,
+                  title="method", title_fontsize=9, frameon=False)
 
 
 # Where points of different rows coincide on a panel (closer than these fractions of its x and
@@ -104,7 +127,7 @@ def curves_figure(board: Leaderboard):
     (model, method) through its points; coinciding markers are drawn side by side."""
     from matplotlib.transforms import offset_copy
 
-    figure, panels = _figure(board, 4.5, 3.6)
+    figure, panels = _figure(board, 3.4, 3.2)
     colors, markers = _styles(board)
     shifted = False
     for axes, task in zip(panels, board.tasks):
@@ -115,14 +138,14 @@ def curves_figure(board: Leaderboard):
                                 markeredgewidth=0.6, alpha=0.9, label=row.label)
             if dx:  # shifted after plotting, so the axis limits still come from the data
                 line.set_transform(offset_copy(axes.transData, fig=figure, x=dx, units="points"))
-        axes.set(title=f"{task.task} (y_max {task.y_max:.1f}%)", xlabel="tokens per forward (TPF)",
+        axes.set(title=f"{task.task} (best accuracy {task.y_max:.1f}%)", xlabel="tokens per forward (TPF)",
                  ylabel="accuracy %")
         axes.margins(x=0.08, y=0.08)
         axes.grid(alpha=0.3)
-    _legends(figure, colors, markers)
-    if shifted:
-        figure.supxlabel("Markers at the same (TPF, accuracy) are drawn a few pixels apart, side by side.",
-                         fontsize="small", color="dimgray")
+    note = "; markers at the same point are drawn side by side" if shifted else ""
+    figure.suptitle(f"Accuracy against tokens per forward (TPF), {_problems(board)} problems per point\n"
+                    f"up and to the right is better{note}", fontsize=11)
+    _row_legend(figure, [r for t in board.tasks for r in t.rows], colors, markers)
     return figure
 
 
@@ -150,7 +173,7 @@ def aup_figure(board: Leaderboard):
                      for m in markers}
     most_bars = max(sum(len(model_methods[m]) for m in markers if any(r.model == m for r in t.rows))
                     for t in board.tasks)
-    figure, panels = _figure(board, max(4.0, 1.5 + 0.35 * most_bars), 3.8)
+    figure, panels = _figure(board, max(9.0, 1.5 + 0.35 * most_bars), 2.8, per_row=1)
     width = 0.8 / max(len(v) for v in model_methods.values())
     for axes, task in zip(panels, board.tasks):
         models = [m for m in markers if any(r.model == m for r in task.rows)]
@@ -163,18 +186,19 @@ def aup_figure(board: Leaderboard):
                 value = scores.get((model, method))
                 axes.bar(x, value or 0.0, width=width * 0.95, color=colors[method])
                 axes.annotate(_bar_label(value), (x, value or 0.0), xytext=(0, 2), textcoords="offset points",
-                              ha="center", va="bottom", fontsize=6.5, rotation=90 if len(group) > 3 else 0,
+                              ha="center", va="bottom", fontsize=8, rotation=90 if len(group) > 3 else 0,
                               color="black" if value is not None else "dimgray")
-        axes.set_xticks(range(len(models)), models, rotation=15 if len(models) > 2 else 0, ha="center")
+        if task.y_max > 0:  # what holding the best accuracy at one token per forward (an AR model) scores
+            axes.axhline(task.y_max, color="dimgray", ls="--", lw=0.8)
+        axes.set_xticks(range(len(models)), models, fontsize=9)
         axes.set_xlim(-0.5, len(models) - 0.5)
         axes.set_ylim(0, top * 1.18)
         undefined = "; AUP undefined: all accuracies 0" if task.y_max == 0 else ""
-        axes.set(title=f"{task.task} (y_max {task.y_max:.1f}%{undefined})",
-                 ylabel=f"AUP (alpha = {board.alpha:g})\naccuracy % x TPF; can exceed 100")
+        axes.set_title(f"{task.task} (best accuracy {task.y_max:.1f}%{undefined})", fontsize=10)
+        axes.set_ylabel(f"AUP (alpha {board.alpha:g})\ncan exceed 100", fontsize=9)
         axes.grid(axis="y", alpha=0.3)
-    figure.suptitle("AUP: accuracy % integrated over tokens per forward (TPF), each accuracy weighted by its "
-                    "closeness to y_max (the task's best); above 100 when accuracy holds at TPF > 1.\n"
-                    "Each bar is labelled with its AUP: 0 = run and scored 0; n/a = not run on that task "
-                    "(or AUP undefined).", fontsize="medium")
-    _legends(figure, colors, None)
+    figure.suptitle(f"AUP per model and method, {_problems(board)} problems per point\n"
+                    "accuracy % integrated over tokens per forward: above 100 when accuracy holds at TPF > 1; "
+                    "0: scored 0, n/a: not run", fontsize=10)
+    _method_legend(figure, colors)
     return figure

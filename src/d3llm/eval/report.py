@@ -23,3 +23,24 @@ def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preambl
     if plots:
         files += [plot_curves(board, out / "accuracy_vs_tpf.png"), plot_aup(board, out / "aup.png")]
     return files
+
+
+def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
+    """One rich table per task for `d3llm demo` (the task in the title, not in every row); model
+    and method names are never cut with an ellipsis (a name wider than the terminal allows folds
+    onto a second line) and the number columns keep their width."""
+    from rich.table import Table
+
+    tables = []
+    for task in board.tasks:
+        table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; best accuracy {task.y_max:.1f}%",
+                      title_justify="left")
+        for column in ("model", "method"):
+            table.add_column(column, overflow="fold", ratio=1)
+        for column in ("accuracy %", "TPF", "tokens/s", "AUP"):
+            table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+        for row in task.rows:
+            cells = row.cells()
+            table.add_row(row.model, row.method, *(cells[c] for c in ("accuracy %", "TPF", "tokens/s", "AUP")))
+        tables.append(table)
+    return tables

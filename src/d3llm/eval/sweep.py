@@ -136,9 +136,12 @@ def sweep(
     lm: LoadedModel, task: Task, method: str, grid: dict[str, list[str]], n: int, seed: int, out: Path,
     max_new_tokens: int | None = None, batch_size: int = 8, progress: Callable[[str], None] | None = None,
     split: str = "test", settings: dict | None = None, overwrite: bool = False,
+    advance: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Evaluate `method` at every point of `grid` (with the fixed overrides `settings` and
-    `max_new_tokens`, None: the preset's) and write the point files and the curve to `out`."""
+    `max_new_tokens`, None: the preset's) and write the point files and the curve to `out`.
+    `progress(point)` is told each point as it starts, `advance(k)` each k problems done (a
+    point read back from `out` counts as its n at once)."""
     grid = {name.strip().replace("-", "_"): values for name, values in grid.items()}
     fixed = {**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}), **(settings or {})}
     clash = sorted(set(fixed) & set(grid))
@@ -161,10 +164,12 @@ def sweep(
             record = json.loads(file.read_text())
             if _typed_record(record.get("sweep_point")) == point:
                 records.append({**record, "sweep_point": point})
+                if advance:
+                    advance(n)
                 continue
         if progress:
             progress(", ".join(f"{k}={_cell(v)}" for k, v in point.items()))
-        result = evaluate(lm, task, config, n=n, seed=seed, split=split, batch_size=batch_size)
+        result = evaluate(lm, task, config, n=n, seed=seed, split=split, batch_size=batch_size, progress=advance)
         record = {**result.to_dict(), "sweep_point": point, "sweep_settings": record_settings}
         tmp = file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2))

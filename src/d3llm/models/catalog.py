@@ -98,3 +98,19 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
               config.get("d3llm_decode_block_size") or 32 if family in ("llada", "dream") else None)
     return ModelSummary(name or folder.name, folder, family, parameters, default_method, validation,
                         method if validation else None, recipe.get("eval_n") if validation else None, blocks)
+
+
+def models_table(summaries: list[ModelSummary]) -> list[str]:
+    """`d3llm models` as aligned text lines that fit ~100 columns: one column per validation task
+    (in the order the records give them), the preset and n they were measured with last. Paths
+    are in `d3llm models --json`."""
+    tasks = list(dict.fromkeys(task for s in summaries for task in s.validation))
+    header = ["model", "family", "params", "method", "blocks", *tasks, "validation % with"]
+    rows = [header]
+    for s in summaries:
+        how = ", ".join(x for x in (s.validation_method, f"n={s.validation_n}" if s.validation_n else "") if x)
+        rows.append([s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
+                     str(s.block_size or "-"), *(f"{s.validation[t]:.1f}" if t in s.validation else "-" for t in tasks),
+                     how or "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

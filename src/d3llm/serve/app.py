@@ -3,11 +3,13 @@
     app = create_app(load_model("tiny-ar"), api_key="secret", max_batch=8)
     uvicorn.run(app, host="127.0.0.1", port=8000)   # or `d3llm serve`
 
-Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream: true` as
-server-sent events carrying only final text, ending with `data: [DONE]`), `GET /v1/models`,
-and `GET /health` (no key needed: load balancers probe it). With `api_key`, the `/v1` routes
-and `/openapi.json` need `Authorization: Bearer KEY` (401 otherwise), and the browser pages
-`/docs` and `/redoc` are off (a browser cannot send the key); without a key all are open.
+Routes: `POST /v1/completions` (a prompt, or a list of prompts answered as one choice each),
+`POST /v1/chat/completions` (both with `stream: true` as server-sent events carrying only
+final text, ending with `data: [DONE]`), `GET /v1/models`, and, with no key needed (probes and
+scrapers), `GET /health`, `GET /version` and `GET /metrics` (Prometheus; serve/metrics.py).
+With `api_key`, the `/v1` routes and `/openapi.json` need `Authorization: Bearer KEY` (401
+otherwise), and the browser pages `/docs` and `/redoc` are off (a browser cannot send the
+key); without a key all are open.
 
 Status codes: 400 a setting or prompt the server cannot decode, or text that is not valid
 Unicode, 401 a missing or wrong key, 404 another model's name, 422 a malformed body, 503 a
@@ -15,8 +17,9 @@ full queue (`Retry-After: 1`), 500 a batch that failed to decode. Errors use Ope
 `{"error": {"message", "type", "param", "code"}}` shape, so the `openai` client raises them as
 such; `param` names the request field at fault (`seed`, `messages[0].content`) when one is.
 
-Logging (logger `d3llm.serve.app`): one INFO line per request (client, method, path, status,
-prompt and completion tokens, NFE, TPF, latency; `/health` probes at DEBUG), and every
+Logging (logger `d3llm.serve.app`): one INFO line per request, streamed or not, in one format
+(client, method, path, status, prompt and completion tokens, NFE, TPF, latency; an error's
+reason; `/health` and `/metrics` probes at DEBUG), and every
 `log_interval_s` while requests run a throughput line (requests/s, tokens/s, running batch,
 queue), as vLLM's server logs.
 """
@@ -35,23 +38,30 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from d3llm import __version__
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.serve.errors import BadRequest
+from d3llm.serve.metrics import ServerMetrics
 from d3llm.serve.protocol import (UNICODE_ERROR, ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body,
-                                  error_body, finish_reason, new_id, response_body, usage, usage_chunk)
+                                  error_body, finish_reason, new_id, response_body, summed_usage, usage,
+                                  usage_chunk)
 from d3llm.serve.scheduler import Finished, QueueFull, Scheduler
-from d3llm.serve.service import ClientGone, DecodeFailed, Limits, ModelService, Submission
+from d3llm.serve.service import ClientGone, DecodeFailed, Limits, ModelService, Submission, results
 from d3llm.serve.text import TextStream, chat_prompt_ids
+from d3llm.version import code_version
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that left before its answer; nobody reads it
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                422: "invalid_request_error", 503: "server_overloaded", 500: "server_error"}
 USAGE_KEY = "d3llm.usage"  # where a route leaves an answer's usage in the ASGI scope, for the request log
+ERROR_KEY = "d3llm.error"  # where an error handler leaves its message, for the request log
+PROBES = ("/health", "/metrics", "/version")  # logged at DEBUG: scrapers call them every few seconds
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", *PROBES)  # metric labels; others: "other"
 log = logging.getLogger(__name__)
 
 
@@ -77,6 +87,7 @@ def create_app(
     limits = Limits(max_prompt_tokens, max_tokens_limit, default_max_tokens)
     service = ModelService(lm, scheduler, default_method, limits, model_id or Path(lm.name).name or lm.name)
     stats = _Throughput(scheduler)
+    metrics = ServerMetrics(scheduler)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -92,7 +103,7 @@ def create_app(
     app = FastAPI(title="d3llm", summary="OpenAI-compatible diffusion LLM server", lifespan=lifespan, **pages)
     app.state.service, app.state.scheduler, app.state.started = service, scheduler, int(time.time())
     _add_error_handlers(app)
-    app.add_middleware(_RequestLog, stats=stats)
+    app.add_middleware(_RequestLog, stats=stats, metrics=metrics)
     app.include_router(_v1_routes(service, api_key, app.state.started))
     if api_key is not None:  # the schema stays available to clients that hold the key
 
@@ -103,6 +114,16 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": service.model_id, **scheduler.load()}
+
+    version = {"version": __version__, "code_version": code_version(), "model": service.model_id}
+
+    @app.get("/version")
+    async def version_() -> dict:
+        return version
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
 
@@ -121,6 +142,9 @@ def _v1_routes(service: ModelService, api_key: str | None, started: int) -> APIR
     @router.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> dict | Response:
         tokenizer = service.lm.tokenizer
+        if body.prompts() is not None:
+            ids = [p if isinstance(p, list) else tokenizer.encode(p) for p in body.prompts()]
+            return await _answer_many(service, body, ids, request)
         ids = body.prompt if isinstance(body.prompt, list) else tokenizer.encode(body.prompt)
         return await _answer("text", service, body, ids, request)
 
@@ -172,6 +196,35 @@ async def _answer(kind: Kind, service: ModelService, body: DecodeRequest, ids: l
                          reply.usage(result))
 
 
+async def _answer_many(service: ModelService, body: CompletionRequest, prompts: list[list[int]],
+                       request: Request) -> dict | Response:
+    """A list of prompts: every one checked, then all submitted together (they share settings,
+    so the scheduler batches them); one choice per prompt, in order; usage summed."""
+    if body.stream:
+        raise BadRequest("`stream` with a list of prompts is not supported; stream one prompt per request",
+                         "stream")
+    if body.model not in (None, service.model_id):
+        raise BadRequest(f"model {body.model!r} is not served here; this server serves "
+                         f"{service.model_id!r} (GET /v1/models)", "model", status=404)
+    config = service.decode_config(body.method, body.max_tokens, body.temperature, body.seed, body.threshold)
+    for index, ids in enumerate(prompts):
+        service.check_prompt(ids, config, f"prompt[{index}]")
+    texts = [TextStream(service.lm.tokenizer, body.stop_strings()) for _ in prompts]
+    submissions = [service.submit(ids, config) for ids in prompts]
+    try:
+        answers = await results(submissions, texts, request)
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except DecodeFailed as exc:
+        return JSONResponse(error_body(str(exc), ERROR_TYPES[500]), status_code=500)
+    usages = [usage(len(ids), r, config.method) for ids, r in zip(prompts, answers)]
+    request.scope[USAGE_KEY] = total = summed_usage(usages)
+    answer = response_body("text", new_id("text"), service.model_id, "", "stop", total)
+    answer["choices"] = [{"index": i, "text": t.text, "logprobs": None, "finish_reason": finish_reason(r, t.stopped)}
+                         for i, (t, r) in enumerate(zip(texts, answers))]
+    return answer
+
+
 class _Reply:
     """What every message of one answer carries: its kind, id, model, prompt size and method."""
 
@@ -197,8 +250,9 @@ class _Reply:
                     yield _sse(chunk_body(self.kind, self.rid, self.model, piece=item))
                     continue
                 yield _sse(chunk_body(self.kind, self.rid, self.model, reason=finish_reason(item, self.text.stopped)))
+                usage_ = self.usage(item)  # left in the scope: the request log has it, asked for or not
                 if include_usage:
-                    yield _sse(usage_chunk(self.kind, self.rid, self.model, self.usage(item)))
+                    yield _sse(usage_chunk(self.kind, self.rid, self.model, usage_))
         except ClientGone:
             return
         except DecodeFailed as exc:  # headers are sent: the error travels as an event (the client raises it)
@@ -212,10 +266,14 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _error(status: int, message: str, headers: dict | None = None, param: str | None = None) -> JSONResponse:
-    """OpenAI's error object. Text from the request (an unknown field's name) may hold a lone
-    surrogate, which UTF-8 cannot encode: it is sent escaped."""
+def _error(status: int, message: str, headers: dict | None = None, param: str | None = None,
+           request: Request | None = None) -> JSONResponse:
+    """OpenAI's error object (its message also left in `request`'s scope for the log). Text from
+    the request (an unknown field's name) may hold a lone surrogate, which UTF-8 cannot encode:
+    it is sent escaped."""
     message, param = (None if s is None else s.encode("utf-8", "backslashreplace").decode() for s in (message, param))
+    if request is not None:
+        request.scope[ERROR_KEY] = message
     return JSONResponse(error_body(message, ERROR_TYPES.get(status, "error"), param=param), status, headers)
 
 
@@ -223,14 +281,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every error as OpenAI's error object with a message that names what to change."""
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message, cause = str(exc.detail), exc.__cause__
         if exc.status_code == 400 and cause is not None:  # FastAPI could not parse the body: say why
             message = f"the body is not JSON this server can read ({type(cause).__name__}: {cause})"
-        return _error(exc.status_code, message, exc.headers)
+        return _error(exc.status_code, message, exc.headers, request=request)
 
     @app.exception_handler(RequestValidationError)
-    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Text that is not valid Unicode is a 400 (the JSON parses; its text cannot be encoded);
         # pydantic also lists the other members of the field's union, which fail too: not said.
         errors = list(exc.errors())
@@ -240,17 +298,17 @@ def _add_error_handlers(app: FastAPI) -> None:
             where = _field(error)
             problems.append(f"{where}: {error['msg']}" if where else error["msg"])
         return _error(400 if unicode else 422, "malformed request: " + "; ".join(problems),
-                      param=_param(unicode or errors))
+                      param=_param(unicode or errors), request=request)
 
     @app.exception_handler(QueueFull)
-    async def busy(_: Request, exc: QueueFull) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": "1"})
+    async def busy(request: Request, exc: QueueFull) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": "1"}, request=request)
 
     @app.exception_handler(D3llmError)
-    async def bad_setting(_: Request, exc: D3llmError) -> JSONResponse:
+    async def bad_setting(request: Request, exc: D3llmError) -> JSONResponse:
         if isinstance(exc, BadRequest):
-            return _error(exc.status, str(exc), param=exc.param)
-        return _error(400, str(exc))
+            return _error(exc.status, str(exc), param=exc.param, request=request)
+        return _error(400, str(exc), request=request)
 
 
 _TYPE_TAG = re.compile(r"str|int|float|bool|list|dict|[A-Z].*|.*[\[(].*")  # pydantic's union-member labels
@@ -288,8 +346,8 @@ class _RequestLog:
     """ASGI middleware: one log line per request, throughput counts, and a JSON 500 (with the
     connection kept open) for an exception no handler took."""
 
-    def __init__(self, app: ASGIApp, stats: "_Throughput"):
-        self.app, self.stats = app, stats
+    def __init__(self, app: ASGIApp, stats: "_Throughput", metrics: ServerMetrics):
+        self.app, self.stats, self.metrics = app, stats, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -323,7 +381,12 @@ class _RequestLog:
             line += (f" prompt_tokens={usage_['prompt_tokens']} completion_tokens={usage_['completion_tokens']}"
                      f" nfe={stats['nfe']} tpf={stats['tokens_per_forward']:.2f}")
             self.stats.count(usage_["prompt_tokens"], usage_["completion_tokens"])
-        log.log(logging.DEBUG if scope["path"] == "/health" else logging.INFO, "%s latency=%.3fs", line, seconds)
+        path = scope["path"] if scope["path"] in ROUTES else "other"
+        self.metrics.observe(path, status if status is not None else 0, seconds, usage_)
+        line += f" latency={seconds:.3f}s"
+        if scope.get(ERROR_KEY):
+            line += f" error={json.dumps(scope[ERROR_KEY], ensure_ascii=False)}"
+        log.log(logging.DEBUG if scope["path"] in PROBES else logging.INFO, "%s", line)
 
 
 class _Throughput:

@@ -7,7 +7,8 @@
 
 Answers stream exactly as the HTTP server streams them (final text only), because they go
 through the same scheduler, settings checks and `TextStream`. The conversation so far is the
-prompt of the next answer; `reset()` starts over.
+prompt of the next answer (`history=True`; single-turn models, the bundled ones, answer each message
+on its own); `reset()` starts over. Ctrl-C while answering cancels that answer, not the chat.
 
 `repl(session)` is the terminal loop of `d3llm chat`: answers on stdout, statistics, errors and
 what the `/commands` say on stderr (so `d3llm chat < questions > answers` keeps only answers);
@@ -23,6 +24,7 @@ from typing import TextIO
 
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
+from d3llm.models.catalog import bundled_models
 from d3llm.serve.scheduler import Failed, Finished, Job, Scheduler
 from d3llm.serve.service import Limits, ModelService
 from d3llm.serve.text import TextStream, chat_prompt_ids
@@ -31,7 +33,11 @@ from d3llm.serve.text import TextStream, chat_prompt_ids
 class ChatSession:
     """One conversation; use it as a context manager (it runs the scheduler's worker thread)."""
 
-    def __init__(self, lm: LoadedModel, method: str | None = None, max_tokens: int = 128, **settings):
+    def __init__(self, lm: LoadedModel, method: str | None = None, max_tokens: int = 128,
+                 history: bool | None = None, **settings):
+        # history None: keep the conversation unless the model is single-turn (the bundled ones:
+        # trained on one question per sequence, a second turn only confuses them)
+        self.multi_turn = history if history is not None else not single_turn(lm)
         self.scheduler = Scheduler(lm.model, lm.tokenizer.pad_token_id, max_batch=1, max_wait_ms=0)
         self.service = ModelService(lm, self.scheduler, method, Limits(None, max_tokens, max_tokens), lm.name)
         self.config = self.service.decode_config(max_tokens=max_tokens, settings=settings)  # checked as a request's
@@ -53,7 +59,7 @@ class ChatSession:
         history and `last` holds its statistics."""
         if not message.strip():
             raise D3llmError("the message is empty")
-        turn = [*self.history, {"role": "user", "content": message}]
+        turn = [*(self.history if self.multi_turn else []), {"role": "user", "content": message}]
         ids = chat_prompt_ids(self.service.lm.tokenizer, turn)
         self.service.check_prompt(ids, self.config)
         events: queue.Queue = queue.Queue()
@@ -73,6 +79,19 @@ class ChatSession:
             self.scheduler.cancel(job)
         self.last = event
         self.history = [*turn, {"role": "assistant", "content": text.text}]
+
+
+def single_turn(lm: LoadedModel) -> bool:
+    """The bundled models answer one question per sequence (their tasks); others may chat."""
+    bundled = bundled_models()
+    return lm.name in bundled and lm.path.resolve() == bundled[lm.name].resolve()
+
+
+def banner(session: ChatSession) -> str:
+    turns = ("multi-turn: each message is sent with the conversation so far, /reset starts over"
+             if session.multi_turn else "single-turn: each message is answered on its own, --history keeps them")
+    return (f"chat with {session.service.model_id} ({session.config.method}), {turns}. "
+            "/help lists commands; Ctrl-C cancels an answer; Ctrl-D or /exit quits.")
 
 
 # The REPL's commands (a line starting with "/" and a letter); anything else is a message.
@@ -148,6 +167,10 @@ def repl(session: ChatSession, read: Callable[[str], str] | None = None, out: Te
                 out.flush()
         except D3llmError as exc:  # e.g. the conversation outgrew the model: say so, keep going
             print(f"error: {exc} (/reset starts over)", file=err, flush=True)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C while answering: drop this answer (not kept), keep the chat
+            print("", file=out, flush=True)
+            print("answer cancelled", file=err, flush=True)
             continue
         last = session.last
         print("", file=out, flush=True)

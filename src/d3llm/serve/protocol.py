@@ -112,7 +112,14 @@ class DecodeRequest(BaseModel):
 class CompletionRequest(DecodeRequest):
     """/v1/completions: the prompt is continued as it is (no chat template)."""
 
-    prompt: Text | list[int] = Field(min_length=1)  # text, or token ids
+    # text, token ids, or a list of either (one choice per prompt, as OpenAI and vLLM answer it)
+    prompt: Text | list[int] | list[Text] | list[list[int]] = Field(min_length=1)
+
+    def prompts(self) -> list[str | list[int]] | None:
+        """The prompts of a list request; None for a single prompt (text or token ids)."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return None
+        return list(self.prompt)
 
 
 class TextPart(BaseModel):
@@ -165,6 +172,17 @@ def usage(prompt_tokens: int, result: Finished, method: str) -> dict:
 def _envelope(kind: Kind, rid: str, model: str, chunk: bool) -> dict:
     obj = {"chat": "chat.completion", "text": "text_completion"}[kind] + (".chunk" if chunk and kind == "chat" else "")
     return {"id": rid, "object": obj, "created": int(time.time()), "model": model}
+
+
+def summed_usage(usages: list[dict]) -> dict:
+    """One request's usage over several prompts: tokens and forwards summed, TPF of the sums."""
+    total = {key: sum(u[key] for u in usages) for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    nfe = sum(u["d3llm"]["nfe"] for u in usages)
+    first = usages[0]["d3llm"]
+    return {**total, "d3llm": {"method": first["method"], "nfe": nfe,
+                               "tokens_per_forward": round(total["completion_tokens"] / max(nfe, 1), 4),
+                               "batch_size": max(u["d3llm"]["batch_size"] for u in usages),
+                               "seconds": max(u["d3llm"]["seconds"] for u in usages)}}
 
 
 def response_body(kind: Kind, rid: str, model: str, text: str, reason: str, usage_: dict) -> dict:

@@ -56,7 +56,9 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, api_key:
     if api_key is None and not _is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model "
                     "(pass --api-key)", host)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+    # log_config=None: uvicorn's own lines go through the root logger, in the one format `d3llm
+    # serve` sets (not uvicorn's "INFO:     ..."); its access log is off (the app logs requests)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -177,6 +177,22 @@ class Submission:
             getter.cancel()
 
 
+async def results(submissions: list[Submission], texts: list[TextStream], request: "Request") -> list[Finished]:
+    """The whole answers of several submissions of one request (a list of prompts), watching
+    for one disconnect: `ClientGone` cancels them all."""
+    collect = asyncio.ensure_future(asyncio.gather(*(s._last(request, t) for s, t in zip(submissions, texts))))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if collect in done:
+            return collect.result()
+        raise ClientGone
+    finally:
+        for task in (collect, gone):
+            task.cancel()
+        await asyncio.gather(collect, gone, return_exceptions=True)  # each `answer`'s cleanup cancels its job
+
+
 async def _disconnected(request: "Request") -> None:
     """Return when the client disconnects. Only for a request whose body was read: the ASGI
     server's next message is then `http.disconnect`, sent as soon as the connection closes

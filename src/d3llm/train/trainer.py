@@ -29,11 +29,12 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from d3llm.decode import preset
 from d3llm.decode.config import validation_method
@@ -86,8 +87,10 @@ class _DiffusionTrainer(Trainer):
 class _ValidationCallback(TrainerCallback):
     """Every `eval_every` steps (rank 0): validation accuracy per task -> curve.jsonl."""
 
-    def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: "_Clock"):
+    def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: "_Clock",
+                 progress: Progress | None = None):
         self.config, self.net, self.tokenizer, self.out, self.clock = config, net, tokenizer, out, clock
+        self.progress = progress
         curve = out / "curve.jsonl"
         rows = curve.read_text().splitlines() if curve.is_file() else []
         self.last: dict = json.loads(rows[-1]) if rows else {}  # survives a resume
@@ -98,7 +101,7 @@ class _ValidationCallback(TrainerCallback):
             self.record(state.global_step, state.log_history)
 
     def record(self, step: int, log_history: list | None = None) -> dict:
-        metrics = validation_accuracy(self.net, self.tokenizer, self.config, self.out)
+        metrics = validation_accuracy(self.net, self.tokenizer, self.config, self.out, self.progress)
         losses = [h["loss"] for h in (log_history or []) if "loss" in h]
         row = {"step": step, "train_seconds": round(self.clock.total(), 1),
                "loss": losses[-1] if losses else None, **metrics}
@@ -107,6 +110,22 @@ class _ValidationCallback(TrainerCallback):
         log.info("validation at step %d: %s", step, metrics)
         self.last = row
         return row
+
+
+class _StepProgress(TrainerCallback):
+    """Training steps (and the latest loss) to a `Progress` callback, on rank 0."""
+
+    def __init__(self, progress: Progress, end: int):
+        self.progress, self.end, self.loss = progress, end, None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            what = "training" if self.loss is None else f"training, loss {self.loss:.3f}"
+            self.progress(what, state.global_step, self.end)
 
 
 class _StopAt(TrainerCallback):
@@ -144,7 +163,21 @@ class _ClockCallback(TrainerCallback):
             self.clock.save()
 
 
-def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[str, float]:
+# `train(..., progress=...)`: told (what, done, total) as training steps and validation problems
+# complete, so a caller can draw one bar (the CLI does; None: transformers' own tqdm bar).
+Progress = Callable[[str, int, int], None]
+
+
+def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path,
+                        progress: Progress | None = None) -> dict[str, float]:
+    total, done = config.eval_n * len(config.tasks), 0
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress("validation", done, total)
+
     was_training = net.training
     net.eval()
     lm = LoadedModel(DiffusionLM(net), tokenizer, out, out.name)
@@ -152,7 +185,7 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path) -> dict[
     metrics = {}
     for name in config.tasks:
         result = evaluate(lm, get_task(name), preset(method, max_new_tokens=config.gen_length),
-                          n=config.eval_n, seed=0, split="validation", batch_size=16)
+                          n=config.eval_n, seed=0, split="validation", batch_size=16, progress=advance)
         metrics[f"{name}_accuracy_pct"] = round(result.accuracy_pct, 2)
         metrics[f"{name}_tpf"] = round(result.tokens_per_forward, 3)
     net.train(was_training)
@@ -236,9 +269,10 @@ def _ddp_backend() -> str | None:
 
 
 def train(config: TrainConfig, out: str | Path, command: list[str] | None = None,
-          stop_at: int | None = None) -> Path:
+          stop_at: int | None = None, progress: Progress | None = None) -> Path:
     """Train (or resume) into `out`; returns the folder of the final model. `stop_at`: end at
-    that step of the recipe instead of its last."""
+    that step of the recipe instead of its last. `progress(what, done, total)`: told each
+    training step and validation problem (None: transformers' own progress bar and log lines)."""
     if stop_at is not None and not 0 < stop_at <= config.steps:
         raise D3llmError(f"`--stop-at` must be in 1..{config.steps} (the recipe's steps), got {stop_at}")
     end = stop_at or config.steps
@@ -280,15 +314,19 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
         logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), ddp_find_unused_parameters=False,
+        **({"disable_tqdm": True} if progress else {}),  # the caller draws the one bar
     )
     clock = _Clock(out)
-    validation = _ValidationCallback(config, net, tokenizer, out, clock)
+    validation = _ValidationCallback(config, net, tokenizer, out, clock, progress)
     trainer = _DiffusionTrainer(
         model=trained, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts, distill=config.distill,
         objective=config.objective,
         data_collator=lambda items: collate_fn(items[0], tokenizer.pad_token_id),
-        callbacks=[validation, _ClockCallback(clock)] + ([_StopAt(stop_at)] if stop_at else []),
+        callbacks=[validation, _ClockCallback(clock)] + ([_StopAt(stop_at)] if stop_at else [])
+        + ([_StepProgress(progress, end)] if progress else []),
     )
+    if progress:
+        trainer.remove_callback(PrinterCallback)  # its loss dicts on stdout: the bar shows the loss
     resume = last_complete_checkpoint(out / CHECKPOINTS)
     at = _step_of(resume) if resume else 0
     if at > end:

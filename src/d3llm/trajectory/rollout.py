@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from d3llm.decode import generate, preset
 from d3llm.decode.config import for_facts
@@ -99,11 +99,12 @@ def run(
     block_size: int | None = None,  # None: 32, or a block model's own
     chunk_size: int = 64,
     batch_size: int = 16,
-    progress: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "auto",
 ) -> Path:
     """Roll out (or resume) into `out`; returns the folder once every chunk is merged.
+    `progress(what, done, total)`: told on rank 0 as rollouts of this run complete.
     `device`, `dtype`: see `d3llm.models.loading.resolve_device_dtype`; under torchrun a CUDA
     device without an index is each process's own GPU (LOCAL_RANK)."""
     out = Path(out)
@@ -137,14 +138,14 @@ def run(
         torch.distributed.barrier()  # the manifest exists before anyone writes chunks
     sizes = store.chunk_sizes(manifest)
     mine = [c for c in range(rank, len(sizes), world) if not store.chunk_path(out, c).is_file()]
-    bar = tqdm(total=sum(sizes[c] for c in mine), unit="rollout", disable=not progress or rank != 0,
-               desc=f"teacher rollouts (rank {rank}/{world})")
+    total, done = sum(sizes[c] for c in mine), 0
     for chunk in mine:
         first = chunk * chunk_size
         records = rollout_records(lm, problems[first : first + sizes[chunk]], first, config, batch_size)
         store.write_chunk(out, chunk, records)
-        bar.update(len(records))
-    bar.close()
+        done += len(records)
+        if progress and rank == 0:
+            progress(f"teacher rollouts (rank 0 of {world})", done, total)
     if group:
         torch.distributed.barrier()
     if rank == 0:
