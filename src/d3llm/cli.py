@@ -91,7 +91,7 @@ def _torch_dtype(name: str):
 
 
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
-MODEL_HELP = "Bundled model name (see `d3llm models`) or model folder."
+MODEL_HELP = "Bundled model name (see `d3llm models`), model folder, or Hugging Face hub id ORG/NAME[@REVISION]."
 CANVAS_HELP = "Response length (canvas). [default: the preset's max_new_tokens, 64]"
 # One spelling of --device / --dtype for every command that loads a model (vLLM and SGLang's).
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps; auto: CUDA if "
@@ -114,11 +114,11 @@ def _load(model: str, device: str, dtype: str):
     return load_model(model, device=where, dtype=precision)
 
 
-def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str]):
+def _decode_config(method: str | None, lm, max_new_tokens: int | None, settings: list[str]):
     from d3llm.decode.config import parse_overrides, resolve_config
 
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    return resolve_config(method, family, **{**fixed, **parse_overrides(settings)})  # --set wins
+    return resolve_config(method, lm.facts.family, lm.recipe, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 @app.command()
@@ -140,7 +140,7 @@ def generate(
     if not prompt.strip():
         _fail("the prompt is empty")
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm, max_new_tokens, settings)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
 
@@ -200,7 +200,7 @@ def _key_values(items: list[str], what: str) -> dict:
 
 @app.command()
 def trajectories(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM: bundled name or folder.")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM: bundled name, folder or hub id ORG/NAME.")],
     tasks: Annotated[list[str], typer.Option("--task", help="TASK=N problems (repeatable), e.g. arith=2000.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
     split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
@@ -315,7 +315,7 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings)
+    config = _decode_config(method, lm, max_new_tokens, settings)
     samples: list[dict] | None = [] if log_samples else None
     results = []
     console = Console(stderr=True)  # stdout holds only the results
@@ -620,6 +620,9 @@ def chat(
 @app.command()
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    published: Annotated[bool, typer.Option("--published", help=(
+        "List the published checkpoints d3llm loads by hub id instead (family, parameters, the method and "
+        "settings their papers decoded with, which commands use unless --method is given)."))] = False,
 ) -> None:
     """List the bundled models: family, parameters, the method commands decode with unless
     --method is given, the block size they decode in unless `--set block_size` is given, and
@@ -629,6 +632,11 @@ def models(
 
     from d3llm.models.catalog import bundled_models, describe  # no torch: fast
 
+    if published:
+        from d3llm.models.published import published_models, published_table
+
+        typer.echo(json.dumps([asdict(m) for m in published_models()], indent=2) if as_json else published_table())
+        return
     summaries = [describe(path, name) for name, path in bundled_models().items()]
     if as_json:
         typer.echo(json.dumps([{**asdict(s), "path": str(s.path)} for s in summaries], indent=2))

@@ -1,8 +1,9 @@
-"""Resolve a model by bundled name or folder, and load it with its tokenizer.
+"""Resolve a model by bundled name, folder or hub id, and load it with its tokenizer.
 
     from d3llm.models import load_model
     lm = load_model("tiny-teacher")          # bundled, ships in the package; best device, its dtype
     lm = load_model("/ckpt/LLaDA-8B-Instruct", device="cuda:1", dtype="bfloat16")
+    lm = load_model("d3LLM/d3LLM_LLaDA")     # Hugging Face hub id (ORG/NAME[@REVISION]), d3llm.models.hub
     lm.model(input_ids).logits; lm.tokenizer; lm.facts
 
 `resolve_device_dtype` is the one place `device` / `dtype` choices ("auto", "cuda:1",
@@ -25,7 +26,9 @@ from transformers import PreTrainedTokenizerBase
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported)
 from d3llm.models.checkpoint import load_network, read_json
+from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
+from d3llm.models.published import PublishedModel, published
 from d3llm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -100,10 +103,12 @@ def resolve_device_dtype(
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """The folder of a bundled name or a path; a clear error otherwise."""
+    """The folder of a bundled name, a path, or a Hugging Face hub id `ORG/NAME[@REVISION]`
+    (its snapshot in the hub cache, downloaded if needed; d3llm.models.hub), in that order: an
+    existing folder wins over a hub id of the same spelling. A clear error otherwise."""
     text = str(name_or_path)
     if not text.strip():
-        raise ModelLoadError("`model` is empty; give a bundled name or a folder path")
+        raise ModelLoadError("`model` is empty; give a bundled name, a folder path or a hub id (ORG/NAME)")
     bundled = bundled_models()
     if text in bundled:
         return bundled[text]
@@ -114,8 +119,14 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     if path.exists():
         raise ModelLoadError(f"{path} is a file; give the model's folder")
+    hub_id = parse_hub_id(text) if not isinstance(name_or_path, Path) else None
+    if hub_id is not None:
+        folder = snapshot(hub_id)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model {hub_id}: the repo has no config.json (not a model d3llm can load)")
+        return folder
     names = ", ".join(bundled) or "none installed"
-    raise ModelLoadError(f"no bundled model or folder named {text!r} (bundled models: {names})")
+    raise ModelLoadError(f"no bundled model, folder or hub id (ORG/NAME) named {text!r} (bundled models: {names})")
 
 
 @dataclass
@@ -130,6 +141,21 @@ class LoadedModel:
     @property
     def facts(self) -> ModelFacts:
         return self.model.facts
+
+    @property
+    def published(self) -> PublishedModel | None:
+        """The published checkpoint this is (by the hub id it was named by, or its hub-cache
+        folder), with the decode settings its paper used; None for other models."""
+        return published(self.name) or published(hub_id_of_folder(self.path))
+
+    @property
+    def recipe(self) -> tuple[str, dict] | None:
+        """(method, settings) this model decodes with unless a method is named (published
+        checkpoints; `d3llm.decode.config.resolve_config`'s `recipe`); None: its family's default."""
+        entry = self.published
+        if entry is None or entry.family != self.facts.family:  # a repo we describe, loaded as another family
+            return None
+        return entry.method, dict(entry.settings)
 
     def provenance(self) -> dict:
         """provenance.json of a bundled or trained model ({} when absent)."""
