@@ -163,3 +163,51 @@ def test_a_hub_id_that_is_not_a_model_repo(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="no config.json"):
         resolve_model("org/readme-only")
+
+
+def test_every_published_entry_is_a_valid_decode_recipe_for_its_family():
+    from d3llm.decode.config import for_model, methods_for, resolve_config
+    from d3llm.models.lm import FAMILIES
+    from d3llm.models.published import published, published_models
+
+    entries = published_models()
+    assert len({m.repo_id.lower() for m in entries}) == len(entries)
+    for entry in entries:
+        assert entry.family in FAMILIES and entry.method in methods_for(entry.family), entry
+        config = for_model(resolve_config(None, entry.family, (entry.method, entry.settings)), entry.family, 32)
+        assert config.method == entry.method
+        assert all(getattr(config, k) == v for k, v in entry.settings.items()), entry
+        assert published(entry.repo_id.upper() + "@some-branch") is entry
+    assert published("tiny-teacher") is None and published("org/unknown") is None
+
+
+def test_models_published_lists_the_table(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "models", "--published")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[1:4] for line in out.splitlines()[1:] if "/" in line.split()[0]}
+    assert rows["d3LLM/d3LLM_LLaDA"] == ["llada", "8.02B", "d3llm"]
+    assert rows["GSAI-ML/LLaDA-8B-Instruct"] == ["llada", "8.02B", "vanilla"]
+    assert rows["Efficient-Large-Model/Fast_dLLM_v2_7B"] == ["block", "7.62B", "fast-dllm-v2"]
+    assert {"d3LLM/d3LLM_Dream", "d3LLM/d3LLM_Dream_Coder", "Dream-org/Dream-v0-Instruct-7B"} <= set(rows)
+
+
+def test_the_server_defaults_to_a_published_recipe(tmp_path, monkeypatch, official):
+    from d3llm.models import load_model
+    from d3llm.serve.service import ModelService
+
+    add_to_hub_cache(tmp_path / "hub", "d3LLM/d3LLM_Dream", official)  # a LLaDA toy: family differs
+    add_to_hub_cache(tmp_path / "hub", "d3LLM/d3LLM_LLaDA", official)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("d3LLM/d3LLM_LLaDA", device="cpu")
+    service = ModelService(lm, None, None, _limits(), "m")
+    config = service.decode_config(max_tokens=16)
+    assert (config.method, config.threshold, config.max_new_tokens) == ("d3llm", 0.5, 16)
+    assert ModelService(lm, None, "vanilla", _limits(), "m").decode_config(max_tokens=16).method == "vanilla"
+    assert load_model("d3LLM/d3LLM_Dream", device="cpu").recipe is None  # a Dream recipe is not applied to LLaDA
+
+
+def _limits():
+    from d3llm.serve.service import Limits
+
+    return Limits(None, 64, 64)
