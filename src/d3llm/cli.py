@@ -114,11 +114,12 @@ def _load(model: str, device: str, dtype: str):
     return load_model(model, device=where, dtype=precision)
 
 
-def _decode_config(method: str | None, lm, max_new_tokens: int | None, settings: list[str]):
+def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str],
+                   recipe: tuple[str, dict] | None = None):
     from d3llm.decode.config import parse_overrides, resolve_config
 
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    return resolve_config(method, lm.facts.family, lm.recipe, **{**fixed, **parse_overrides(settings)})  # --set wins
+    return resolve_config(method, family, recipe, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 @app.command()
@@ -140,7 +141,7 @@ def generate(
     if not prompt.strip():
         _fail("the prompt is empty")
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, lm.recipe)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
 
@@ -198,11 +199,20 @@ def _key_values(items: list[str], what: str) -> dict:
     return out
 
 
-@app.command()
+trajectories_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None,
+                                context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(trajectories_app, name="trajectories")
+
+
+@trajectories_app.callback()
 def trajectories(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM: bundled name, folder or hub id ORG/NAME.")],
-    tasks: Annotated[list[str], typer.Option("--task", help="TASK=N problems (repeatable), e.g. arith=2000.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
+    ctx: typer.Context,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+        "Teacher dLLM: bundled name, folder or hub id ORG/NAME. [required]"))] = None,
+    tasks: Annotated[list[str], typer.Option("--task", help=(
+        "TASK=N problems (repeatable), e.g. arith=2000. [required]"))] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
+        "Trajectory folder (run again to resume). [required]"))] = None,
     split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
@@ -215,9 +225,16 @@ def trajectories(
 ) -> None:
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
-    when all chunks are done they are merged."""
+    when all chunks are done they are merged. `import` / `export` convert the d3LLM authors'
+    trajectory datasets (docs/distillation.md)."""
     from d3llm.trajectory.rollout import run
 
+    if ctx.invoked_subcommand is not None:
+        return
+    for option, value in (("--teacher", teacher), ("--task", tasks), ("--out", out)):
+        if not value:
+            raise D3llmError(f"Missing option '{option}' (rollouts need --teacher, --task and --out; "
+                             "or `d3llm trajectories import|export`)")
     _out_folder(out)
     where, precision = _placement(device, dtype)
     counts = {}
@@ -228,6 +245,41 @@ def trajectories(
     folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
                  block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
     typer.echo(f"trajectories in {folder}")
+
+
+@trajectories_app.command("import")
+def trajectories_import(
+    source: Annotated[str, typer.Argument(help="The authors' dataset: a save_to_disk folder, Parquet files, or a "
+                                               "hub dataset id such as d3LLM/trajectory_data_llada_32.")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="The model that rolled them out (its mask id and "
+                                         "tokenizer; distil with the same --teacher).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
+    chunk_size: Annotated[int, typer.Option(help="Rows per chunk file (the unit of resume).")] = 1024,
+) -> None:
+    """Convert the d3LLM authors' trajectories (snapshots after every step) into rank vectors;
+    their is_correct becomes `correct`, which `d3llm distill` keeps by default."""
+    from d3llm.trajectory.official import import_official
+
+    _out_folder(out)
+    typer.echo(f"trajectories in {import_official(source, out, teacher, chunk_size=chunk_size)}")
+
+
+@trajectories_app.command("export")
+def trajectories_export(
+    folder: Annotated[Path, typer.Argument(help="Trajectory folder (d3llm trajectories or import).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty folder for the dataset.")],
+    format: Annotated[str, typer.Option("--format", help="d3llm-official: the authors' save_to_disk dataset.")] = (
+        "d3llm-official"),
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+        "Model whose tokenizer decodes the texts (default: the folder's teacher).")) ] = None,
+) -> None:
+    """Write a trajectory folder in the d3LLM authors' format (one snapshot per step)."""
+    from d3llm.trajectory.official import export_official
+
+    if format != "d3llm-official":
+        _fail(f"`--format` must be d3llm-official, got {format!r}")
+    _out_folder(out)
+    typer.echo(f"dataset written to {export_official(folder, out, teacher)}")
 
 
 @app.command()
@@ -315,7 +367,7 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm, max_new_tokens, settings)
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, lm.recipe)
     samples: list[dict] | None = [] if log_samples else None
     results = []
     console = Console(stderr=True)  # stdout holds only the results

@@ -21,9 +21,10 @@ from tests.conftest import run_cli
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def add_to_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT, ref: str = "main") -> Path:
+def add_to_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT, ref: str = "main",
+                     repo_type: str = "model") -> Path:
     """Put `folder`'s files into `cache` as huggingface_hub stores a downloaded snapshot."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    repo = cache / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "blobs").mkdir(exist_ok=True)
     snap = repo / "snapshots" / commit

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import INT8_SCALE
@@ -132,8 +132,9 @@ def _expected_shapes(net: PreTrainedModel) -> dict[str, torch.Size]:
     return shapes
 
 
-def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """The transformers network stored in `folder`, in any supported layout."""
+def load_config(folder: str | Path) -> tuple[PretrainedConfig, Layout]:
+    """The transformers config of the model in `folder` (any supported layout), checked, and
+    its layout; no weights are read (`ModelFacts.from_config` gives its facts)."""
     folder = Path(folder)
     raw = read_json(folder / "config.json")
     layout = detect_layout(raw)
@@ -145,6 +146,13 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         except Exception as exc:  # transformers' strict config checks raise their own error types
             raise ModelLoadError(f"{folder / 'config.json'}: a value is not valid ({' '.join(str(exc).split())})") from None
         check_config(config, folder / "config.json")
+    return config, layout
+
+
+def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The transformers network stored in `folder`, in any supported layout."""
+    folder = Path(folder)
+    config, layout = load_config(folder)
     tensors = _renamed(read_tensors(folder), layout, folder)
     with torch.device("meta"):
         net = network_class(config)(config)
