@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from d3llm.errors import D3llmError, ModelLoadError
-from d3llm.models.catalog import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported)
+from d3llm.models.catalog import BUNDLED_DIR, bundled_models, parameters_from_weights  # noqa: F401  (re-exported)
 from d3llm.models.checkpoint import load_network, read_json
 from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
@@ -173,15 +173,47 @@ def _check_tokenizer(facts: ModelFacts, tokenizer: PreTrainedTokenizerBase, fold
             )
 
 
+def _mem_available() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fitting_dtype(folder: Path, device: torch.device, dtype: torch.dtype, auto: bool) -> torch.dtype:
+    """float32 on a CPU holds 4 bytes a parameter in private memory: an 8B bf16 checkpoint becomes
+    32 GB. When that exceeds 90% of the available memory, "auto" takes bfloat16 instead (the
+    weights then stay in the file's pages: docs/benchmarks.md, real size) and an explicit
+    float32 is refused before anything is read, rather than killed by the kernel halfway."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return dtype
+    params, available = parameters_from_weights(folder), _mem_available()
+    if not params or available is None or 4 * params <= 0.9 * available:
+        return dtype
+    if auto:
+        log.info("%s: %.2fB parameters do not fit in float32 (%.1f GiB available): loading in bfloat16",
+                 folder, params / 1e9, available / 2**30)
+        return torch.bfloat16
+    raise ModelLoadError(f"`dtype` float32: {folder} holds {params / 1e9:.2f}B parameters, {4 * params / 2**30:.1f} GiB "
+                         f"in float32, more than the {available / 2**30:.1f} GiB of memory available; use bfloat16")
+
+
 def load_model(
     name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
 ) -> LoadedModel:
     """Load a bundled model by name, or a folder in our or an official layout, onto `device`
     in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU:
     exact, and the fastest for forwards of a few columns; bf16 pays from about 8 columns on a CPU
-    with bf16 instructions, docs/platform-notes.md)."""
+    with bf16 instructions, docs/platform-notes.md; a model too large for float32 in this
+    machine's memory loads in bfloat16 under "auto")."""
+    auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
+    dtype = _fitting_dtype(folder, device, dtype, auto)
     net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy
     model = DiffusionLM(net)
     tokenizer = load_tokenizer(folder)
