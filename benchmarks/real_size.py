@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,9 @@ SHAPES = {
                   mask=126336, eos=126081, bos=126080),
     "dream": dict(vocab=152064, hidden=3584, layers=28, heads=28, kv_heads=4, mlp=18944, shards=4,
                   mask=151666, eos=151643, bos=151643),
+    # Qwen2.5-7B-Instruct: Dream's network (Dream was initialised from it), causal, no mask token
+    "qwen2-ar": dict(vocab=152064, hidden=3584, layers=28, heads=28, kv_heads=4, mlp=18944, shards=4,
+                     mask=151666, eos=151645, bos=151643),
 }
 
 
@@ -72,8 +76,22 @@ def dream_config(s: dict) -> dict:
     }
 
 
+def qwen2_config(s: dict) -> dict:
+    """A Qwen2.5-7B-Instruct-shaped config.json (transformers' own `qwen2` layout: an AR model)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": s["hidden"],
+        "intermediate_size": s["mlp"], "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv_heads"], "hidden_act": "silu", "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "use_sliding_window": False, "vocab_size": s["vocab"], "bos_token_id": s["bos"], "eos_token_id": s["eos"],
+    }
+
+
+CONFIGS = {"llada": llada_config, "dream": dream_config, "qwen2-ar": qwen2_config}
+
+
 def tensor_shapes(shape: str) -> list[tuple[str, list[int]]]:
-    """(name, shape) of every tensor, in the official names."""
+    """(name, shape) of every tensor, in the official names (Dream's are Qwen2's)."""
     s = SHAPES[shape]
     h, m, v, kv = s["hidden"], s["mlp"], s["vocab"], s["kv_heads"] * (s["hidden"] // s["heads"])
     if shape == "llada":
@@ -103,7 +121,7 @@ def write_tokenizer(folder: Path, shape: str) -> None:
     from transformers import PreTrainedTokenizerFast
 
     s = SHAPES[shape]
-    size = s["mask"] + 1 if shape == "dream" else s["vocab"]  # Dream's tokenizer ends at its mask id
+    size = s["mask"] + 1 if shape != "llada" else s["vocab"]  # Dream's tokenizer ends at its mask id
     names = {s["eos"]: "<|eot|>", s["mask"]: "<|mask|>", s["bos"]: "<|bos|>", 0: "<unk>"}
     vocab = {names.get(i, f"w{i}"): i for i in range(size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -115,12 +133,13 @@ def write_tokenizer(folder: Path, shape: str) -> None:
     fast.save_pretrained(folder)
 
 
-def build(folder: Path, shape: str, seed: int = 0) -> int:
-    """Write the checkpoint shard by shard; returns the weights' bytes."""
+def build(folder: Path, shape: str, seed: int = 0, device: str = "cpu") -> int:
+    """Write the checkpoint shard by shard; returns the weights' bytes. `device`: where the
+    random numbers are drawn (a GPU draws 8B of them in seconds; the CPU takes minutes)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = llada_config(SHAPES[shape]) if shape == "llada" else dream_config(SHAPES[shape])
+    config = CONFIGS[shape](SHAPES[shape])
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(folder, shape)
     tensors, shards = tensor_shapes(shape), SHAPES[shape]["shards"]
@@ -131,7 +150,7 @@ def build(folder: Path, shape: str, seed: int = 0) -> int:
             groups.append([])
         groups[-1].append((name, t))
         size += 2 * math.prod(t)
-    weight_map, generator = {}, torch.Generator().manual_seed(seed)
+    weight_map, generator = {}, torch.Generator(device).manual_seed(seed)
     for k, group in enumerate(groups, 1):
         file = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
         shard = {}
@@ -139,7 +158,8 @@ def build(folder: Path, shape: str, seed: int = 0) -> int:
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 shard[name] = torch.ones(t, dtype=torch.bfloat16)
             else:  # 0.02: the official init_std; bf16 filled in place, no float32 copy
-                shard[name] = torch.empty(t, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=generator)
+                shard[name] = torch.empty(t, dtype=torch.bfloat16, device=device).normal_(
+                    0.0, 0.02, generator=generator).cpu()
             weight_map[name] = file
         save_file(shard, str(folder / file), metadata={"format": "pt"})
         del shard
@@ -179,17 +199,26 @@ def measure(folder: Path, columns: list[int], repeats: int, new_tokens: int) -> 
     from d3llm.models.tokenizer import prompt_ids
 
     weights = json.loads((folder / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    for shard in folder.glob("*.safetensors"):  # out of the page cache (this file's pages only): a cold load
+        fd = os.open(shard, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
     started = time.perf_counter()
     lm = load_model(folder, device="cpu", dtype="bfloat16")
     result = {"weights_bytes": weights, "load_s": time.perf_counter() - started,
               "rss_after_load_bytes": _status_kib("VmRSS") * 1024, "threads": torch.get_num_threads(),
               "parameters": lm.model.num_parameters(), "family": lm.facts.family}
+    started = time.perf_counter()
+    with torch.no_grad():  # the weights are memory-mapped: the first forward reads them from disk
+        lm.model(torch.randint(5, 1000, (1, 1)))
+    result["first_forward_s"] = time.perf_counter() - started
     result["s_per_forward"] = {w: seconds_per_forward(lm.model, w, repeats) for w in columns}
     result["kv_bytes_per_token"] = kv_bytes_per_token(lm.model)
     prompt = prompt_ids(lm.tokenizer, " ".join(f"w{i}" for i in range(100, 116)))
     result["decode"] = {}
-    for method in ("d3llm", "d3llm-cache"):
-        config = preset(method, max_new_tokens=new_tokens, block_size=new_tokens)
+    for method in ("d3llm", "d3llm-cache") if lm.facts.family != "ar" else ("ar",):
+        sizes = {} if method == "ar" else {"block_size": new_tokens}
+        config = preset(method, max_new_tokens=new_tokens, **sizes)
         started = time.perf_counter()
         out = generate(lm.model, [prompt], config, lm.tokenizer.pad_token_id)
         result["decode"][method] = {"seconds": time.perf_counter() - started, "nfe": out.nfe,
@@ -205,7 +234,8 @@ def table(r: dict, shape: str) -> str:
             f"| weights (bf16) | {r['weights_bytes'] / gib:.2f} GiB |",
             f"| peak RSS (VmHWM) | {r['peak_rss_bytes'] / gib:.2f} GiB = {r['peak_rss_bytes'] / r['weights_bytes']:.3f}x weights |",
             f"| RSS after load | {r['rss_after_load_bytes'] / gib:.2f} GiB |",
-            f"| load_model | {r['load_s']:.1f} s |"]
+            f"| load_model (weights memory-mapped, read on use) | {r['load_s']:.1f} s |",
+            f"| first forward, 1 column (reads the weights from disk, page cache dropped) | {r['first_forward_s']:.1f} s |"]
     rows += [f"| one forward, {w} column(s) | {s:.2f} s |" for w, s in r["s_per_forward"].items()]
     rows.append(f"| KV cache per token | {r['kv_bytes_per_token'] / 1024:.0f} KiB |")
     for method, d in r["decode"].items():
