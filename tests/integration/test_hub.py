@@ -212,3 +212,14 @@ def _limits():
     from d3llm.serve.service import Limits
 
     return Limits(None, 64, 64)
+
+
+def test_the_server_names_a_hub_model_by_its_id(offline_cache):
+    from d3llm.models import load_model
+    from d3llm.serve import create_app
+
+    app = create_app(load_model("toy-org/toy-llada@main", device="cpu"))
+    try:
+        assert app.state.service.model_id == "toy-org/toy-llada"
+    finally:
+        app.state.service.scheduler.close()
