@@ -223,3 +223,14 @@ def test_the_server_names_a_hub_model_by_its_id(offline_cache):
         assert app.state.service.model_id == "toy-org/toy-llada"
     finally:
         app.state.service.scheduler.close()
+
+
+def test_lm_eval_model_args_take_a_hub_id_and_its_recipe(tmp_path, monkeypatch, official):
+    from d3llm.eval.lm_eval_adapter import D3llmLM
+
+    add_to_hub_cache(tmp_path / "hub", "d3LLM/d3LLM_LLaDA", official)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = D3llmLM(model="d3LLM/d3LLM_LLaDA", device="cpu")
+    assert (model.config.method, model.config.threshold, model.config.block_size) == ("d3llm", 0.5, 32)
+    assert D3llmLM(model="d3LLM/d3LLM_LLaDA", method="vanilla", device="cpu").config.method == "vanilla"
