@@ -155,10 +155,11 @@ def import_official(source: str, out: str | Path, teacher: str, chunk_size: int 
         raise OfficialFormatError(f"{source}: the dataset has no rows")
     first = next(batches)
     canvas = len(first["final_output"][0]) - len(first["prompt_ids"][0])
+    name = _task_name(source)
     manifest = {
         "format": store.FORMAT, "version": store.VERSION, "teacher": str(teacher),
         "teacher_fingerprint": store.fingerprint(folder), "tokenizer_fingerprint": store.tokenizer_fingerprint(tokenizer),
-        "family": facts.family, "work": {"tasks": {_task_name(source): total}, "split": "train", "seed": 0},
+        "family": facts.family, "work": {"tasks": {name: total}, "split": "train", "seed": 0},
         "num_records": total, "chunk_size": chunk_size,
         "decode_config": {"max_new_tokens": canvas, "method": "imported", "tokens_per_step": 1},
         "imported_from": {"source": str(source), "format": "d3llm-official", "targets": "teacher responses"},
@@ -169,7 +170,7 @@ def import_official(source: str, out: str | Path, teacher: str, chunk_size: int 
     for batch in _chain(first, batches):
         for i in range(len(batch["idx"])):
             if not store.chunk_path(out, chunk).is_file():
-                rows.append(_record(batch, i, done, canvas, facts.mask_token_id))
+                rows.append(_record(batch, i, done, canvas, facts.mask_token_id, name))
             done += 1
             if done % chunk_size == 0 or done == total:
                 if rows:
@@ -190,14 +191,14 @@ def _task_name(source: str) -> str:
     return Path(source.split("@")[0].rstrip("/")).name or "imported"
 
 
-def _record(batch: dict, i: int, index: int, canvas: int, mask_id: int) -> dict:
+def _record(batch: dict, i: int, index: int, canvas: int, mask_id: int, task: str) -> dict:
     prompt, final, idx = list(batch["prompt_ids"][i]), list(batch["final_output"][i]), batch["idx"][i]
     if len(final) - len(prompt) != canvas:
         raise OfficialFormatError(f"row idx={idx}: response of {len(final) - len(prompt)} ids, the first row's has "
                                   f"{canvas}; d3llm trajectories share one canvas length")
     rank = rank_from_snapshots(prompt, batch["trajectory"][i], final, mask_id, idx)
     response = final[len(prompt):]
-    return {"index": index, "task": "imported", "prompt_ids": prompt, "final_ids": response,
+    return {"index": index, "task": task, "prompt_ids": prompt, "final_ids": response,
             "target_ids": response, "rank": rank, "correct": bool(batch["is_correct"][i])}
 
 
