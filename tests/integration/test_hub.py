@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,9 @@ def test_every_published_entry_is_a_valid_decode_recipe_for_its_family():
     assert published("tiny-teacher") is None and published("org/unknown") is None
 
 
-def test_models_published_lists_the_table(monkeypatch, capsys):
+def test_models_published_lists_the_table(monkeypatch, capsys, tmp_path, official):
+    add_to_hub_cache(tmp_path / "hub", "d3LLM/d3LLM_Dream", official)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     code, out, err = run_cli(monkeypatch, capsys, "models", "--published")
     assert code == 0, err
     rows = {line.split()[0]: line.split()[1:4] for line in out.splitlines()[1:] if "/" in line.split()[0]}
@@ -190,6 +193,9 @@ def test_models_published_lists_the_table(monkeypatch, capsys):
     assert rows["GSAI-ML/LLaDA-8B-Instruct"] == ["llada", "8.02B", "vanilla"]
     assert rows["Efficient-Large-Model/Fast_dLLM_v2_7B"] == ["block", "7.62B", "fast-dllm-v2"]
     assert {"d3LLM/d3LLM_Dream", "d3LLM/d3LLM_Dream_Coder", "Dream-org/Dream-v0-Instruct-7B"} <= set(rows)
+    cells = [re.split(r"\s{2,}", line) for line in out.splitlines()[1:] if "/" in line.split()[0]]
+    cached = {row[0]: row[5] for row in cells}
+    assert cached["d3LLM/d3LLM_Dream"] == "yes" and cached["d3LLM/d3LLM_LLaDA"] == "no"
 
 
 def test_the_server_defaults_to_a_published_recipe(tmp_path, monkeypatch, official):

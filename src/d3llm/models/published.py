@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from d3llm.models.hub import parse_hub_id
+from d3llm.models.hub import cache_dir, parse_hub_id
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,17 @@ def published(name: str | None) -> PublishedModel | None:
     return next((m for m in PUBLISHED if m.repo_id.lower() == hub_id.repo_id.lower()), None)
 
 
+def is_cached(repo_id: str) -> bool:
+    """Whether the hub cache (HF_HOME / HF_HUB_CACHE) holds a snapshot of `repo_id`."""
+    snapshots = cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
 def published_table() -> str:
     """`d3llm models --published`: one aligned row per entry."""
-    header = ("hub id", "family", "params", "default method", "settings", "what")
-    rows = [header, *[(m.repo_id, m.family, f"{m.parameters / 1e9:.2f}B", m.method, m.settings_text(), m.note)
-                      for m in PUBLISHED]]
+    header = ("hub id", "family", "params", "default method", "settings", "cached", "what")
+    rows = [header, *[(m.repo_id, m.family, f"{m.parameters / 1e9:.2f}B", m.method, m.settings_text(),
+                       "yes" if is_cached(m.repo_id) else "no", m.note) for m in PUBLISHED]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
     return "\n".join(lines + ["Load any of them with --model HUB_ID (downloaded into the Hugging Face cache); "
