@@ -131,6 +131,14 @@ def test_only_config_weights_and_tokenizer_files_are_fetched(monkeypatch, tmp_pa
         assert fetched(wanted), wanted
     for unwanted in ("modeling_llada.py", "configuration_llada.py", "pytorch_model.bin", "README.md", "train.pt"):
         assert not fetched(unwanted), unwanted
+    # a dataset: save_to_disk folders or Parquet files, not the raw per-GPU JSON parts
+    hub.snapshot("d3LLM/trajectory_data_llada_32", repo_type="dataset", what="dataset")
+    assert seen["repo_type"] == "dataset"
+    for wanted in ("data/train-00000-of-00004.parquet", "trajectory_dataset/data-00000-of-00003.arrow",
+                   "trajectory_dataset/state.json", "trajectory_dataset/dataset_info.json"):
+        assert fetched(wanted), wanted
+    for unwanted in ("trajectory_part_0.json", "README.md", "d3llm_generate.py"):
+        assert not fetched(unwanted), unwanted
 
 
 def test_published_checkpoints_decode_with_their_papers_settings(tmp_path, monkeypatch, official, capsys):

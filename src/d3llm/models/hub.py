@@ -37,8 +37,9 @@ MODEL_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "provenance.json",
 )
-# A dataset repo: `save_to_disk` folders (arrow + json) or Parquet exports, and their cards.
-DATASET_FILES = ("*.arrow", "*.json", "*.parquet", "**/*.arrow", "**/*.json", "**/*.parquet")
+# A dataset repo: `save_to_disk` folders (arrow files and their json records) or Parquet files, at any
+# depth (huggingface_hub matches patterns with fnmatch, whose `*` spans folders).
+DATASET_FILES = ("*.arrow", "*.parquet", "*dataset_info.json", "*state.json", "*dataset_dict.json")
 
 # Hub repo names: letters, digits, `-`, `_`, `.` (huggingface_hub's own rule, without `--`/`..`);
 # a revision is a branch, tag or commit (no spaces, no `..`).
@@ -88,9 +89,9 @@ def cache_dir() -> Path:
 
 def snapshot(hub_id: HubId | str, repo_type: str = "model", what: str = "model") -> Path:
     """The local folder of `hub_id` (downloaded into the hub cache unless already there)."""
-    hub_id = parse_hub_id(hub_id) if isinstance(hub_id, str) else hub_id
+    given, hub_id = hub_id, parse_hub_id(hub_id) if isinstance(hub_id, str) else hub_id
     if hub_id is None:
-        raise ModelLoadError(f"not a Hugging Face hub id (ORG/NAME[@REVISION]): {hub_id!r}")
+        raise ModelLoadError(f"not a Hugging Face hub id (ORG/NAME[@REVISION]): {given!r}")
     offline, where = _offline(), cache_dir()
     try:
         folder = snapshot_download(
@@ -110,8 +111,8 @@ def snapshot(hub_id: HubId | str, repo_type: str = "model", what: str = "model")
         why = ("its cached copy is incomplete" if incomplete else "it is not in the Hugging Face cache")
         how = ("HF_HUB_OFFLINE is set: unset it (or download it on a machine with network, "
                f"`hf download {hub_id.repo_id}`, and copy {where})" if offline else
-               "and the Hub cannot be reached: check the network, or set HF_HOME / HF_HUB_CACHE to a cache "
-               "that holds it")
+               "the Hub cannot be reached: check the network, or set HF_HOME / HF_HUB_CACHE to a cache that "
+               "holds it")
         raise ModelLoadError(f"{what} {hub_id}: {why} ({where}); {how}") from None
     except HfHubHTTPError as exc:
         raise ModelLoadError(f"{what} {hub_id}: the Hugging Face Hub answered "
