@@ -248,3 +248,21 @@ def test_lm_eval_model_args_take_a_hub_id_and_its_recipe(tmp_path, monkeypatch, 
     model = D3llmLM(model="d3LLM/d3LLM_LLaDA", device="cpu")
     assert (model.config.method, model.config.threshold, model.config.block_size) == ("d3llm", 0.5, 32)
     assert D3llmLM(model="d3LLM/d3LLM_LLaDA", method="vanilla", device="cpu").config.method == "vanilla"
+
+
+def test_a_real_process_by_hub_id_offline(tmp_path, official):
+    """In a fresh process (what libraries log to the real stderr is seen): a cached id decodes
+    with no warning, an uncached one is one line, exit 2."""
+    import subprocess
+    import sys
+
+    add_to_hub_cache(tmp_path / "hub", "toy-org/toy-llada", official)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "error::FutureWarning"}
+    base = [sys.executable, "-m", "d3llm.cli", "generate", "--device", "cpu", "--max-new-tokens", "16", "hi"]
+    done = subprocess.run([*base, "--model", "toy-org/toy-llada"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = subprocess.run([*base, "--model", "toy-org/elsewhere"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "toy-org/elsewhere" in done.stderr
