@@ -175,3 +175,17 @@ def test_a_dataset_of_another_format_is_one_line(tmp_path, monkeypatch, capsys, 
     code, _, err = run_cli(monkeypatch, capsys, "trajectories", "export", tmp_path / "x", "--format", "jsonl",
                            "--out", tmp_path / "y")
     assert code == 2 and "`--format` must be d3llm-official" in err
+
+
+def test_an_import_from_parquet_files(tmp_path, teacher, theirs):
+    """The Hub serves datasets as Parquet files (data/train-*.parquet): the same rows come in."""
+    from d3llm.trajectory.official import import_official
+
+    _, columns, orders = theirs
+    data = datasets.Dataset.from_dict(columns)
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    data.select(range(5)).to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00002.parquet"))
+    data.select(range(5, 12)).to_parquet(str(tmp_path / "repo" / "data" / "train-00001-of-00002.parquet"))
+    import_official(str(tmp_path / "repo"), tmp_path / "traj", str(teacher), chunk_size=4)
+    rows, _ = store.load(tmp_path / "traj", keep="all")
+    assert [r["rank"] for r in rows] == orders and [r["correct"] for r in rows] == columns["is_correct"]
