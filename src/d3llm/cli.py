@@ -664,7 +664,8 @@ def chat(
     if max_new_tokens is not None and max_new_tokens < 1:
         _fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
     lm = _load(model, device, dtype)
-    canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
+    recipe = (lm.recipe or (None, {}))[1]  # a published checkpoint's canvas, else every preset's
+    canvas = max_new_tokens if max_new_tokens is not None else recipe.get("max_new_tokens", DecodeConfig.max_new_tokens)
     with ChatSession(lm, method, canvas, **parse_overrides(settings)) as session:
         repl(session)
 
