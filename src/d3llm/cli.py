@@ -268,16 +268,16 @@ def trajectories_import(
 def trajectories_export(
     folder: Annotated[Path, typer.Argument(help="Trajectory folder (d3llm trajectories or import).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty folder for the dataset.")],
-    format: Annotated[str, typer.Option("--format", help="d3llm-official: the authors' save_to_disk dataset.")] = (
+    fmt: Annotated[str, typer.Option("--format", help="d3llm-official: the authors' save_to_disk dataset.")] = (
         "d3llm-official"),
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
-        "Model whose tokenizer decodes the texts (default: the folder's teacher).")) ] = None,
+        "Model whose tokenizer decodes the texts (default: the folder's teacher)."))] = None,
 ) -> None:
     """Write a trajectory folder in the d3LLM authors' format (one snapshot per step)."""
     from d3llm.trajectory.official import export_official
 
-    if format != "d3llm-official":
-        _fail(f"`--format` must be d3llm-official, got {format!r}")
+    if fmt != "d3llm-official":
+        _fail(f"`--format` must be d3llm-official, got {fmt!r}")
     _out_folder(out)
     typer.echo(f"dataset written to {export_official(folder, out, teacher)}")
 

@@ -146,7 +146,7 @@ def import_official(source: str, out: str | Path, teacher: str, chunk_size: int 
     for `teacher` (the model that rolled them out; its mask id reads the snapshots, and
     `d3llm distill --teacher` must be the same). Run again, it finishes a killed import."""
     if chunk_size < 1:
-        raise D3llmError(f"`chunk_size` must be >= 1, got {chunk_size}")
+        raise D3llmError(f"`chunk_size` (--chunk-size) must be >= 1, got {chunk_size}")
     out = Path(out)
     folder, facts, tokenizer = _teacher(teacher)
     src = source_folder(source)
