@@ -40,6 +40,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+from tqdm import tqdm
 from datasets.utils import logging as ds_logging
 from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -141,10 +142,11 @@ def _teacher(teacher: str):
     return folder, facts, load_tokenizer(folder)
 
 
-def import_official(source: str, out: str | Path, teacher: str, chunk_size: int = 1024) -> Path:
+def import_official(source: str, out: str | Path, teacher: str, chunk_size: int = 1024, progress: bool = True) -> Path:
     """Convert the authors' dataset `source` (folder or hub id) into a trajectory folder `out`
     for `teacher` (the model that rolled them out; its mask id reads the snapshots, and
-    `d3llm distill --teacher` must be the same). Run again, it finishes a killed import."""
+    `d3llm distill --teacher` must be the same). Run again, it finishes a killed import.
+    `progress`: a progress bar on stderr, as `d3llm trajectories` rollouts show."""
     if chunk_size < 1:
         raise D3llmError(f"`chunk_size` (--chunk-size) must be >= 1, got {chunk_size}")
     out = Path(out)
@@ -167,7 +169,9 @@ def import_official(source: str, out: str | Path, teacher: str, chunk_size: int 
     }
     store.write_manifest(out, manifest)
     rows, chunk, done = [], 0, 0
+    bar = tqdm(total=total, unit="row", desc="importing trajectories", disable=not progress)
     for batch in _chain(first, batches):
+        bar.update(len(batch["idx"]))
         for i in range(len(batch["idx"])):
             if not store.chunk_path(out, chunk).is_file():
                 rows.append(_record(batch, i, done, canvas, facts.mask_token_id, name))
@@ -176,6 +180,7 @@ def import_official(source: str, out: str | Path, teacher: str, chunk_size: int 
                 if rows:
                     store.write_chunk(out, chunk, rows)
                 rows, chunk = [], chunk + 1
+    bar.close()
     merged = store.merge(out)
     log.info("imported %d trajectories (%d correct) into %s", merged.num_rows,
              sum(merged.column("correct").to_pylist()), out)
