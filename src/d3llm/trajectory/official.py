@@ -216,15 +216,19 @@ def export_official(folder: str | Path, out: str | Path, teacher: str | None = N
     folder, out = Path(folder), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise D3llmError(f"--out {out} exists and is not an empty folder; choose a new one (nothing was written)")
-    rows, manifest = store.load(folder, keep="all")
+    manifest = store.read_manifest(folder)
+    if not (folder / store.MERGED).is_file():
+        store.merge(folder)  # errors name the missing chunks
+    table = store.read_table(folder / store.MERGED, manifest["num_records"])  # Arrow: compact, read in batches
     _, facts, tokenizer = _teacher(teacher or manifest["teacher"])
     if store.tokenizer_fingerprint(tokenizer) != manifest["tokenizer_fingerprint"]:
         raise D3llmError(f"{folder} was made with another tokenizer than {teacher or manifest['teacher']}'s")
     problems = _problems(manifest)
 
     def generate():
-        for row in rows:
-            yield _official_row(row, problems.get(row["index"]), tokenizer, facts.mask_token_id)
+        for batch in table.to_batches(max_chunksize=BATCH):
+            for row in batch.to_pylist():
+                yield _official_row(row, problems.get(row["index"]), tokenizer, facts.mask_token_id)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
