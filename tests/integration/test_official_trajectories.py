@@ -189,3 +189,21 @@ def test_an_import_from_parquet_files(tmp_path, teacher, theirs):
     import_official(str(tmp_path / "repo"), tmp_path / "traj", str(teacher), chunk_size=4)
     rows, _ = store.load(tmp_path / "traj", keep="all")
     assert [r["rank"] for r in rows] == orders and [r["correct"] for r in rows] == columns["is_correct"]
+
+
+def test_teacher_by_hub_id_for_import_and_distill(tmp_path, monkeypatch, capsys, teacher, theirs):
+    """`--teacher ORG/NAME` (and so the recipe's init_from / tokenizer_from) through the hub cache."""
+    add_to_hub_cache(tmp_path / "hub", "toy-org/teacher", teacher)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "trajectories", "import", theirs[0], "--teacher", "toy-org/teacher",
+                           "--out", tmp_path / "traj")
+    assert code in (0, None), err
+    sets = ["steps=2", "batch_size=4", "threads=1", "save_every=2", "windows=[8]"]
+    code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", "toy-org/teacher", "--trajectories",
+                           tmp_path / "traj", "--out", tmp_path / "student", *[x for s in sets for x in ("--set", s)])
+    assert code in (0, None), err
+    provenance = json.loads((tmp_path / "student" / "provenance.json").read_text())
+    assert provenance["config"]["init_from"] == "toy-org/teacher"
+    # the snapshot (symlinks into blobs/) has the folder's fingerprint: an import by id distils by path too
+    assert store.read_manifest(tmp_path / "traj")["teacher_fingerprint"] == store.fingerprint(teacher)
