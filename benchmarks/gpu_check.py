@@ -89,7 +89,7 @@ def check(shape: str, work: Path, tpf: float) -> dict:
     row["cached_s"] = {w: cached_forward_seconds(lm.model, 256, w) for w in (1, 32, 64)}
     row["full_512_s"] = full_forward_seconds(lm.model, 512)
     with torch.no_grad():
-        cache = lm.model(torch.randint(5, 1000, (1, 64), device="cuda"), use_cache=True).past_key_values
+        cache = lm.model(torch.randint(5, 1000, (1, 64), device=lm.model.device), use_cache=True).past_key_values
     row["kv_bytes_per_token"] = sum(t.numel() * t.element_size() for layer in cache.layers
                                     for t in (layer.keys, layer.values)) / cache.get_seq_length()
     if lm.facts.family == "ar":
