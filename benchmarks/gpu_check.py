@@ -9,9 +9,10 @@ TPF the bundled student measured (`--tpf`, default: results/tiny-d3llm-arith-d3l
 random weights commit about one token per forward, so the real decoders run only a few steps as
 a smoke check and the speed of a trained model is projected from the forward cost:
 
-    d3llm-cache tokens/s ~= TPF / (seconds of a 32-column cached forward)
+    d3llm-cache tokens/s ~= TPF / (seconds of a W-column cached forward), W = 32 and 64
 
-(the delayed cache forwards about one block of 32 columns per step; docs/method.md section 4).
+(with `forward_uncreated=false` a delayed-cache step forwards its active blocks, 32-64 columns;
+with the default, the rest of the canvas: docs/method.md section 4, docs/benchmarks.md).
 A benchmark, not a test: it asserts nothing.
 """
 
@@ -96,7 +97,7 @@ def check(shape: str, work: Path, tpf: float) -> dict:
         row["tokens_per_s"] = {"ar": 1 / row["cached_s"][1]}
         row["smoke"] = [smoke_decode(lm, "ar")]
     else:
-        row["tokens_per_s"] = {f"d3llm-cache at TPF {tpf:.2f}": tpf / row["cached_s"][32]}
+        row["tokens_per_s"] = {f"d3llm-cache at TPF {tpf:.2f}, {w} col": tpf / row["cached_s"][w] for w in (32, 64)}
         row["smoke"] = [smoke_decode(lm, m) for m in ("d3llm", "d3llm-cache")]
     row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     del lm
