@@ -51,7 +51,7 @@ def generate(
     if not batch or any(not p.strip() for p in batch):
         raise D3llmError("`prompts` must be one or more non-empty strings")
     fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    config = resolve_config(method, lm.facts.family, **fixed, **settings)  # a setting the method ignores is an error
+    config = resolve_config(method, lm.facts.family, lm.recipe, **fixed, **settings)  # a setting the method ignores is an error
     out = decode(lm.model, [prompt_ids(lm.tokenizer, p) for p in batch], config, lm.tokenizer.pad_token_id)
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True) for ids in out.sequences]
     return GenerateResult(texts, out)

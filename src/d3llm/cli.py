@@ -93,7 +93,7 @@ def _torch_dtype(name: str):
 
 
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
-MODEL_HELP = "Bundled model name (see `d3llm models`) or model folder."
+MODEL_HELP = "Bundled model name (see `d3llm models`), model folder, or Hugging Face hub id ORG/NAME[@REVISION]."
 METHOD_HELP = "Decode preset (default: d3llm for LLaDA/Dream-style, d3llm-block for block models, ar for AR models)."
 CANVAS_HELP = "Response length (canvas). [default: the preset's max_new_tokens, 64]"
 # One spelling of --device / --dtype for every command that loads a model (vLLM and SGLang's).
@@ -122,19 +122,20 @@ def _one_model(positional: str | None, option: str | None) -> str:
     if positional is not None and option is not None and positional != option:
         raise D3llmError(f"MODEL given twice ({positional!r} and --model {option!r}); give one")
     if positional is None and option is None:
-        raise D3llmError("Missing MODEL: give a bundled name or a model folder, e.g. tiny-d3llm "
+        raise D3llmError("Missing MODEL: give a bundled name, a model folder or a hub id, e.g. tiny-d3llm "
                          "(or --model tiny-d3llm)")
     return positional or option
 
 
 def _decode_config(method: str | None, family: str, max_new_tokens: int | None, settings: list[str],
-                   **options):
-    """The decode config of --method, the first-class options (--threshold, ...; None: not
-    given) and --set NAME=VALUE (which wins, as the most specific)."""
+                   recipe: tuple[str, dict] | None = None, **options):
+    """The decode config of --method (None: the model's published `recipe`, else the family's
+    default), the first-class options (--threshold, ...; None: not given) and --set NAME=VALUE
+    (which wins, as the most specific)."""
     from d3llm.decode.config import parse_overrides, resolve_config
 
     fixed = {k: v for k, v in {"max_new_tokens": max_new_tokens, **options}.items() if v is not None}
-    return resolve_config(method, family, **{**fixed, **parse_overrides(settings)})  # --set wins
+    return resolve_config(method, family, recipe, **{**fixed, **parse_overrides(settings)})  # --set wins
 
 
 def _prompt_text(prompt: str) -> str:
@@ -176,7 +177,7 @@ def generate(
 
     prompt = _prompt_text(prompt)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, lm.recipe, temperature=temperature,
                             threshold=threshold, block_size=block_size)
     ids = prompt_ids(lm.tokenizer, prompt)
     shown = [""]
@@ -241,11 +242,20 @@ def _key_values(items: list[str], what: str) -> dict:
     return out
 
 
-@app.command()
+trajectories_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None,
+                                context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(trajectories_app, name="trajectories")
+
+
+@trajectories_app.callback()
 def trajectories(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM: bundled name or folder.")],
-    tasks: Annotated[list[str], typer.Option("--task", help="TASK=N problems (repeatable), e.g. arith=2000.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
+    ctx: typer.Context,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+        "Teacher dLLM: bundled name, folder or hub id ORG/NAME. [required]"))] = None,
+    tasks: Annotated[list[str], typer.Option("--task", help=(
+        "TASK=N problems (repeatable), e.g. arith=2000. [required]"))] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
+        "Trajectory folder (run again to resume). [required]"))] = None,
     split: Annotated[str, typer.Option(help="Split the prompts come from.")] = "train",
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Response canvas.")] = 64,
@@ -258,10 +268,17 @@ def trajectories(
 ) -> None:
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
-    when all chunks are done they are merged."""
+    when all chunks are done they are merged. `import` / `export` convert the d3LLM authors'
+    trajectory datasets (docs/distillation.md)."""
     from d3llm.progress import progress_bar
     from d3llm.trajectory.rollout import run
 
+    if ctx.invoked_subcommand is not None:
+        return
+    for option, value in (("--teacher", teacher), ("--task", tasks), ("--out", out)):
+        if not value:
+            raise D3llmError(f"Missing option '{option}' (rollouts need --teacher, --task and --out; "
+                             "or `d3llm trajectories import|export`)")
     _out_folder(out)
     where, precision = _placement(device, dtype)
     counts = {}
@@ -273,6 +290,41 @@ def trajectories(
         folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens, block_size=block_size,
                      chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision, progress=bar.phase)
     typer.echo(f"trajectories in {folder}")
+
+
+@trajectories_app.command("import")
+def trajectories_import(
+    source: Annotated[str, typer.Argument(help="The authors' dataset: a save_to_disk folder, Parquet files, or a "
+                                               "hub dataset id such as d3LLM/trajectory_data_llada_32.")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="The model that rolled them out (its mask id and "
+                                         "tokenizer; distil with the same --teacher).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
+    chunk_size: Annotated[int, typer.Option(help="Rows per chunk file (the unit of resume).")] = 1024,
+) -> None:
+    """Convert the d3LLM authors' trajectories (snapshots after every step) into rank vectors;
+    their is_correct becomes `correct`, which `d3llm distill` keeps by default."""
+    from d3llm.trajectory.official import import_official
+
+    _out_folder(out)
+    typer.echo(f"trajectories in {import_official(source, out, teacher, chunk_size=chunk_size)}")
+
+
+@trajectories_app.command("export")
+def trajectories_export(
+    folder: Annotated[Path, typer.Argument(help="Trajectory folder (d3llm trajectories or import).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty folder for the dataset.")],
+    fmt: Annotated[str, typer.Option("--format", help="d3llm-official: the authors' save_to_disk dataset.")] = (
+        "d3llm-official"),
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+        "Model whose tokenizer decodes the texts (default: the folder's teacher)."))] = None,
+) -> None:
+    """Write a trajectory folder in the d3LLM authors' format (one snapshot per step)."""
+    from d3llm.trajectory.official import export_official
+
+    if fmt != "d3llm-official":
+        _fail(f"`--format` must be d3llm-official, got {fmt!r}")
+    _out_folder(out)
+    typer.echo(f"dataset written to {export_official(folder, out, teacher)}")
 
 
 @app.command()
@@ -363,7 +415,7 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = _load(model, device, dtype)
-    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, temperature=temperature,
+    config = _decode_config(method, lm.facts.family, max_new_tokens, settings, lm.recipe, temperature=temperature,
                             threshold=threshold, block_size=block_size)
     samples: list[dict] | None = [] if log_samples else None
     results = []
@@ -671,7 +723,8 @@ def chat(
     if interactive:
         typer.echo(f"loading {model} ...", err=True)  # at once: loading takes seconds
     lm = _load(model, device, dtype)
-    canvas = max_new_tokens if max_new_tokens is not None else DecodeConfig.max_new_tokens  # every preset's
+    recipe = (lm.recipe or (None, {}))[1]  # a published checkpoint's canvas, else every preset's
+    canvas = max_new_tokens if max_new_tokens is not None else recipe.get("max_new_tokens", DecodeConfig.max_new_tokens)
     with ChatSession(lm, method, canvas, history=history, **overrides) as session:
         if interactive:
             typer.echo(banner(session), err=True)
@@ -681,6 +734,9 @@ def chat(
 @app.command()
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    published: Annotated[bool, typer.Option("--published", help=(
+        "List the published checkpoints d3llm loads by hub id instead (family, parameters, the method and "
+        "settings their papers decoded with, which commands use unless --method is given)."))] = False,
 ) -> None:
     """List the bundled models: family, parameters, the method commands decode with unless
     --method is given, the block size they decode in unless `--set block_size` is given, and
@@ -690,6 +746,11 @@ def models(
 
     from d3llm.models.catalog import bundled_models, describe, models_table  # no torch: fast
 
+    if published:
+        from d3llm.models.published import published_models, published_table
+
+        typer.echo(json.dumps([asdict(m) for m in published_models()], indent=2) if as_json else published_table())
+        return
     summaries = [describe(path, name) for name, path in bundled_models().items()]
     if as_json:
         typer.echo(json.dumps([{**asdict(s), "path": str(s.path)} for s in summaries], indent=2))

@@ -107,7 +107,7 @@ def test_export_to_half_precision_and_official_layout(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("family", ["llada", "dream", "block"])
 def test_int8_export_halves_the_weights_and_predicts_like_the_source(tmp_path, tiny_tokenizer, family):
-    from d3llm.models.catalog import _parameters_from_weights
+    from d3llm.models.catalog import parameters_from_weights
     from d3llm.models.checkpoint import INT8_SCALE, export_model, read_tensors
 
     model = toy_model(family, vocab_size=len(tiny_tokenizer), **({"block_size": 4} if family == "block" else {}))
@@ -122,7 +122,7 @@ def test_int8_export_halves_the_weights_and_predicts_like_the_source(tmp_path, t
     stored = read_tensors(small)  # as loaded: floats, no scale tensors left
     assert not any(k.endswith(INT8_SCALE) for k in stored) and all(t.is_floating_point() for t in stored.values())
     assert json.loads((small / "config.json").read_text())["dtype"] == "float16"
-    assert _parameters_from_weights(small) == _parameters_from_weights(half)  # `d3llm models` counts no scales
+    assert parameters_from_weights(small) == parameters_from_weights(half)  # `d3llm models` counts no scales
     lm = load_model(small)
     x = torch.randint(3, 60, (4, 24))
     kwargs = {"block_start": 8} if family == "block" else {}

@@ -35,9 +35,9 @@ def test_generate_streams_the_same_answer(monkeypatch, capsys, model_dir, method
 
 def test_generate_errors(monkeypatch, capsys, model_dir, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", "no-such-model", "hi")
-    assert_one_line_error(code, err, "no bundled model or folder named 'no-such-model'")
+    assert_one_line_error(code, err, "no bundled model, folder or hub id (ORG/NAME) named 'no-such-model'")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", tmp_path / "missing", "hi")
-    assert_one_line_error(code, err, "no bundled model or folder named")
+    assert_one_line_error(code, err, "no bundled model, folder or hub id (ORG/NAME) named")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "   ")
     assert_one_line_error(code, err, "the prompt is empty")
     code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", model_dir, "word " * 200)
@@ -79,7 +79,7 @@ def test_console_script_exits_cleanly_on_bad_model():
     """The installed entry point itself (a real process): one line, exit 2, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "d3llm.cli", "generate", "--model", "nope", "hi"],
                           capture_output=True, text=True, timeout=120)
-    assert_one_line_error(proc.returncode, proc.stderr, "no bundled model or folder named 'nope'")
+    assert_one_line_error(proc.returncode, proc.stderr, "no bundled model, folder or hub id (ORG/NAME) named 'nope'")
 
 
 def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, tmp_path):

@@ -20,7 +20,7 @@ def folder(tmp_path, tiny_tokenizer):
 
 
 def test_unknown_name_lists_bundled_models():
-    with pytest.raises(ModelLoadError, match="no bundled model or folder named 'nope'"):
+    with pytest.raises(ModelLoadError, match=r"no bundled model, folder or hub id \(ORG/NAME\) named 'nope'"):
         load_model("nope")
     with pytest.raises(ModelLoadError, match="empty"):
         load_model("  ")

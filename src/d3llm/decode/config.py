@@ -296,15 +296,21 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
     return problems
 
 
-def resolve_config(method: str | None, family: str, /, **overrides) -> DecodeConfig:
+def resolve_config(method: str | None, family: str, /, recipe: tuple[str, dict] | None = None,
+                   **overrides) -> DecodeConfig:
     """The one way a user's decode settings become a `DecodeConfig` (the CLI, `d3llm.generate`,
-    the server and the lm-eval adapter use it): `method` (None: `default_method`) with
-    `overrides`, validated, for a model of `family`. A setting the method would ignore
+    the server and the lm-eval adapter use it): `method` (None: the model's `recipe`, a
+    (method, settings) pair such as a published checkpoint's, else `default_method`) with
+    `overrides` on top, validated, for a model of `family`. A setting the method would ignore
     (`refresh_interval` without the delayed cache, `threshold` with topk, anything but
-    max_new_tokens / temperature / seed with `ar`) is an error, not silently dropped."""
+    max_new_tokens / temperature / seed with `ar`) is an error, not silently dropped; the
+    recipe's own settings apply only when the user names no method."""
     if "method" in overrides:
         raise DecodeSettingError("`method` is not a setting: name the method itself (--method)", "method")
-    config = preset(method or default_method(family))
+    if method is None and recipe is not None:
+        config = preset(recipe[0], **recipe[1])
+    else:
+        config = preset(method or default_method(family))
     try:
         config = config.override(**overrides)
     except D3llmError as exc:  # a bad value: name the setting it is about

@@ -69,7 +69,7 @@ class D3llmLM(LM):
         self.lm = load_model(model, dtype=torch_dtype, device=device)
         fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         # every setting is checked (and one the method would ignore refused) before the first forward
-        self.config = resolve_config(method, self.lm.facts.family, **settings, **fixed)
+        self.config = resolve_config(method, self.lm.facts.family, self.lm.recipe, **settings, **fixed)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.chat = chat

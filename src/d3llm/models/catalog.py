@@ -62,17 +62,20 @@ def _read(file: Path) -> dict:
 INT8_SCALE = ".d3llm_int8_scale"
 
 
-def _parameters_from_weights(folder: Path) -> int | None:
+def parameters_from_weights(folder: Path) -> int | None:
     """Parameter count from the safetensors headers (shapes only; no tensor data is read)."""
     total, files = 0, sorted(folder.glob("*.safetensors"))
     for file in files:
         try:
             with file.open("rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        except (OSError, ValueError):
+                length = int.from_bytes(f.read(8), "little")
+                if length > file.stat().st_size:  # a damaged file: the loader says so
+                    return None
+                header = json.loads(f.read(length))
+            total += sum(math.prod(v["shape"]) for k, v in header.items()
+                         if k != "__metadata__" and not k.endswith(INT8_SCALE))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
-        total += sum(math.prod(v["shape"]) for k, v in header.items()
-                     if k != "__metadata__" and not k.endswith(INT8_SCALE))
     return total or None
 
 
@@ -86,7 +89,7 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     family = config.get("d3llm_family") or {"llama": "ar", "qwen2": "ar"}.get(model_type, model_type)
     # = d3llm.decode.config.default_method and validation_method (no torch here; a test checks)
     default_method = {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")
-    parameters = provenance.get("parameters") or _parameters_from_weights(folder)
+    parameters = provenance.get("parameters") or parameters_from_weights(folder)
     final = provenance.get("final_validation") or {}
     validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()
                   if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import INT8_SCALE
@@ -60,11 +60,11 @@ def weight_files(folder: Path) -> list[Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelLoadError(f"{index} has no 'weight_map' (a mapping of tensor names to shard files)")
-        inside = folder.resolve()
         for name in set(weight_map.values()):
             if not isinstance(name, str) or not name:
                 raise ModelLoadError(f"{index}: 'weight_map' values must be shard file names, got {name!r}")
-            if Path(name).is_absolute() or inside not in (folder / name).resolve().parents:
+            # judged by the name, not by where a symlink points: a hub cache's shards are links into blobs/
+            if Path(name).is_absolute() or os.path.normpath(name).split(os.sep)[0] == "..":
                 raise ModelLoadError(f"{index}: shard {name!r} lies outside the model folder; refused")
         files = sorted({folder / name for name in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
@@ -132,8 +132,9 @@ def _expected_shapes(net: PreTrainedModel) -> dict[str, torch.Size]:
     return shapes
 
 
-def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """The transformers network stored in `folder`, in any supported layout."""
+def load_config(folder: str | Path) -> tuple[PretrainedConfig, Layout]:
+    """The transformers config of the model in `folder` (any supported layout), checked, and
+    its layout; no weights are read (`ModelFacts.from_config` gives its facts)."""
     folder = Path(folder)
     raw = read_json(folder / "config.json")
     layout = detect_layout(raw)
@@ -145,6 +146,13 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         except Exception as exc:  # transformers' strict config checks raise their own error types
             raise ModelLoadError(f"{folder / 'config.json'}: a value is not valid ({' '.join(str(exc).split())})") from None
         check_config(config, folder / "config.json")
+    return config, layout
+
+
+def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The transformers network stored in `folder`, in any supported layout."""
+    folder = Path(folder)
+    config, layout = load_config(folder)
     tensors = _renamed(read_tensors(folder), layout, folder)
     with torch.device("meta"):
         net = network_class(config)(config)

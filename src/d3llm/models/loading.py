@@ -1,8 +1,9 @@
-"""Resolve a model by bundled name or folder, and load it with its tokenizer.
+"""Resolve a model by bundled name, folder or hub id, and load it with its tokenizer.
 
     from d3llm.models import load_model
     lm = load_model("tiny-teacher")          # bundled, ships in the package; best device, its dtype
     lm = load_model("/ckpt/LLaDA-8B-Instruct", device="cuda:1", dtype="bfloat16")
+    lm = load_model("d3LLM/d3LLM_LLaDA")     # Hugging Face hub id (ORG/NAME[@REVISION]), d3llm.models.hub
     lm.model(input_ids).logits; lm.tokenizer; lm.facts
 
 `resolve_device_dtype` is the one place `device` / `dtype` choices ("auto", "cuda:1",
@@ -23,9 +24,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from d3llm.errors import D3llmError, ModelLoadError
-from d3llm.models.catalog import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported)
+from d3llm.models.catalog import BUNDLED_DIR, bundled_models, parameters_from_weights  # noqa: F401  (re-exported)
 from d3llm.models.checkpoint import load_network, read_json
+from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
+from d3llm.models.published import PublishedModel, published
 from d3llm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -100,10 +103,12 @@ def resolve_device_dtype(
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """The folder of a bundled name or a path; a clear error otherwise."""
+    """The folder of a bundled name, a path, or a Hugging Face hub id `ORG/NAME[@REVISION]`
+    (its snapshot in the hub cache, downloaded if needed; d3llm.models.hub), in that order: an
+    existing folder wins over a hub id of the same spelling. A clear error otherwise."""
     text = str(name_or_path)
     if not text.strip():
-        raise ModelLoadError("`model` is empty; give a bundled name or a folder path")
+        raise ModelLoadError("`model` is empty; give a bundled name, a folder path or a hub id (ORG/NAME)")
     bundled = bundled_models()
     if text in bundled:
         return bundled[text]
@@ -114,8 +119,14 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     if path.exists():
         raise ModelLoadError(f"{path} is a file; give the model's folder")
+    hub_id = parse_hub_id(text) if not isinstance(name_or_path, Path) else None
+    if hub_id is not None:
+        folder = snapshot(hub_id)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model {hub_id}: the repo has no config.json (not a model d3llm can load)")
+        return folder
     names = ", ".join(bundled) or "none installed"
-    raise ModelLoadError(f"no bundled model or folder named {text!r} (bundled models: {names})")
+    raise ModelLoadError(f"no bundled model, folder or hub id (ORG/NAME) named {text!r} (bundled models: {names})")
 
 
 @dataclass
@@ -130,6 +141,21 @@ class LoadedModel:
     @property
     def facts(self) -> ModelFacts:
         return self.model.facts
+
+    @property
+    def published(self) -> PublishedModel | None:
+        """The published checkpoint this is (by the hub id it was named by, or its hub-cache
+        folder), with the decode settings its paper used; None for other models."""
+        return published(self.name) or published(hub_id_of_folder(self.path))
+
+    @property
+    def recipe(self) -> tuple[str, dict] | None:
+        """(method, settings) this model decodes with unless a method is named (published
+        checkpoints; `d3llm.decode.config.resolve_config`'s `recipe`); None: its family's default."""
+        entry = self.published
+        if entry is None or entry.family != self.facts.family:  # a repo we describe, loaded as another family
+            return None
+        return entry.method, dict(entry.settings)
 
     def provenance(self) -> dict:
         """provenance.json of a bundled or trained model ({} when absent)."""
@@ -147,15 +173,47 @@ def _check_tokenizer(facts: ModelFacts, tokenizer: PreTrainedTokenizerBase, fold
             )
 
 
+def _mem_available() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fitting_dtype(folder: Path, device: torch.device, dtype: torch.dtype, auto: bool) -> torch.dtype:
+    """float32 on a CPU holds 4 bytes a parameter in private memory: an 8B bf16 checkpoint becomes
+    32 GB. When that exceeds 90% of the available memory, "auto" takes bfloat16 instead (the
+    weights then stay in the file's pages: docs/benchmarks.md, real size) and an explicit
+    float32 is refused before anything is read, rather than killed by the kernel halfway."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return dtype
+    params, available = parameters_from_weights(folder), _mem_available()
+    if not params or available is None or 4 * params <= 0.9 * available:
+        return dtype
+    if auto:
+        log.info("%s: %.2fB parameters do not fit in float32 (%.1f GiB available): loading in bfloat16",
+                 folder, params / 1e9, available / 2**30)
+        return torch.bfloat16
+    raise ModelLoadError(f"`dtype` float32: {folder} holds {params / 1e9:.2f}B parameters, {4 * params / 2**30:.1f} GiB "
+                         f"in float32, more than the {available / 2**30:.1f} GiB of memory available; use bfloat16")
+
+
 def load_model(
     name_or_path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
 ) -> LoadedModel:
     """Load a bundled model by name, or a folder in our or an official layout, onto `device`
     in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU:
     exact, and the fastest for forwards of a few columns; bf16 pays from about 8 columns on a CPU
-    with bf16 instructions, docs/platform-notes.md)."""
+    with bf16 instructions, docs/platform-notes.md; a model too large for float32 in this
+    machine's memory loads in bfloat16 under "auto")."""
+    auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
+    dtype = _fitting_dtype(folder, device, dtype, auto)
     net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy
     model = DiffusionLM(net)
     tokenizer = load_tokenizer(folder)

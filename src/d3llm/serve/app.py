@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from d3llm import __version__
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
+from d3llm.models.hub import hub_id_of_folder
 from d3llm.serve.errors import BadRequest
 from d3llm.serve.metrics import ServerMetrics
 from d3llm.serve.protocol import (UNICODE_ERROR, ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body,
@@ -81,11 +82,13 @@ def create_app(
     """An app serving `lm`: requests decode with `default_method` (d3llm / ar by model) unless
     they name a `method`; up to `max_batch` waiting requests with the same settings decode
     together after waiting at most `max_wait_ms`; more than `max_queue` waiting requests are
-    refused (503). `model_id` (default: the model's folder name) is the name clients use.
+    refused (503). `model_id` (default: the model's hub id, else its folder name) is the name clients use.
     A throughput line is logged every `log_interval_s` while requests run."""
     scheduler = Scheduler(lm.model, lm.tokenizer.pad_token_id, max_batch, max_wait_ms, max_queue)
     limits = Limits(max_prompt_tokens, max_tokens_limit, default_max_tokens)
-    service = ModelService(lm, scheduler, default_method, limits, model_id or Path(lm.name).name or lm.name)
+    # a model from the hub cache is served under its hub id (ORG/NAME), as vLLM and SGLang do
+    served = hub_id_of_folder(lm.path) or Path(lm.name).name or lm.name
+    service = ModelService(lm, scheduler, default_method, limits, model_id or served)
     stats = _Throughput(scheduler)
     metrics = ServerMetrics(scheduler)
 

@@ -57,7 +57,9 @@ class ModelService:
     def __init__(self, lm: LoadedModel, scheduler: Scheduler, default_method: str | None, limits: Limits,
                  model_id: str):
         self.lm, self.scheduler, self.limits, self.model_id = lm, scheduler, limits, model_id
-        self.default_method = default_method or model_default(lm.facts.family)
+        # a server default named by the user wins over the model's own recipe (published checkpoints)
+        self.recipe = (default_method, {}) if default_method else lm.recipe
+        self.default_method = self.recipe[0] if self.recipe else model_default(lm.facts.family)
         self.decode_config()  # a default method that cannot decode this model fails at start
 
     def decode_config(self, method: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
@@ -84,7 +86,7 @@ class ModelService:
         if threshold is not None:
             overrides["threshold"] = threshold
         try:
-            return resolve_config(method or self.default_method, self.lm.facts.family,
+            return resolve_config(method, self.lm.facts.family, self.recipe or (self.default_method, {}),
                                   **{**overrides, **(settings or {})})
         except DecodeSettingError as exc:
             if exc.setting == "method":

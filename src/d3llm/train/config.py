@@ -15,6 +15,7 @@ See `configs/*.yaml` for the bundled models' recipes. The `distill:` section is
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -121,6 +122,11 @@ class TrainConfig:
     eval_method: str | None = None  # validation decode preset (None: vanilla, or ar for AR models)
     distill: DistillSettings | None = None  # set: distil `init_from` (the teacher) from trajectories
     objective: DiffusionObjective = field(default_factory=DiffusionObjective)  # diffusion families
+    # --- at scale (docs/distillation.md, "At scale"); the defaults are the CPU's exact float32 ---
+    precision: str = "float32"  # bfloat16: weights loaded in bf16 and the Trainer's bf16 autocast (the authors')
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: memory for time
+    gradient_accumulation_steps: int = 1  # batches summed per optimizer step (the authors': 4)
+    deepspeed: str | None = None  # a DeepSpeed JSON (configs/deepspeed-zero{2,3}.json); needs the deepspeed package
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -160,6 +166,16 @@ class TrainConfig:
         if self.weight_decay < 0 or not self.max_grad_norm > 0:
             raise D3llmError(f"`weight_decay` must be >= 0 and `max_grad_norm` > 0, got {self.weight_decay} "
                              f"and {self.max_grad_norm}")
+        if self.precision not in PRECISIONS:
+            raise D3llmError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.gradient_accumulation_steps < 1:
+            raise D3llmError(f"`gradient_accumulation_steps` must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise D3llmError(f"`deepspeed` {self.deepspeed}: no such file (a DeepSpeed JSON, e.g. "
+                             "configs/deepspeed-zero2.json)")
+        if self.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+            raise D3llmError("`deepspeed` needs the deepspeed package (pip install deepspeed, on a GPU machine); "
+                             "without it, leave `deepspeed` null: torchrun / accelerate run plain data parallelism")
         if self.eval_method is not None and self.eval_method not in METHODS:
             raise D3llmError(f"`eval_method` must be one of {', '.join(METHODS)} or null, got {self.eval_method!r}")
 
@@ -197,6 +213,8 @@ class TrainConfig:
         """Plain JSON/YAML types (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+
+PRECISIONS = ("float32", "bfloat16")
 
 # The nested sections of a recipe: YAML mappings that become these dataclasses.
 SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": DistillSettings}

@@ -225,8 +225,12 @@ def distill_config(teacher: str, trajectories: str, recipe: dict | None = None, 
     manifest = store.read_manifest(Path(trajectories))
     family = read_json(resolve_model(teacher) / "config.json").get("d3llm_family", manifest["family"])
     raw = {"family": family, "eval_method": default_method(family),
-           "tasks": {t: 1.0 for t in manifest["work"]["tasks"]},
-           "gen_length": manifest["decode_config"]["max_new_tokens"], **(recipe or {})}
+           "gen_length": manifest["decode_config"]["max_new_tokens"]}
+    if "imported_from" in manifest:  # the authors' prompts (d3llm.trajectory.official): no task of ours to validate on
+        raw["eval_every"] = 0
+    else:
+        raw["tasks"] = {t: 1.0 for t in manifest["work"]["tasks"]}
+    raw.update(recipe or {})
     raw.update(init_from=teacher, tokenizer_from=teacher)
     if not isinstance(raw.get("distill") or {}, dict):
         raise D3llmError(f"distill recipe: `distill` must be a mapping of distill settings, got {raw['distill']!r}")

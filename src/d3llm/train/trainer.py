@@ -54,6 +54,7 @@ from d3llm.version import code_version
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # TrainConfig.precision -> weights
 STARTED_FROM = "started_from.json"
 
 
@@ -221,7 +222,7 @@ def tokenizer_for(config: TrainConfig, out: Path):
 def network_for(config: TrainConfig, tokenizer):
     """The recipe's starting network: `init_from` (adapted from AR if need be) or a new one."""
     if config.init_from:
-        net = load_network(resolve_model(config.init_from), dtype=torch.float32)
+        net = load_network(resolve_model(config.init_from), dtype=TRAIN_DTYPES[config.precision])
         if net.config.d3llm_family == "ar" and config.family == "block":
             net = ar_to_block(net, tokenizer.mask_token_id, _new_block_size(config))
         elif net.config.d3llm_family in ("ar", "block") and config.family in ("dream", "llada"):
@@ -315,6 +316,9 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), ddp_find_unused_parameters=False,
         **({"disable_tqdm": True} if progress else {}),  # the caller draws the one bar
+        bf16=config.precision == "bfloat16", activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings (LoRA) still get gradients
+        gradient_accumulation_steps=config.gradient_accumulation_steps, deepspeed=config.deepspeed,
     )
     clock = _Clock(out)
     validation = _ValidationCallback(config, net, tokenizer, out, clock, progress)
