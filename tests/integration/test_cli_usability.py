@@ -181,3 +181,19 @@ def test_sweep_refuses_points_without_recorded_settings(monkeypatch, capsys, toy
 def test_sweep_refuses_a_setting_both_swept_and_fixed(monkeypatch, capsys, toys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, *sweep_args(toys[0], tmp_path / "s", grid="block_size=4,8"))
     one_line_error(code, err, "block_size is both swept (--param) and fixed (--set)")
+
+
+def test_sweep_overwrite_recomputes_points_of_the_same_settings(monkeypatch, capsys, toys, tmp_path):
+    """--overwrite replaces the points even when the settings match (a rerun after a decoder
+    change must not read the old points back); without it they are resumed as they are."""
+    out = tmp_path / "sweep"
+    code, _, err = run_cli(monkeypatch, capsys, *sweep_args(toys[0], out))
+    assert code in (0, None), err
+    point = out / "point-000.json"
+    record = json.loads(point.read_text())
+    point.write_text(json.dumps({**record, "marker": "old"}))
+    run_cli(monkeypatch, capsys, *sweep_args(toys[0], out))
+    assert json.loads(point.read_text())["marker"] == "old"  # resumed
+    code, _, err = run_cli(monkeypatch, capsys, *sweep_args(toys[0], out, "--overwrite"))
+    assert code in (0, None), err
+    assert "marker" not in json.loads(point.read_text())

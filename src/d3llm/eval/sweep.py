@@ -112,7 +112,12 @@ def _existing(out: Path) -> list[Path]:
 
 
 def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
-    """Refuse (or with `overwrite`, clear) a folder whose sweep files have other settings."""
+    """Refuse a folder whose sweep files have other settings; `overwrite` clears it whatever it
+    holds (a rerun after a decoder change must not read back the old points)."""
+    if overwrite:
+        for stale in _existing(out):
+            stale.unlink()
+        return
     for file in _existing(out):
         if file.suffix == ".tmp":
             continue
@@ -124,10 +129,6 @@ def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
             old = {**old, "grid": _typed_record(old["grid"])}
         if old == settings:
             continue
-        if overwrite:
-            for stale in _existing(out):
-                stale.unlink()
-            return
         raise D3llmError(f"--out {out} holds a sweep with other settings ({file.name}: "
                          f"{_differences(old, settings)}); use --overwrite to replace it, or another --out")
 
