@@ -45,31 +45,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _writable_place(path: Path, option: str) -> None:
-    """The nearest existing folder above `path` must be a writable folder (not a file)."""
-    import os
-
-    for above in path.absolute().parents:
-        if above.exists():
-            if not above.is_dir():
-                raise D3llmError(f"{option} {path}: {above} is a file, not a folder; choose another {option}")
-            if not os.access(above, os.W_OK | os.X_OK):
-                raise D3llmError(f"{option} {path}: cannot write in {above} (permission denied)")
-            return
-
-
 def _out_folder(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be one, before any work is done."""
-    if path.exists() and not path.is_dir():
-        raise D3llmError(f"{option} {path} exists and is not a folder; choose another {option}")
-    _writable_place(path, option)
+    """Refuse an output folder that cannot be one or cannot be written, before any work is done."""
+    from d3llm.files import check_out_folder
+
+    check_out_folder(path, option)
 
 
-def _out_file(path: Path, option: str) -> None:
-    """Refuse an output file that cannot be written (a folder, or under a file), before any work."""
-    if path.is_dir():
-        raise D3llmError(f"{option} {path} is a folder; give a file path")
-    _writable_place(path, option)
+def _out_file(path: Path, option: str, overwrite: bool = False, ours=None) -> None:
+    """Refuse an output file that cannot be written, or that is a user's (not `ours`) unless
+    --overwrite, before any work."""
+    from d3llm.files import check_out_file
+
+    check_out_file(path, option, overwrite, ours)
+
+
+OVERWRITE_HELP = "Replace files in the output that this command did not write (without it, refuse)."
 
 
 def _check_alpha(alpha: float) -> None:
@@ -169,6 +160,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="Override `threads` (torch threads).")] = None,
     stop_at: Annotated[Optional[int], typer.Option(
         help="End at this step of the recipe (its schedule unchanged) and write that model.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
@@ -176,7 +168,8 @@ def train(
 
     _out_folder(out)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
-    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at)
+    folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at,
+                 overwrite=overwrite)
     typer.echo(f"model written to {folder}")
 
 
@@ -212,13 +205,16 @@ def trajectories(
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
     when all chunks are done they are merged."""
     from d3llm.trajectory.rollout import run
+    from d3llm.trajectory.store import claim_out
 
     _out_folder(out)
+    claim_out(out, overwrite)
     where, precision = _placement(device, dtype)
     counts = {}
     for name, n in _key_values(tasks, "--task").items():
@@ -239,6 +235,7 @@ def distill(
     settings: Annotated[list[str], typer.Option("--set", help="NAME=VALUE: a distill setting (masking=random, "
                                                  "progressive_noise=false, windows=[32], complementary=false, "
                                                  "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
     from d3llm.train.config import read_yaml_mapping
@@ -252,7 +249,7 @@ def distill(
             raise D3llmError(f"--config {config} not found")
         recipe = read_yaml_mapping(config, "--config")
     train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
-    folder = run(train_config, out, command=["d3llm", *sys.argv[1:]])
+    folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], overwrite=overwrite)
     typer.echo(f"student written to {folder}")
 
 
@@ -286,12 +283,15 @@ def eval_(
         "correct, the row's NFE and TPF)."))] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
     from rich.console import Console
     from rich.progress import Progress
 
+    from d3llm.eval.results import written_as_samples, written_by_eval
     from d3llm.eval.runner import clamp_n, evaluate
+    from d3llm.files import write_atomic
     from d3llm.tasks import get_task
     from d3llm.tasks.base import check_split
 
@@ -305,9 +305,9 @@ def eval_(
         _fail(f"--task {', '.join(tasks)}: two tasks share the name {max(names, key=names.count)!r} "
               "(their results would be indistinguishable); evaluate them in separate runs")
     for name in names if json_out else ():  # a result that cannot be written fails now, not after evaluating
-        _out_file(_per_task_json(json_out, name, len(names) > 1), "--json")
+        _out_file(_per_task_json(json_out, name, len(names) > 1), "--json", overwrite, written_by_eval)
     if log_samples:
-        _out_file(log_samples, "--log-samples")
+        _out_file(log_samples, "--log-samples", overwrite, written_as_samples)
     split = check_split(split)
     counts = {}
     for the_task in the_tasks:
@@ -329,12 +329,12 @@ def eval_(
         if json_out:
             path = _per_task_json(json_out, result.task, len(results) > 1)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result.to_dict(), indent=2))
+            write_atomic(path, json.dumps(result.to_dict(), indent=2))
         typer.echo(f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
                    f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
     if log_samples:
         log_samples.parent.mkdir(parents=True, exist_ok=True)
-        log_samples.write_text("".join(json.dumps(record) + "\n" for record in samples))
+        write_atomic(log_samples, "".join(json.dumps(record) + "\n" for record in samples))
         typer.echo(f"{len(samples)} samples written to {log_samples}", err=True)
 
 
@@ -522,14 +522,16 @@ def leaderboard(
                                               "different n, seed or split.")] = False,
     alpha: Annotated[float, typer.Option(help="AUP weight steepness (the authors' 3).")] = 3.0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw accuracy-vs-TPF and AUP PNGs.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Compare results by task and (model, method): accuracy, TPF, tokens/s and AUP as
     Markdown, JSON and plots; prints the Markdown."""
     from d3llm.eval.leaderboard import build_leaderboard, load_results
-    from d3llm.eval.report import write_leaderboard
+    from d3llm.eval.report import claim_out, write_leaderboard
 
     _check_alpha(alpha)
     _out_folder(out)
+    claim_out(out, overwrite)
     board = build_leaderboard(load_results(results), allow_mixed=allow_mixed, alpha=alpha)
     files = write_leaderboard(board, out, plots=plots)
     typer.echo(board.to_markdown())

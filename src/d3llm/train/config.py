@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from d3llm import files
 from d3llm.decode.config import METHODS
 from d3llm.errors import D3llmError
 from d3llm.models.lm import FAMILIES
@@ -202,31 +202,15 @@ class TrainConfig:
 SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": DistillSettings}
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: `5e-5` is a number (PyYAML's YAML 1.1 rules read it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
-               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF|nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
 def load_yaml(text: str):
-    """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5')."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5') and
+    aliases bounded (`d3llm.files.load_yaml`)."""
+    return files.load_yaml(text)
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that holds a mapping ({} when empty); every problem is a `D3llmError` naming the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise D3llmError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise D3llmError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    text = files.read_text(Path(path), what, max_bytes=1 << 20)  # a regular file (a FIFO would block), UTF-8
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:

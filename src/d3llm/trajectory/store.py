@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d3llm.errors import D3llmError
+from d3llm.files import claim_folder
 from d3llm.models.lm import FAMILIES
 
 FORMAT = "d3llm-trajectories"
@@ -77,6 +78,18 @@ def _write_atomically(path: Path, write) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def claim_out(folder: Path, overwrite: bool = False) -> None:
+    """Refuse (unless `overwrite`) a folder that holds a trajectory file name but no manifest of
+    ours: a user's trajectories.parquet is not replaced silently."""
+    def ours(path: Path) -> bool:
+        try:
+            return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return False
+
+    claim_folder(folder, "--out", overwrite, ours, (MANIFEST, MERGED, CHUNKS), "`d3llm trajectories`")
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
