@@ -210,6 +210,7 @@ def trajectories(
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
     when all chunks are done they are merged."""
+    from d3llm.tasks.base import check_count
     from d3llm.trajectory.rollout import run
     from d3llm.trajectory.store import claim_out
 
@@ -218,8 +219,7 @@ def trajectories(
     where, precision = _placement(device, dtype)
     counts = {}
     for name, n in _key_values(tasks, "--task").items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise D3llmError(f"--task {name}={n!r}: the count must be an integer >= 1")
+        check_count(n, f"--task {name}=N: N", low=1)
         counts[name.replace("_", "-")] = n
     folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens,
                  block_size=block_size, chunk_size=chunk_size, batch_size=batch_size, device=where, dtype=precision)
@@ -293,10 +293,9 @@ def eval_(
     from d3llm.eval.runner import clamp_n, evaluate
     from d3llm.files import write_atomic
     from d3llm.tasks import get_task
-    from d3llm.tasks.base import check_split
+    from d3llm.tasks.base import check_count, check_split
 
-    if n < 1:
-        _fail(f"`--n` must be >= 1 (problems per task), got {n}")
+    check_count(n, "`--n`", low=1)
     if batch_size < 1:
         _fail(f"`--batch-size` must be >= 1 (problems decoded together), got {batch_size}")
     the_tasks = [get_task(t) for t in dict.fromkeys(tasks)]  # unknown tasks fail before the model loads
@@ -372,8 +371,9 @@ def demo(
     from d3llm.eval.demo import run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
 
-    if n < 1:
-        _fail(f"`--n` must be >= 1 (test problems per task), got {n}")
+    from d3llm.tasks.base import check_count
+
+    check_count(n, "`--n`", low=1)
     _out_folder(out)
     where, precision = _placement(device, dtype)
     console = Console()
@@ -457,9 +457,11 @@ def sweep(
     from d3llm.eval.sweep import parse_grid, points_table, sweep as run_sweep
     from d3llm.tasks import get_task
 
-    for option, value in (("--n", n), ("--batch-size", batch_size)):
-        if value < 1:
-            _fail(f"`{option}` must be >= 1, got {value}")
+    from d3llm.tasks.base import check_count
+
+    check_count(n, "`--n`", low=1)
+    if batch_size < 1:
+        _fail(f"`--batch-size` must be >= 1, got {batch_size}")
     _out_folder(out)
     grid = parse_grid(params)
     fixed = parse_overrides(settings)

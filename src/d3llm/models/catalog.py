@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from d3llm.errors import D3llmError
+from d3llm.files import safetensors_header
+
 BUNDLED_DIR = Path(str(resources.files("d3llm"))) / "bundled"
 
 
@@ -67,12 +70,11 @@ def _parameters_from_weights(folder: Path) -> int | None:
     total, files = 0, sorted(folder.glob("*.safetensors"))
     for file in files:
         try:
-            with file.open("rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        except (OSError, ValueError):
+            header = safetensors_header(file)  # a header length past the end fails here, unallocated
+            total += sum(math.prod(v["shape"]) for k, v in header.items()
+                         if k != "__metadata__" and not k.endswith(INT8_SCALE))
+        except (D3llmError, TypeError, KeyError, ValueError):
             return None
-        total += sum(math.prod(v["shape"]) for k, v in header.items()
-                     if k != "__metadata__" and not k.endswith(INT8_SCALE))
     return total or None
 
 

@@ -12,6 +12,7 @@ config) is a `ModelLoadError` that names the file and the tensor.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from d3llm import files
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import INT8_SCALE
 from d3llm.models.layouts import (
@@ -40,14 +42,12 @@ SINGLE_FILE = "model.safetensors"
 
 def read_json(path: Path) -> dict:
     """A JSON file holding an object; every problem is a `ModelLoadError` naming the file."""
+    if not os.path.lexists(path):
+        raise ModelLoadError(f"{path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        data = files.read_json(path, max_bytes=256 << 20)  # regular files only: a FIFO would block
+    except D3llmError as exc:
+        raise ModelLoadError(str(exc)) from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, not a {type(data).__name__}")
     return data
@@ -146,6 +146,7 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
             raise ModelLoadError(f"{folder / 'config.json'}: a value is not valid ({' '.join(str(exc).split())})") from None
         check_config(config, folder / "config.json")
     tensors = _renamed(read_tensors(folder), layout, folder)
+    _check_config_against_weights(config, tensors, folder)  # before building: 100000 layers would take hours
     with torch.device("meta"):
         net = network_class(config)(config)
     _check_names_and_shapes(tensors, _expected_shapes(net), folder)
@@ -158,6 +159,23 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         net = net.to(dtype)
     net.config.dtype = next(net.parameters()).dtype
     return net.eval()
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_config_against_weights(config, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """The sizes config.json claims (layers, hidden size, vocabulary) match the weights held, so
+    a config that claims 100000 layers or a hidden size of 2**20 fails before anything is built."""
+    layers = {int(m.group(1)) for name in tensors if (m := _LAYER.match(name))}
+    claimed = getattr(config, "num_hidden_layers", None)
+    if claimed != len(layers):
+        raise ModelLoadError(f"{folder / 'config.json'} claims {claimed} layers but the weights hold {len(layers)}; "
+                             "the config does not belong to these weights")
+    embedding = tensors.get("model.embed_tokens.weight")
+    if embedding is not None and tuple(embedding.shape) != (config.vocab_size, config.hidden_size):
+        raise ModelLoadError(f"{folder / 'config.json'} claims a {config.vocab_size} x {config.hidden_size} embedding "
+                             f"but the weights hold {tuple(embedding.shape)}; the config does not belong to these weights")
 
 
 @contextlib.contextmanager
@@ -364,6 +382,7 @@ def export_model(
     if shards > tensors:
         raise D3llmError(f"`shards` must be at most the model's {tensors} tensors (one or more per file), got {shards}")
     ours = EXPORT_FILES | set(getattr(tokenizer, "vocab_files_names", {}).values())
+    _recover_leftovers(out)
     replaced = _files_to_replace(out, given, ours, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +430,23 @@ def _files_to_replace(out: Path, given: Path, ours, overwrite: bool) -> list[Pat
     if blocked:
         raise D3llmError(f"--out {given} holds a folder named {blocked[0]}, where export writes a file")
     return mine
+
+
+def _recover_leftovers(out: Path) -> None:
+    """An export killed midway leaves its hidden folders beside `out`: `.NAME.tmp-*` (the
+    unfinished export: removed) and `.NAME.old-*` (files it had moved aside: each one `out` lacks
+    is put back, so no file of the user is lost, then the folder is removed)."""
+    if not out.parent.is_dir():
+        return
+    for aside in sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*")):
+        if out.is_dir():
+            for path in sorted(aside.iterdir()):
+                if not (out / path.name).exists():
+                    path.rename(out / path.name)
+        if out.is_dir() or not any(aside.iterdir()):
+            shutil.rmtree(aside, ignore_errors=True)
+    for staging in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_place(staging: Path, out: Path, replaced: list[Path]) -> None:
