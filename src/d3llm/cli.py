@@ -295,6 +295,8 @@ def eval_(
     from d3llm.tasks import get_task
     from d3llm.tasks.base import check_count, check_split
 
+    if n < 1:
+        _fail(f"`--n` must be >= 1 (problems per task), got {n}")
     check_count(n, "`--n`", low=1)
     if batch_size < 1:
         _fail(f"`--batch-size` must be >= 1 (problems decoded together), got {batch_size}")

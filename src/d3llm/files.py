@@ -225,7 +225,7 @@ def read_json(path: Path, what: str | None = None, max_bytes: int = 64 << 20) ->
         return json.loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError and int-digit limits
         reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
-        raise D3llmError(f"{what or path}: {path} is not valid JSON ({reason})") from None
+        raise D3llmError(f"{what + ' ' if what else ''}{path} cannot be read as JSON (not valid JSON: {reason})") from None
 
 
 def first_json_line(path: Path) -> object:

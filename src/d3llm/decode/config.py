@@ -92,7 +92,7 @@ class DecodeConfig:
             if name == "block_size" and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_TOKENS:
-                raise D3llmError(f"`{name}` must be an integer in 1..{MAX_TOKENS}, got {value!r}")
+                raise D3llmError(f"`{name}` must be a positive integer, got {value!r} (at most {MAX_TOKENS})")
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("cache", self.cache, CACHE_POLICIES)
         _choice("forcing", self.forcing, ("block", "global"))
@@ -107,7 +107,7 @@ class DecodeConfig:
                 raise D3llmError(f"`{name}` must be in (0, 1], got {value}")
         if isinstance(self.cache_delay, bool) or not isinstance(self.cache_delay, int) \
                 or not 0 <= self.cache_delay <= MAX_TOKENS:
-            raise D3llmError(f"`cache_delay` must be an integer in 0..{MAX_TOKENS}, got {self.cache_delay!r}")
+            raise D3llmError(f"`cache_delay` must be >= 0 and at most {MAX_TOKENS}, got {self.cache_delay!r}")
         for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
@@ -116,7 +116,7 @@ class DecodeConfig:
                              "full forward fills: it needs `forward_uncreated` true")
         if self.refresh_interval is not None and (isinstance(self.refresh_interval, bool) or not isinstance(
                 self.refresh_interval, int) or not 1 <= self.refresh_interval <= MAX_TOKENS):
-            raise D3llmError(f"`refresh_interval` must be an integer in 1..{MAX_TOKENS} or None (off), "
+            raise D3llmError(f"`refresh_interval` must be >= 1 and at most {MAX_TOKENS}, or None (off), "
                              f"got {self.refresh_interval!r}")
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):  # NaN fails too
             raise D3llmError(f"`temperature` must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g} (below it "

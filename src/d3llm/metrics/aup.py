@@ -49,7 +49,7 @@ def check_points(points: Sequence[Point], where: str = "curve") -> list[Point]:
         except OverflowError:  # an int too large for a float
             raise D3llmError(f"{where}: a point must be [tpf, accuracy_pct] of sensible size, got {point!r}") from None
         if not 0 < rho <= MAX_TPF:
-            raise D3llmError(f"{where}: tokens per forward must be a number in (0, {MAX_TPF:g}], got {rho}")
+            raise D3llmError(f"{where}: tokens per forward must be a positive number at most {MAX_TPF:g}, got {rho}")
         if not 0 <= y <= 100:
             raise D3llmError(f"{where}: accuracy must be a percentage in 0..100, got {y}")
         out.append((rho, y))

@@ -27,8 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from d3llm import files
 from d3llm.errors import D3llmError, ModelLoadError
+from d3llm.files import read_json as read_json_file
 from d3llm.models.catalog import INT8_SCALE
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
@@ -45,7 +45,7 @@ def read_json(path: Path) -> dict:
     if not os.path.lexists(path):
         raise ModelLoadError(f"{path} not found")
     try:
-        data = files.read_json(path, max_bytes=256 << 20)  # regular files only: a FIFO would block
+        data = read_json_file(path, max_bytes=256 << 20)  # regular files only: a FIFO would block
     except D3llmError as exc:
         raise ModelLoadError(str(exc)) from None
     if not isinstance(data, dict):
@@ -165,17 +165,14 @@ _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _check_config_against_weights(config, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """The sizes config.json claims (layers, hidden size, vocabulary) match the weights held, so
-    a config that claims 100000 layers or a hidden size of 2**20 fails before anything is built."""
+    """A config.json that claims more layers than the weights hold fails before the network is
+    built (building 100000 layers, even on the meta device, takes hours); the other mismatches
+    are found by comparing names and shapes after building."""
     layers = {int(m.group(1)) for name in tensors if (m := _LAYER.match(name))}
-    claimed = getattr(config, "num_hidden_layers", None)
-    if claimed != len(layers):
-        raise ModelLoadError(f"{folder / 'config.json'} claims {claimed} layers but the weights hold {len(layers)}; "
-                             "the config does not belong to these weights")
-    embedding = tensors.get("model.embed_tokens.weight")
-    if embedding is not None and tuple(embedding.shape) != (config.vocab_size, config.hidden_size):
-        raise ModelLoadError(f"{folder / 'config.json'} claims a {config.vocab_size} x {config.hidden_size} embedding "
-                             f"but the weights hold {tuple(embedding.shape)}; the config does not belong to these weights")
+    claimed = getattr(config, "num_hidden_layers", 0)
+    if claimed > len(layers):
+        raise ModelLoadError(f"{folder / 'config.json'} claims {claimed} layers but the weights hold {len(layers)}: "
+                             "the config does not match the weights")
 
 
 @contextlib.contextmanager

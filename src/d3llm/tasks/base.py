@@ -62,7 +62,7 @@ MAX_PROBLEMS = 1_000_000
 def check_count(n: object, what: str = "`n`", low: int = 0) -> int:
     """`n` as a problem count in low..MAX_PROBLEMS, else a `TaskError` naming `what`."""
     if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= MAX_PROBLEMS:
-        raise TaskError(f"{what} must be an integer in {low}..{MAX_PROBLEMS} (problems), got {n!r}")
+        raise TaskError(f"{what} must be >= {low} and at most {MAX_PROBLEMS} (problems), got {n!r}")
     return n
 
 

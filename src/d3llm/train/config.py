@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from d3llm import files
 from d3llm.decode.config import METHODS
 from d3llm.errors import D3llmError
+from d3llm.files import load_yaml as load_bounded_yaml, read_text
 from d3llm.models.lm import FAMILIES
 from d3llm.tasks import get_task
 from d3llm.train.objectives import DiffusionObjective
@@ -205,12 +205,12 @@ SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": Dis
 def load_yaml(text: str):
     """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5') and
     aliases bounded (`d3llm.files.load_yaml`)."""
-    return files.load_yaml(text)
+    return load_bounded_yaml(text)
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that holds a mapping ({} when empty); every problem is a `D3llmError` naming the file."""
-    text = files.read_text(Path(path), what, max_bytes=1 << 20)  # a regular file (a FIFO would block), UTF-8
+    text = read_text(Path(path), what, max_bytes=1 << 20)  # a regular file (a FIFO would block), UTF-8
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:
