@@ -70,8 +70,18 @@ class DistillSettings:
         object.__setattr__(self, "windows", tuple(int(k) for k in self.windows))
 
 
+MAX_SHAPE = {"hidden_size": 1 << 14, "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024,
+             "intermediate_size": 1 << 16, "max_length": 1 << 20}
+# Every integer setting: far above any sensible value, so 99999999999999999999 is refused by name
+# before it reaches torch (overflow) or a loop (a hang).
+MAX_INT = 2**32
+
+
 @dataclass(frozen=True)
 class ModelShape:
+    """The network's shape for a model trained from scratch (each bound of MAX_SHAPE is above
+    LLaDA-8B's, and keeps a typo from asking for terabytes)."""
+
     hidden_size: int = 192
     num_layers: int = 6
     num_heads: int = 6
@@ -84,6 +94,8 @@ class ModelShape:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise D3llmError(f"`model.{name}` must be >= 1, got {value}")
+            if value is not None and value > MAX_SHAPE[name]:  # checked before anything is allocated
+                raise D3llmError(f"`model.{name}` must be at most {MAX_SHAPE[name]}, got {value}")
         if self.hidden_size % self.num_heads:
             raise D3llmError(f"`model.hidden_size` ({self.hidden_size}) must be divisible by `model.num_heads` "
                              f"({self.num_heads})")
@@ -229,7 +241,7 @@ def _type_ok(value: object, kind: str) -> bool:
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
     if kind == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "str" or kind.startswith("Literal"):
@@ -241,7 +253,7 @@ def _type_ok(value: object, kind: str) -> bool:
     return isinstance(value, dict)  # a nested section (model, objective, distill)
 
 
-_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
+_KINDS = {"bool": "true or false", "int": f"an integer of at most {MAX_INT}", "float": "a finite number", "str": "a string",
           "tuple[int, ...]": "a list of integers", "dict[str, float]": "a mapping of task names to weights"}
 
 
