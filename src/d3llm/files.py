@@ -248,7 +248,7 @@ def safetensors_header(path: Path) -> dict:
     one `D3llmError`, before anything is allocated for them."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:  # a FIFO: no block
             size = os.fstat(f.fileno()).st_size
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise D3llmError(f"{path} is not a regular file")
