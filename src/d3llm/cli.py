@@ -164,9 +164,10 @@ def train(
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
-    from d3llm.train.trainer import train as run
+    from d3llm.train.trainer import claim_out, train as run
 
     _out_folder(out)
+    claim_out(out, overwrite)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
     folder = run(TrainConfig.from_yaml(config, **overrides), out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at,
                  overwrite=overwrite)
@@ -240,9 +241,10 @@ def distill(
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
     from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
-    from d3llm.train.trainer import train as run
+    from d3llm.train.trainer import claim_out, train as run
 
     _out_folder(out)
+    claim_out(out, overwrite)
     recipe = {}
     if config is not None:
         if not config.is_file():
@@ -423,8 +425,9 @@ def export(
         _fail(f"`--layout` must be hf, llada or dream, got {layout!r}")
     if shards < 1:
         _fail(f"`--shards` must be >= 1, got {shards}")
-    if decode_block_size is not None and decode_block_size < 1:
-        _fail(f"`--decode-block-size` must be >= 1, got {decode_block_size}")
+    if decode_block_size is not None and not 1 <= decode_block_size <= 1 << 20:
+        _fail(f"`--decode-block-size` must be >= 1 and at most {1 << 20} (tokens), got {decode_block_size}")
+    _out_folder(out)
     try:
         folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards,
                               overwrite=overwrite, decode_block_size=decode_block_size)

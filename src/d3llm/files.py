@@ -299,6 +299,8 @@ def load_yaml(text: str):
         return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+    except ValueError as exc:  # an int of more than 4300 digits
+        raise yaml.YAMLError(" ".join(str(exc).split())) from None
 
 
 def _children(node) -> list:

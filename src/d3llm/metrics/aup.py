@@ -108,8 +108,7 @@ def read_table(path) -> dict:
         raise D3llmError(f"{path} is neither YAML nor JSON ({' '.join(str(exc).split())})") from None
     if not isinstance(table, dict) or not table or not all(isinstance(m, dict) for m in table.values()):
         raise D3llmError(f"{path} must map task -> method -> [[tpf, accuracy_pct], ...]")
-    keys = [k for m in table.values() for k in m] + list(table)
-    bad = next((k for k in keys if not isinstance(k, str)), None)
-    if bad is not None:  # YAML reads `2024-01-01:` as a date and `1:` as an int
-        raise D3llmError(f"{path}: task and method names must be text, got {bad!r} (quote it)")
+    bad = [k for k in [*table, *(k for m in table.values() for k in m)] if not isinstance(k, str)]
+    if bad:  # YAML reads `2024-01-01:` as a date, `1:` as an int and `~:` as null
+        raise D3llmError(f"{path}: task and method names must be text, got {bad[0]!r} (quote it)")
     return table

@@ -64,11 +64,27 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
     return fast
 
 
+def check_text(text: object, what: str) -> str:
+    """`text` as a Python str of valid Unicode: bytes that were not UTF-8 reach us from argv or a
+    terminal as lone surrogates (Python's surrogateescape), which no tokenizer can encode."""
+    if not isinstance(text, str):
+        raise D3llmError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise D3llmError(f"{what} is not valid UTF-8 text (at character {exc.start})") from None
+    return text
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a user message in the model's chat format, ready for the response.
 
     Uses the tokenizer's own chat template, so the same call serves our tiny models, LLaDA
     and Dream."""
+    check_text(prompt, "the prompt")
+    # transformers warns (once) about ids longer than model_max_length; the decode config check
+    # says it in one line with the numbers that matter (prompt + max_new_tokens), so mark it given.
+    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
     messages = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding

@@ -280,6 +280,13 @@ def _ddp_backend() -> str | None:
     return None
 
 
+def claim_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse (unless `overwrite`) an output folder holding files but no run of ours: the
+    trainer writes config.json, weights and tokenizer files there, which could be a user's."""
+    claim_folder(Path(out), "--out", overwrite, lambda folder: (folder / SAVED_CONFIG).is_file(), None,
+                 "`d3llm train`")
+
+
 def train(config: TrainConfig, out: str | Path, command: list[str] | None = None,
           stop_at: int | None = None, overwrite: bool = False) -> Path:
     """Train (or resume) into `out`; returns the folder of the final model. `stop_at`: end at
@@ -291,7 +298,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise D3llmError(f"--out {out} exists and is not a folder; use another --out")
-    claim_folder(out, "--out", overwrite, lambda folder: (folder / SAVED_CONFIG).is_file(), None, "`d3llm train`")
+    claim_out(out, overwrite)
     version = code_version()  # the code this process runs, read before anything can change it
     saved = out / SAVED_CONFIG
     if saved.is_file() and _recipe(_saved_config(saved)) != _recipe(config.to_dict()):

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d3llm.errors import D3llmError
-from d3llm.files import claim_folder
+from d3llm.files import claim_folder, read_json
 from d3llm.models.lm import FAMILIES
 
 FORMAT = "d3llm-trajectories"
@@ -114,9 +114,9 @@ def read_manifest(folder: Path) -> dict:
     if not file.is_file():
         raise TrajectoryError(f"{folder} has no {MANIFEST}: not a trajectory folder (made by `d3llm trajectories`)")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrajectoryError(f"{file} is not valid JSON ({exc})") from None
+        manifest = read_json(file, max_bytes=64 << 20)  # a regular file; deep nesting, long ints: one line
+    except D3llmError as exc:
+        raise TrajectoryError(str(exc)) from None
     if not isinstance(manifest, dict):
         raise TrajectoryError(f"{file} must hold a JSON object, not a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
