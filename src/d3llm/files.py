@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
@@ -115,18 +116,38 @@ def claim_folder(path: Path, option: str, overwrite: bool, ours: Callable[[Path]
     if overwrite or not path.is_dir() or ours(path):
         return
     wanted = None if names is None else set(names)
-    clashes = sorted(e.name for e in path.iterdir() if wanted is None or e.name in wanted)
+    clashes = sorted(e.name for e in path.iterdir()
+                     if (wanted is None or e.name in wanted) and not is_leftover(e.name))
     if clashes:
         listed = ", ".join(clashes[:3]) + (", ..." if len(clashes) > 3 else "")
         raise D3llmError(f"{option} {path} holds files {what} did not write ({listed}); pass --overwrite "
                          f"to replace them, or choose another {option}")
 
 
+TEMP_MARK = ".d3llm-tmp-"  # in the name of every temporary file or folder we write
+
+
+def is_leftover(name: str) -> bool:
+    """A temporary file or folder of ours, left by a kill before its rename."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete what a killed write left in `folder` (ours by name: `TEMP_MARK`)."""
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if is_leftover(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` so that a kill at any moment leaves the old file or the new one."""
+    """Write `data` to `path` so that a kill at any moment leaves the old file or the new one
+    (and at worst a temporary `.NAME.d3llm-tmp-*` beside it, which `remove_leftovers` clears)."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -156,11 +177,12 @@ def sync_folder(folder: Path) -> None:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Add one line to a small log file, atomically (the whole file is rewritten)."""
+    """Add one line to a small log file, atomically (the whole file is rewritten). A last line
+    without its newline was cut short by a crash (of a plain append): it is dropped."""
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    old = read_text(path) if path.is_file() else ""
     if old and not old.endswith("\n"):
-        old += "\n"
+        old = old[: old.rfind("\n") + 1]
     write_atomic(path, old + line.rstrip("\n") + "\n")
 
 

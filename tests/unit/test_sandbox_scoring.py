@@ -156,9 +156,9 @@ def test_no_leftovers_after_fifty_runs():
         return temp, _host_ipc()
 
     before = snapshot()
-    attacks = [HOOK_OFF + IPC_ATTACKS["shared_memory"], "open('f', 'wb').write(b'x' * (1 << 20))",
-               "while True:\n    pass", "import os\nos._exit(3)", "x = bytearray(8 << 30)"]
-    results = [run_python(attacks[i % len(attacks)], timeout_s=0.5) for i in range(50)]
+    attacks = [(HOOK_OFF + IPC_ATTACKS["shared_memory"], 5), ("open('f', 'wb').write(b'x' * (1 << 20))", 5),
+               ("while True:\n    pass", 0.5), ("import os\nos._exit(3)", 5), ("x = bytearray(8 << 30)", 5)]
+    results = [run_python(code, timeout_s=limit) for code, limit in (attacks[i % len(attacks)] for i in range(50))]
     assert sum(r.passed for r in results) == 10  # only the file writer exits 0
     assert snapshot() == before
 

@@ -49,7 +49,10 @@ from d3llm.decode import preset
 from d3llm.decode.config import validation_method
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
-from d3llm.files import append_line, claim_folder, read_json, read_jsonl, read_text, safetensors_header, write_atomic
+from d3llm.files import (
+    TEMP_MARK, append_line, claim_folder, read_json, read_jsonl, read_text, remove_leftovers, safetensors_header,
+    write_atomic,
+)
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
 from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
 from d3llm.models.lm import DECODE_BLOCK_KEY
@@ -299,6 +302,8 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     if out.exists() and not out.is_dir():
         raise D3llmError(f"--out {out} exists and is not a folder; use another --out")
     claim_out(out, overwrite)
+    if _is_first_process():
+        remove_leftovers(out)  # what a kill during a write left (ours by name)
     version = code_version()  # the code this process runs, read before anything can change it
     saved = out / SAVED_CONFIG
     if saved.is_file() and _recipe(_saved_config(saved)) != _recipe(config.to_dict()):
@@ -379,7 +384,7 @@ def _leave_process_group() -> None:
 def save_atomically(save, out: Path) -> None:
     """`save(folder)` (a `save_pretrained`) into a temporary folder beside `out`, then each file
     renamed into `out`: a kill leaves every file old or new, never cut short."""
-    staging = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=f".save{TEMP_MARK}", dir=out))
     try:
         save(staging)
         for file in sorted(staging.iterdir()):
