@@ -557,6 +557,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes; more is refused with "
+                                                     "413 before it is parsed.")] = 4 << 20,
     device: Device = "auto",
     dtype: Dtype = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error; info logs one line per "
@@ -578,7 +580,7 @@ def serve(
     if method is not None and method not in METHODS:
         raise D3llmError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     for option, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
-                          ("--max-tokens-limit", max_tokens_limit)):
+                          ("--max-tokens-limit", max_tokens_limit), ("--max-body-bytes", max_body_bytes)):
         if value < 1:
             raise D3llmError(f"{option} must be >= 1, got {value}")
     if not 0 <= max_wait_ms <= 60_000:  # NaN fails too
@@ -588,7 +590,7 @@ def serve(
     try:
         lm = _load(model, device, dtype)
         server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                            max_queue=max_queue, max_tokens_limit=max_tokens_limit)
+                            max_queue=max_queue, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes)
     except BaseException:
         sock.close()
         raise
