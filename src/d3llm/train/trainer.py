@@ -330,7 +330,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         write_atomic(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))  # first: the run's marker
         if not (out / STARTED_FROM).is_file() and last_complete_checkpoint(out / CHECKPOINTS) is None:
             _record_origin(config, out)  # read now: a bundled name may later mean another model
-        save_atomically(tokenizer.save_pretrained, out)
+        save_atomically(tokenizer.save_pretrained, out, last="tokenizer.json")  # what `tokenizer_for` looks for
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
         learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
@@ -366,7 +366,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
             final = validation.record(end)
         if trained is not net:  # LoRA: fold the adapters into the weights, save a plain model
             net = trained.merge_and_unload()
-        save_atomically(net.save_pretrained, out)
+        save_atomically(net.save_pretrained, out, last="model.safetensors")
         _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
     _leave_process_group()
     return out
@@ -381,13 +381,14 @@ def _leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def save_atomically(save, out: Path) -> None:
-    """`save(folder)` (a `save_pretrained`) into a temporary folder beside `out`, then each file
-    renamed into `out`: a kill leaves every file old or new, never cut short."""
+def save_atomically(save, out: Path, last: str) -> None:
+    """`save(folder)` (a `save_pretrained`) into a temporary folder inside `out`, then each file
+    written into `out` atomically, `last` at the end: a kill leaves every file old or new, never
+    cut short, and `last` (the file whose presence says the set is there) only once all are in."""
     staging = Path(tempfile.mkdtemp(prefix=f".save{TEMP_MARK}", dir=out))
     try:
         save(staging)
-        for file in sorted(staging.iterdir()):
+        for file in sorted(staging.iterdir(), key=lambda f: (f.name == last, f.name)):
             write_atomic(out / file.name, file.read_bytes())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
