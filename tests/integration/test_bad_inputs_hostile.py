@@ -309,3 +309,13 @@ def test_a_100_kb_prompt_is_one_line_without_a_library_warning():
                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "maximum length" in done.stderr, done.stderr
+
+
+def test_chat_says_a_message_of_invalid_utf8_in_one_line_and_goes_on():
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "d3llm.cli", "chat", "--model", "tiny-ar"],
+                          input=b"\xff\xfe bad\n", capture_output=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr and b"not valid UTF-8" in done.stderr, done.stderr
