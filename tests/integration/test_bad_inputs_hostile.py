@@ -225,6 +225,12 @@ for name, (model, files, expect) in {
     "weights-empty": (Model(), {"model/model.safetensors": b""}, "model.safetensors"),
 }.items():
     case(f"model-{name}", *MODEL_GEN, expect=expect, files=files, model=model)
+for name, template in {"raises": "{{ raise_exception('boom') }}", "does-not-parse": "{% for m in messages %}",
+                       "undefined-call": "{{ nosuch() }}"}.items():
+    for command in (MODEL_GEN, ("eval", "--model", "{tmp}/model", "--task", "arith", "--n", "1"),
+                    ("chat", "--model", "{tmp}/model")):
+        case(f"model-chat-template-{name}-{command[0]}", *command, expect="chat template",
+             files={"model/chat_template.jinja": template}, model=Model())
 case("model-models-listing-header-2-62", "eval", "--model", "{tmp}/model", "--task", "arith", "--n", "1",
      expect="model.safetensors", files={"model/model.safetensors": (2**62).to_bytes(8, "little")}, model=Model())
 
@@ -319,3 +325,17 @@ def test_chat_says_a_message_of_invalid_utf8_in_one_line_and_goes_on():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert b"Traceback" not in done.stderr and b"not valid UTF-8" in done.stderr, done.stderr
+
+
+def test_a_chat_template_that_loops_is_one_line_after_a_time_limit(tmp_path, toy_folder):  # noqa: F811
+    """10**10 iterations: refused when the model loads (the render runs in a thread with a time
+    limit), in a real process, which ends with it."""
+    import subprocess
+
+    _build_model(Model(), tmp_path, toy_folder)
+    (tmp_path / "model" / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    done = subprocess.run([sys.executable, "-m", "d3llm.cli", "generate", "--model", str(tmp_path / "model"), "hi"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "chat template did not finish" in done.stderr, done.stderr

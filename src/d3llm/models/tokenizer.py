@@ -15,6 +15,7 @@ chat template) and loads with `PreTrainedTokenizerFast`, like LLaDA's.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,16 +99,52 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     `tokenizer.json` (ours, LLaDA) loads as `PreTrainedTokenizerFast`; a vocab.json +
     merges.txt pair (Dream's Qwen2 BPE) loads as transformers' `Qwen2Tokenizer`.
     """
+    tokenizer = None
     try:
         if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             from transformers import Qwen2Tokenizer  # only Dream's tokenizer needs it
 
-            return Qwen2Tokenizer.from_pretrained(str(folder))
+            tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
     except Exception as exc:  # tokenizers raises plain Exceptions on bad files
         raise ModelLoadError(f"{folder}: the tokenizer files could not be read ({exc})") from None
-    raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    if tokenizer is None:
+        raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    check_chat_template(tokenizer, folder)
+    return tokenizer
+
+
+TEMPLATE_SECONDS = 5.0  # a chat template renders in milliseconds; one still running after this loops
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Render the model's chat template once on a one-line conversation, in a worker thread with
+    a time limit: a template that fails to parse, raises, or loops (10**10 iterations) is a
+    one-line `ModelLoadError` when the model loads, not a traceback or a hang later. (A looping
+    render cannot be stopped: its daemon thread spins until the process exits.)"""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    outcome: list = []
+
+    def render() -> None:
+        try:
+            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                          tokenize=False)
+            outcome.append(None)
+        except Exception as exc:  # jinja2's TemplateError and whatever the template raises
+            outcome.append(exc)
+
+    worker = threading.Thread(target=render, name="d3llm-chat-template-check", daemon=True)
+    worker.start()
+    worker.join(TEMPLATE_SECONDS)
+    if not outcome:
+        raise ModelLoadError(f"{folder}: the chat template did not finish rendering a one-line conversation in "
+                             f"{TEMPLATE_SECONDS:g} s (a loop?); fix chat_template")
+    if outcome[0] is not None:
+        reason = " ".join(str(outcome[0]).split())
+        raise ModelLoadError(f"{folder}: the chat template fails ({type(outcome[0]).__name__}: {reason}); "
+                             "fix chat_template")
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, problem: Problem, gen_length: int | None) -> dict:
