@@ -77,15 +77,20 @@ def check_text(text: object, what: str) -> str:
     return text
 
 
+def quiet_length_warning(tokenizer: PreTrainedTokenizerBase) -> None:
+    """transformers warns (once) about ids longer than `model_max_length`; our callers check the
+    length themselves and say it in one line with the numbers that matter (prompt +
+    max_new_tokens against the model's), so the warning is marked as given."""
+    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a user message in the model's chat format, ready for the response.
 
     Uses the tokenizer's own chat template, so the same call serves our tiny models, LLaDA
     and Dream."""
     check_text(prompt, "the prompt")
-    # transformers warns (once) about ids longer than model_max_length; the decode config check
-    # says it in one line with the numbers that matter (prompt + max_new_tokens), so mark it given.
-    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
+    quiet_length_warning(tokenizer)
     messages = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding

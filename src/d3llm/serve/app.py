@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
+from d3llm.models.tokenizer import quiet_length_warning
 from d3llm.serve.errors import BadRequest
 from d3llm.serve.protocol import (UNICODE_ERROR, ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body,
                                   error_body, finish_reason, new_id, response_body, usage, usage_chunk)
@@ -82,6 +83,7 @@ def create_app(
     more than `max_body_bytes` is refused (413) before it is read in full or parsed."""
     if max_body_bytes < 1:
         raise D3llmError(f"`max_body_bytes` must be >= 1, got {max_body_bytes}")
+    quiet_length_warning(lm.tokenizer)  # a long prompt is a 400 naming its length, not a log warning
     scheduler = Scheduler(lm.model, lm.tokenizer.pad_token_id, max_batch, max_wait_ms, max_queue)
     limits = Limits(max_prompt_tokens, max_tokens_limit, default_max_tokens)
     service = ModelService(lm, scheduler, default_method, limits, model_id or Path(lm.name).name or lm.name)
