@@ -94,11 +94,16 @@ def test_early_stop_fills_the_tail_with_eos():
     assert without.nfe == 4
 
 
-def test_forced_progress_commits_one_token_when_nothing_is_certain():
+def test_forced_progress_when_nothing_is_certain():
+    """Block forcing commits one token per forward; block+global (the LLaDA default) also the best
+    candidate anywhere, so a forward commits one token (the best is in the current block) or two."""
     model = toy_model("llada")
     config = preset("d3llm", threshold=1e-6, max_new_tokens=8, block_size=4, early_stop=False)
-    out = generate(model, [PROMPTS[0]], config, PAD)
-    assert out.nfe == 8 and sorted(out.trace[0].tolist()) == list(range(8))
+    block = generate(model, [PROMPTS[0]], config.override(forcing="block"), PAD)
+    assert block.nfe == 8 and sorted(block.trace[0].tolist()) == list(range(8))
+    both = generate(model, [PROMPTS[0]], config, PAD)
+    per_forward = torch.bincount(both.trace[0]).tolist()
+    assert set(per_forward) == {1, 2} and both.nfe == len(per_forward) < 8
 
 
 def test_streaming_prefix_only_grows_and_ends_at_the_answer():

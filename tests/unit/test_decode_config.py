@@ -49,7 +49,7 @@ def test_settings_that_apply_are_accepted():
     assert resolve_config("d3llm-cache", "llada", cache_uncreated=True).cache_uncreated is True
     assert resolve_config("fast-dllm", "dream", cache_uncreated=True).cache_uncreated is True
     assert resolve_config("vanilla", "llada", tokens_per_step=2, rank_by="entropy").tokens_per_step == 2
-    assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="global").threshold == 0.8
+    assert resolve_config("fast-dllm", "llada", threshold=0.8, forcing="block+global").threshold == 0.8
     assert resolve_config("ar", "ar", max_new_tokens=8, temperature=0.5, seed=3).seed == 3
     # a setting that changes what applies is read first: topk made explicit, then its step size
     assert resolve_config("d3llm", "llada", strategy="topk", tokens_per_step=2).strategy == "topk"
@@ -71,7 +71,7 @@ def test_settings_that_apply_are_accepted():
      "`cache_delay` has no effect with method 'fast-dllm' (cache prefix)"),
     ("vanilla", "llada", {"threshold": 0.3}, "threshold",
      "`threshold` has no effect with method 'vanilla' (strategy topk)"),
-    ("vanilla", "llada", {"forcing": "global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
+    ("vanilla", "llada", {"forcing": "block+global"}, "forcing", "`forcing` has no effect with method 'vanilla'"),
     ("d3llm", "llada", {"tokens_per_step": 4}, "tokens_per_step",
      "`tokens_per_step` has no effect with method 'd3llm' (strategy entropy)"),
     ("fast-dllm", "llada", {"rank_by": "entropy"}, "rank_by", "`rank_by` has no effect with method 'fast-dllm'"),
@@ -80,6 +80,8 @@ def test_settings_that_apply_are_accepted():
     ("ar", "ar", {"cache": "delayed"}, "cache", "`cache` has no effect with method 'ar'"),
     ("ar", "ar", {"block_size": 8}, "block_size", "`block_size` has no effect with method 'ar'"),
     ("ar", "ar", {"early_stop": False}, "early_stop", "`early_stop` has no effect with method 'ar'"),
+    ("dparallel", "llada", {"stale_candidates": False}, "stale_candidates",
+     "`stale_candidates` has no effect with method 'dparallel' (early_stop off): it concerns the columns early stop"),
 ])
 def test_settings_a_method_ignores_are_errors(method, family, settings, setting, message):
     with pytest.raises(DecodeSettingError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
@@ -112,3 +114,19 @@ def test_bad_names_and_values_name_the_setting():
     assert error.value.setting == "cache_uncreated"
     with pytest.raises(DecodeSettingError, match="`cache_uncreated` must be true or false, got 'yes'"):
         resolve_config("d3llm-cache", "llada", cache_uncreated="yes")
+
+
+def test_forcing_values_and_family_defaults():
+    """`forcing` left open becomes the authors' rule of the model's family (their LLaDA loop adds the
+    global best, their Dream loop does not); a named rule wins; other names are errors."""
+    from d3llm.decode.config import for_model
+
+    assert for_model(resolve_config("d3llm", "llada"), "llada", None).forcing == "block+global"
+    assert for_model(resolve_config("d3llm", "dream"), "dream", None).forcing == "block"
+    assert for_model(resolve_config("d3llm-block", "block"), "block", 8).forcing == "block"
+    assert for_model(resolve_config("d3llm", "llada", forcing="block"), "llada", None).forcing == "block"
+    with pytest.raises(DecodeSettingError, match="`forcing` must be one of block, block[+]global, got 'global'") as error:
+        resolve_config("d3llm", "llada", forcing="global")
+    assert error.value.setting == "forcing"
+    with pytest.raises(DecodeSettingError, match="`stale_candidates` must be true or false, got 1"):
+        resolve_config("d3llm", "llada", stale_candidates=1)

@@ -1,4 +1,4 @@
-"""`--device` / `--dtype` (issue 15): one resolution function for every entry point.
+"""`--device` / `--dtype`: one resolution function for every entry point.
 
 CUDA and MPS are simulated by monkeypatching torch's availability checks, so every branch
 runs on a CPU-only machine; nothing is moved to a device that is not there.

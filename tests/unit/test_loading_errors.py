@@ -104,3 +104,25 @@ def test_tokenizer_that_does_not_belong(folder, tmp_path):
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("key, official", [("layer_norm_type", "LayerNorm"), ("block_type", "sequential"),
+                                           ("activation_type", "swiglu"), ("rope", "False")])
+def test_llada_config_without_a_key_whose_official_default_we_do_not_run(key, official):
+    """A key left out takes the official code's default: where that is an architecture we do not
+    run, the config is refused by name instead of loaded as something else."""
+    from d3llm.models.layouts import llada_config, llada_raw_config
+
+    raw = llada_raw_config(toy_model("llada").config)
+    del raw[key]
+    with pytest.raises(ModelLoadError, match=rf"no `{key}`: the official code then uses .*{official}"):
+        llada_config(raw)
+
+
+def test_llada_config_follows_the_official_defaults_we_run():
+    from d3llm.models.layouts import llada_config, llada_raw_config
+
+    raw = llada_raw_config(toy_model("llada").config)
+    del raw["weight_tying"], raw["max_sequence_length"]
+    config = llada_config(raw)
+    assert config.tie_word_embeddings is True and config.max_position_embeddings == 1024

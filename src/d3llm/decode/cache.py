@@ -53,6 +53,7 @@ from transformers import DynamicCache
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.decode.state import DecodeState
+from d3llm.tensors import first_index
 
 Forwarded = tuple[torch.Tensor, torch.Tensor]  # logits (B, W, V), columns (B, W)
 
@@ -255,7 +256,7 @@ class _PrefixCache(_RowCached):
         start at column `first`."""
         width = kv.get_seq_length()
         held = torch.arange(width, device=target.device) < target.unsqueeze(1)
-        at = (target - first).clamp(max=logits.shape[1] - 1)  # a row cached whole is finished
+        at = (target - first).clamp(min=0, max=logits.shape[1] - 1)  # a row cached whole is finished
         boundary = logits[torch.arange(len(target), device=target.device), at]
         return _RowCache(kv, held & state.attention[:, :width].bool(), target, boundary)
 
@@ -268,29 +269,56 @@ class PrefixCache(_PrefixCache):
 
 
 class DelayedCache(_PrefixCache):
-    """d3LLM's cache: completed blocks enter after `cache_delay` iterations; a row refreshes while
-    any of its completed blocks waits, and every `refresh_interval` iterations."""
+    """d3LLM's cache, as the authors' `generate_multi_block_kv_cache` keeps it (docs/method.md
+    section 4). Blocks enter in order, the prompt first: a block is *seen* complete at the first
+    iteration where it is complete and the block before it is cached (`seen`), and enters the
+    cache `cache_delay` iterations after that, in the forward of that iteration, which runs from
+    the old cache end and keeps the window's keys of the newly cached columns. Otherwise a row
+    refreshes (a whole-canvas forward rewriting its cached prefix) while its first uncached block
+    is complete but not yet cached (`refresh_waiting`), and every `refresh_interval`-th iteration
+    (counted from 1, as their `nfe`); else it forwards from its cache end. Blocks that early stop
+    creates (wholly after the EOS) are never cached and never wait."""
+
+    @staticmethod
+    def cacheable_complete(state: DecodeState) -> torch.Tensor:
+        """(B, nb) bool: complete blocks, less those early stop created (never cached)."""
+        blocks = torch.arange(state.num_blocks, device=state.completed_at.device)
+        return (state.completed_at >= 0) & (blocks < state.stop_created_from.unsqueeze(1))
+
+    def seen(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, nb) step at which each block is seen complete (meaningful where `leading`), and
+        (B, nb) `leading`: the block and all before it are complete (and cacheable).
+        seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt seen at step -1; in
+        closed form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay))."""
+        delay = self.config.cache_delay
+        j = torch.arange(state.num_blocks, device=state.completed_at.device)
+        complete = self.cacheable_complete(state)
+        leading = complete.long().cumprod(1).bool()
+        term = torch.where(complete, state.completed_at + 1 - j * delay, torch.iinfo(torch.long).min)
+        return j * delay + term.cummax(1).values.clamp(min=delay - 1), leading
 
     def plan(self, state: DecodeState) -> torch.Tensor:
-        done = state.completed_at >= 0
-        settled = done & (state.completed_at <= state.step - self.config.cache_delay)
-        leading = settled.long().cumprod(1).sum(1)  # leading settled blocks per row
-        return (state.start + leading * state.block_size).clamp(max=state.canvas.shape[1])
+        if state.step < self.config.cache_delay - 1:  # the prompt (seen at step -1) is not cached yet
+            return torch.zeros_like(state.created)
+        seen, leading = self.seen(state)
+        settled = (leading & (seen + self.config.cache_delay <= state.step)).sum(1)
+        return (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
 
     def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
-        # waiting: completed less than `cache_delay` iterations ago
-        waiting = (state.completed_at > max(state.step - self.config.cache_delay, -1)).any(1)
+        held = self.rows.prefix
+        grows = plan > held  # these forward from their cache end and cache more
+        first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
+        waiting = self.cacheable_complete(state).gather(1, first.unsqueeze(1)).squeeze(1)  # the first uncached block
         if not self.config.refresh_waiting:  # the window forward recomputes the waiting blocks anyway
             waiting = torch.zeros_like(waiting)
         interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
-        return waiting | (interval is not None and state.step % interval == 0)
+        periodic = interval is not None and (state.step + 1) % interval == 0
+        return (held == 0) | (~grows & (waiting | periodic))
 
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     """(B,) column where each row's first incomplete block starts (canvas end if none)."""
-    incomplete = state.completed_at < 0  # (B, nb)
-    nb = state.num_blocks
-    first = torch.where(incomplete, torch.arange(nb, device=incomplete.device), nb).min(1).values
+    first = first_index(state.completed_at < 0)  # (B,) nb where none
     return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
 
 

@@ -37,7 +37,7 @@ from d3llm.errors import D3llmError
 
 Strategy = Literal["topk", "confidence", "entropy"]
 CachePolicy = Literal["none", "prefix", "dual", "delayed", "block"]
-Forcing = Literal["block", "global"]
+Forcing = Literal["block", "block+global"]
 RankBy = Literal["confidence", "entropy", "position"]
 STRATEGIES = ("topk", "confidence", "entropy")
 DEFAULT_BLOCK_SIZE = 32  # the authors' block length for LLaDA/Dream-style decoding
@@ -66,8 +66,15 @@ class DecodeConfig:
     threshold: float = 0.5  # entropy: max nats; confidence: min probability of the argmax
     block_add_threshold: float = 1.0  # create the next block when the last reaches this progress
     block_activate_threshold: float = 1.0  # a block is fully active when its predecessor reaches this
-    forcing: Forcing = "block"  # forced progress: best of the first fully-active block, or global best
-    early_stop: bool = False  # fill everything after the first committed EOS with EOS
+    # forced progress (select.py): "block" the best of the current block when it got nothing (the
+    # authors' Dream code), "block+global" also the best candidate anywhere (their LLaDA code);
+    # None: the model family's (`for_model`)
+    forcing: Forcing | None = None
+    early_stop: bool = False  # write EOS over every column after the first committed EOS
+    # early stop: the columns it has just filled stay candidates for that iteration, as in the
+    # authors' loops, which read the masks before filling (a forward may then "commit" into them,
+    # and the fill writes EOS over them again); False: candidates are the masks after the fill
+    stale_candidates: bool = True
     cache: CachePolicy = "none"  # KV-cache policy
     cache_delay: int = 1  # delayed: iterations a completed block waits before it is cached
     refresh_interval: int | None = None  # delayed: recompute everything every N iterations (None: off)
@@ -95,7 +102,8 @@ class DecodeConfig:
                 raise D3llmError(f"`{name}` must be a positive integer, got {value!r} (at most {MAX_TOKENS})")
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("cache", self.cache, CACHE_POLICIES)
-        _choice("forcing", self.forcing, ("block", "global"))
+        if self.forcing is not None:
+            _choice("forcing", self.forcing, ("block", "block+global"))
         _choice("rank_by", self.rank_by, ("confidence", "entropy", "position"))
         if self.strategy == "entropy" and not 0 < self.threshold <= 10:
             raise D3llmError(f"`threshold` must be in (0, 10] nats for entropy selection, got {self.threshold}")
@@ -108,7 +116,7 @@ class DecodeConfig:
         if isinstance(self.cache_delay, bool) or not isinstance(self.cache_delay, int) \
                 or not 0 <= self.cache_delay <= MAX_TOKENS:
             raise D3llmError(f"`cache_delay` must be >= 0 and at most {MAX_TOKENS}, got {self.cache_delay!r}")
-        for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop"):
+        for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop", "stale_candidates"):
             if not isinstance(getattr(self, name), bool):
                 raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         if self.cache_uncreated and not self.forward_uncreated:
@@ -154,11 +162,12 @@ PRESETS: dict[str, DecodeConfig] = {
     "d3llm-cache": DecodeConfig(method="d3llm-cache", cache="delayed", cache_delay=1, **_MULTI_BLOCK),
     "ar": DecodeConfig(method="ar"),
     "ar-spec": DecodeConfig(method="ar-spec"),
-    "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True),
+    # block models: no official loop to follow at early stop, so the columns it fills are no candidates
+    "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True, stale_candidates=False),
     "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", block_size=None, strategy="confidence", threshold=0.9,
-                                 cache="block", early_stop=True),
+                                 cache="block", early_stop=True, stale_candidates=False),
     "d3llm-block": DecodeConfig(method="d3llm-block", block_size=None, strategy="entropy", threshold=0.5,
-                                cache="block", early_stop=True),
+                                cache="block", early_stop=True, stale_candidates=False),
 }
 METHODS: tuple[str, ...] = tuple(PRESETS)
 
@@ -229,12 +238,20 @@ def methods_for(family: str) -> tuple[str, ...]:
     return tuple(name for name, config in PRESETS.items() if fits(config))
 
 
+# The authors' LLaDA loops commit the lowest-entropy candidate of every iteration on top of the
+# block rule; their Dream loops do not (docs/method.md section 3, "Forced progress").
+FAMILY_FORCING = {"llada": "block+global"}
+
+
 def for_model(config: DecodeConfig, family: str, model_block_size: int | None,
               decode_block_size: int | None = None) -> DecodeConfig:
     """`config` with the block size a model of `family` decodes with: a block model's own (the
     one it was trained with, `model_block_size`); for a LLaDA/Dream model the given one, else its
-    recorded default (`decode_block_size`), else DEFAULT_BLOCK_SIZE."""
+    recorded default (`decode_block_size`), else DEFAULT_BLOCK_SIZE. Forced progress left open
+    (`forcing` None) becomes the family's authors' rule (`FAMILY_FORCING`)."""
     check_model_kind(config, family)
+    if config.forcing is None:
+        config = config.override(forcing=FAMILY_FORCING.get(family, "block"))
     if family != "block":  # (an AR model's canvas takes the default's blocks too; its decoders ignore them)
         return config if config.block_size else config.override(block_size=decode_block_size or DEFAULT_BLOCK_SIZE)
     if config.block_size not in (None, model_block_size):
@@ -259,6 +276,7 @@ _APPLIES = {
     "threshold": (lambda c: c.strategy != "topk", "strategy topk commits `tokens_per_step` positions; use a "
                                                   "threshold method (fast-dllm, dparallel, d3llm, ...)"),
     "forcing": (lambda c: c.strategy != "topk", "forced progress belongs to the threshold strategies"),
+    "stale_candidates": (lambda c: c.early_stop, "it concerns the columns early stop fills"),
     "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
     "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
     "refresh_waiting": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) has waiting blocks"),
@@ -283,7 +301,8 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
             cache_bound = ("cache_delay", "refresh_interval", "refresh_waiting", "forward_uncreated",
                            "cache_uncreated")
             detail = f"cache {config.cache}" if name in cache_bound else (
-                f"temperature {config.temperature:g}" if name == "seed" else f"strategy {config.strategy}")
+                f"temperature {config.temperature:g}" if name == "seed" else
+                "early_stop off" if name == "stale_candidates" else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
     return problems
 

@@ -42,11 +42,12 @@ from transformers import DynamicCache
 
 from d3llm.decode.cache import CACHE_POLICIES
 from d3llm.decode.config import DecodeConfig, for_facts
-from d3llm.decode.select import score, select
+from d3llm.decode.select import current_block, score, select
 from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.state import NOT_YET, DecodeState
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM
+from d3llm.tensors import first_index
 
 
 @dataclass
@@ -87,9 +88,7 @@ def final_prefix_lengths(state: DecodeState) -> torch.Tensor:
     committed = ~state.masked()
     prefix = committed.long().cumprod(1).sum(1)
     is_eos = (state.response == state.eos_id) & committed
-    n = state.num_new
-    first_eos = torch.where(is_eos, torch.arange(n, device=is_eos.device), n).min(1).values
-    return torch.minimum(prefix, first_eos + 1)
+    return torch.minimum(prefix, first_index(is_eos) + 1)
 
 
 class _ForwardTimer:
@@ -171,9 +170,13 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         state.update_blocks(config)
         logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
-        candidates = _gather(state.masked() & state.is_created()[:, block_of], at)
+        masked, created = state.masked(), state.is_created()[:, block_of]
+        stale = state.filled if config.early_stop and config.stale_candidates else None
+        candidates = _gather((masked if stale is None else masked | stale) & created, at)
+        blocks = block_at[at]  # (B, W) block of each logit's column
+        current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
-        chosen = select(scores, candidates, _gather(state.fully_active[:, block_of], at), block_at[at], config)
+        chosen = select(scores, candidates, candidates & (blocks == current), config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
         tokens = _scatter(state.response.clone(), at, scores.tokens)

@@ -10,9 +10,12 @@ distribution at every position. `select` is the strategy (`DecodeConfig.strategy
 - `confidence`: every created-block position whose proposal has p >= threshold (Fast-dLLM);
 - `entropy`: every created-block position with H <= threshold nats (dParallel, d3LLM).
 
-Threshold strategies add forced progress so every iteration commits something: with
-`forcing="block"` the best position of the current block when it got nothing, with
-`forcing="global"` always the best candidate anywhere (the authors' LLaDA code).
+Threshold strategies add forced progress so every iteration commits something (`forcing`, the
+authors' rules, checked against their code in tests/equivalence/test_official_decoders.py):
+`block` commits the best position of the current block when the block got nothing (the authors'
+Dream code); `block+global` also always commits the best candidate anywhere, then applies the
+block rule to what is chosen so far (the authors' LLaDA code, `get_transfer_index_entropy` and
+the loop around it). `None` in a config means the model family's rule (`config.for_model`).
 All of it is batched tensor work: no Python loop over rows or tokens.
 """
 
@@ -72,35 +75,33 @@ def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return best & allowed
 
 
-def current_block(candidates: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
-    """(B, n) bool: candidates in each row's first fully-active block that still has any."""
-    eligible = candidates & fully_active
-    none = torch.iinfo(block_of.dtype).max  # above every block id: a row without eligible positions
-    first = torch.where(eligible, block_of, none).min(1, keepdim=True).values  # (B, 1)
-    return eligible & (block_of == first)
+def current_block(masked: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
+    """(B, 1) each row's current block: the first fully-active block that still has `masked`
+    positions (a block id above every real one where a row has none)."""
+    none = torch.iinfo(block_of.dtype).max
+    return torch.where(masked & fully_active, block_of, none).min(1, keepdim=True).values
 
 
-def select(
-    s: Scores, candidates: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor, config: DecodeConfig
-) -> torch.Tensor:
-    """(B, n) bool: positions to commit now. `candidates`: masked positions of created blocks;
-    `fully_active`: per position, whether its block is fully active; `block_of`: (n,) block ids."""
-    target = current_block(candidates, fully_active, block_of)
+def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
+    """(B, n) bool: positions to commit now. `candidates`: the positions this iteration may commit;
+    `in_current`: those of them in the row's current block (`current_block`), where `topk`
+    commits and forced progress goes."""
     if config.strategy == "topk":
         if config.rank_by == "position":
-            goodness = -torch.arange(target.shape[1], device=target.device, dtype=torch.float32).expand_as(target)
+            goodness = -torch.arange(in_current.shape[1], device=in_current.device, dtype=torch.float32)
+            goodness = goodness.expand_as(in_current)
         else:
             goodness = s.confidence if config.rank_by == "confidence" else -s.entropy
-        ranked = torch.where(target, goodness, float("-inf"))
+        ranked = torch.where(in_current, goodness, float("-inf"))
         k = min(config.tokens_per_step, ranked.shape[1])
         top = ranked.topk(k, dim=1).indices
-        return torch.zeros_like(target).scatter_(1, top, True) & target
+        return torch.zeros_like(in_current).scatter_(1, top, True) & in_current
     if config.strategy == "entropy":
         goodness, chosen = -s.entropy, s.entropy <= config.threshold
     else:
         goodness, chosen = s.confidence, s.confidence >= config.threshold
     chosen = chosen & candidates
-    if config.forcing == "global":
-        return chosen | _best(goodness, candidates)
-    starved = ~(chosen & target).any(1, keepdim=True)
-    return chosen | (_best(goodness, target) & starved)
+    if config.forcing == "block+global":
+        chosen = chosen | _best(goodness, candidates)
+    starved = ~(chosen & in_current).any(1, keepdim=True)
+    return chosen | (_best(goodness, in_current) & starved)

@@ -23,6 +23,7 @@ from functools import cached_property
 import torch
 
 from d3llm.decode.config import DecodeConfig
+from d3llm.tensors import first_index
 
 
 NOT_YET = -1  # the AR decoders' "masked" value: a response column not generated yet (never fed to the model)
@@ -41,6 +42,9 @@ class DecodeState:
     fully_active: torch.Tensor  # (B, nb) bool
     completed_at: torch.Tensor  # (B, nb) iteration at which the block became complete, -1 if not
     stopped: torch.Tensor  # (B,) bool: an EOS was committed; its tail is filled (AR: at the end)
+    filled: torch.Tensor  # (B, N) bool: masks the last `apply_early_stop` filled with EOS
+    # (B,) the first block early stop created (all wholly after the EOS), num_blocks if none yet
+    stop_created_from: torch.Tensor
     trace: torch.Tensor  # (B, N) iteration at which each response position was committed, -1 if not
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
     rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
@@ -66,6 +70,8 @@ class DecodeState:
             fully_active=torch.zeros(batch, nb, dtype=torch.bool, device=device),
             completed_at=torch.full((batch, nb), -1, dtype=torch.long, device=device),
             stopped=torch.zeros(batch, dtype=torch.bool, device=device),
+            filled=torch.zeros(batch, n, dtype=torch.bool, device=device),
+            stop_created_from=torch.full((batch,), nb, dtype=torch.long, device=device),
             trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
             row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
             rows=torch.arange(batch, device=device),
@@ -147,16 +153,20 @@ class DecodeState:
     # --- transitions ---------------------------------------------------------------------
 
     def apply_early_stop(self) -> None:
-        """Rows with a committed EOS: every position after the first EOS becomes EOS, and no
-        block after it is created (all blocks then exist, with the tail already filled)."""
+        """Rows with a committed EOS: every position after the first EOS becomes EOS, committed
+        ones included (as the authors' loops do), and no block after it is created (all blocks
+        then exist, with the tail already filled). `filled` records the masks it filled."""
         is_eos = self.response == self.eos_id
         has_eos = is_eos.any(1)
         if not has_eos.any():
+            self.filled = torch.zeros_like(self.filled)
             return
         n = self.num_new
-        first = torch.where(is_eos, torch.arange(n, device=is_eos.device), n).min(1).values  # (B,)
+        first = first_index(is_eos)  # (B,)
         after = torch.arange(n, device=is_eos.device).unsqueeze(0) > first.unsqueeze(1)
-        self._write(after & self.masked(), torch.full_like(self.response, self.eos_id))
+        self.filled = after & self.masked()
+        self._write(after & (self.response != self.eos_id), torch.full_like(self.response, self.eos_id))
+        self.stop_created_from = torch.where(has_eos & ~self.stopped, self.created, self.stop_created_from)
         self.stopped |= has_eos
         self.created = torch.where(has_eos, self.num_blocks, self.created)
 

@@ -47,12 +47,16 @@ _LLADA_BLOCK = {  # LLaDA block module -> Llama decoder-layer module
 _LLADA_BLOCK_RE = re.compile(r"^model\.transformer\.blocks\.(\d+)\.(\w+)\.weight$")
 _HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 
-# Config values our Llama network reproduces exactly; anything else is refused by name.
+# Config values our Llama network reproduces exactly; anything else is refused by name. A key
+# that config.json leaves out takes the official `ModelConfig` default (configuration_llada.py),
+# which differs from the supported value for the first four: those must be written out.
 _LLADA_REQUIRED = {
-    "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "alibi": False,
-    "rope": True, "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False,
+    "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+    "alibi": False, "input_emb_norm": False, "scale_logits": False, "attention_layer_norm": False,
     "include_bias": False, "include_qkv_bias": False, "block_group_size": 1,
 }
+_LLADA_OFFICIAL_DEFAULTS = {"block_type": "sequential", "layer_norm_type": "default (LayerNorm)",
+                            "activation_type": "swiglu", "rope": False}
 LLADA_MASK_TOKEN_ID = 126336  # `<|mdm_mask|>`, when the config does not say
 
 
@@ -80,6 +84,10 @@ def llada_config(raw: dict) -> PretrainedConfig:
     for key, want in _LLADA_REQUIRED.items():
         if key in raw and raw[key] != want:
             raise ModelLoadError(f"unsupported LLaDA config: {key}={raw[key]!r} (supported: {want!r})")
+        if key not in raw and key in _LLADA_OFFICIAL_DEFAULTS:
+            raise ModelLoadError(f"LLaDA config.json has no `{key}`: the official code then uses "
+                                 f"{_LLADA_OFFICIAL_DEFAULTS[key]}, which d3llm does not support (write {key}={want!r} "
+                                 "if the weights were trained with it)")
     try:
         d_model, n_heads = raw["d_model"], raw["n_heads"]
         n_kv = raw.get("n_kv_heads") or (1 if raw.get("multi_query_attention") else n_heads)
@@ -90,10 +98,10 @@ def llada_config(raw: dict) -> PretrainedConfig:
             num_hidden_layers=raw["n_layers"],
             num_attention_heads=n_heads,
             num_key_value_heads=n_kv,
-            max_position_embeddings=raw.get("max_sequence_length", 4096),
+            max_position_embeddings=raw.get("max_sequence_length", 1024),  # the official defaults, here on
             rms_norm_eps=raw.get("rms_norm_eps", 1e-5),
             rope_parameters={"rope_type": "default", "rope_theta": raw.get("rope_theta", 10_000.0)},
-            tie_word_embeddings=bool(raw.get("weight_tying", False)),
+            tie_word_embeddings=bool(raw.get("weight_tying", True)),
             eos_token_id=raw.get("eos_token_id"),
             pad_token_id=raw.get("pad_token_id"),
             bos_token_id=None,

@@ -115,7 +115,7 @@ class TrainConfig:
     tasks: dict[str, float] = field(default_factory=lambda: {"arith": 0.5, "arith-long": 0.2, "code": 0.3})
     gen_length: int = 64  # diffusion families: response canvas, padded with EOS (LLaDA SFT)
     num_examples: int = 40_000  # training examples drawn from the tasks' train splits
-    # distinct: each example a different problem (every recipe before the stage-5 teacher). drawn: as the
+    # distinct: each example a different problem (the default). drawn: as the
     # task's generator draws them, repeats allowed, so a kind of problem with few variants keeps
     # its share (with distinct, `code`'s 15 kinds fall to 0.1-25% of the rows; docs/teacher-training.md).
     examples: str = "distinct"

@@ -35,6 +35,7 @@ from d3llm.decode.config import default_method
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM, resolve_model
 from d3llm.models.checkpoint import read_json
+from d3llm.tensors import first_index
 from d3llm.train.config import MASKINGS, DistillSettings, TrainConfig  # noqa: F401  (re-exported)
 from d3llm.train.data import collate
 from d3llm.trajectory import store
@@ -107,10 +108,9 @@ def through_first_eos(ids: torch.Tensor, prompt_len: torch.Tensor, response_len:
                       eos_id: int, k: int) -> torch.Tensor:
     """(B,) response lengths cut after the block of `k` holding each row's first response EOS
     (unchanged for a row without one): the blocks an early-stopping block decoder decodes."""
-    L = ids.shape[1]
-    r = torch.arange(L, device=ids.device).unsqueeze(0) - prompt_len.unsqueeze(1)
+    r = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) - prompt_len.unsqueeze(1)
     is_eos = (ids == eos_id) & (r >= 0) & (r < response_len.unsqueeze(1))
-    first = torch.where(is_eos, r, L).min(1).values
+    first = first_index(is_eos) - prompt_len  # past the response where a row has none
     return torch.minimum(response_len, (first // k + 1) * k)
 
 

@@ -31,7 +31,7 @@ MASK_RATIO_EPS = 1e-3
 class DiffusionObjective:
     """How `masked_diffusion_loss` masks and weighs (the `objective:` block of a recipe).
 
-    The defaults are LLaDA's SFT loss, as every recipe before issue 12 used it."""
+    The defaults are LLaDA's SFT loss."""
 
     # inverse_t: LLaDA's ELBO form, CE x 1/t summed per sequence / response length (Nie et al.
     #   2025, eq. 5). token_mean: plain mean CE over the batch's masked tokens (MaskGIT-style;
