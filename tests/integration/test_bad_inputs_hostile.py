@@ -198,6 +198,11 @@ for name, content in {"fifo": FIFO, "deep": DEEP_JSON, "5001-digit-tpf": f'{{"ar
                       "a-folder": None}.items():
     files = {"t.json/x": "x"} if content is None else {"t.json": content}
     case(f"file-aup-{name}", "aup", "{tmp}/t.json", expect="t.json", files=files)
+SWEEP_OUT = ("sweep", "--model", "tiny-ar", "--task", "arith", "--method", "ar", "--param", "max_new_tokens=8",
+             "--n", "1", "--out", "{tmp}/sweep")
+for name, content in {"deep": DEEP_JSON, "5001-digits": f'{{"sweep_settings": {LONG_INT}}}', "fifo": FIFO}.items():
+    case(f"file-sweep-point-{name}", *SWEEP_OUT, expect="--out|--overwrite|point-000.json",
+         files={"sweep/point-000.json": content, "sweep/curve.json": {"mine": 1}})
 case("file-train--config-fifo", *TRAIN, expect="c.yaml", files={"c.yaml": FIFO})
 case("file-distill--config-fifo", *DISTILL, "--config", "{tmp}/c.yaml", expect="c.yaml",
      files={"c.yaml": FIFO, **MANIFEST_TRAJ})
