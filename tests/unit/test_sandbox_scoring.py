@@ -149,11 +149,13 @@ def test_the_new_root_shows_only_what_python_needs():
 
 
 @strong
-def test_no_leftovers_after_fifty_runs():
-    """Files, directories and System V objects: none survives a run (killed or not)."""
+def test_no_leftovers_after_fifty_runs(tmp_path, monkeypatch):
+    """Files, directories and System V objects: none survives a run (killed or not). The runs'
+    directories are made in `tmp_path` (others may run sandboxes in /tmp at the same time)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
     def snapshot():
-        temp = sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("d3llm-sandbox"))
-        return temp, _host_ipc()
+        return sorted(os.listdir(tmp_path)), _host_ipc()
 
     before = snapshot()
     attacks = [(HOOK_OFF + IPC_ATTACKS["shared_memory"], 5), ("open('f', 'wb').write(b'x' * (1 << 20))", 5),
