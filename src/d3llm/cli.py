@@ -47,31 +47,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _writable_place(path: Path, option: str) -> None:
-    """The nearest existing folder above `path` must be a writable folder (not a file)."""
-    import os
-
-    for above in path.absolute().parents:
-        if above.exists():
-            if not above.is_dir():
-                raise D3llmError(f"{option} {path}: {above} is a file, not a folder; choose another {option}")
-            if not os.access(above, os.W_OK | os.X_OK):
-                raise D3llmError(f"{option} {path}: cannot write in {above} (permission denied)")
-            return
-
-
 def _out_folder(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be one, before any work is done."""
-    if path.exists() and not path.is_dir():
-        raise D3llmError(f"{option} {path} exists and is not a folder; choose another {option}")
-    _writable_place(path, option)
+    """Refuse an output folder that cannot be one or cannot be written, before any work is done."""
+    from d3llm.files import check_out_folder
+
+    check_out_folder(path, option)
 
 
-def _out_file(path: Path, option: str) -> None:
-    """Refuse an output file that cannot be written (a folder, or under a file), before any work."""
-    if path.is_dir():
-        raise D3llmError(f"{option} {path} is a folder; give a file path")
-    _writable_place(path, option)
+def _out_file(path: Path, option: str, overwrite: bool = False, ours=None) -> None:
+    """Refuse an output file that cannot be written, or that is a user's (not `ours`) unless
+    --overwrite, before any work."""
+    from d3llm.files import check_out_file
+
+    check_out_file(path, option, overwrite, ours)
+
+
+OVERWRITE_HELP = "Replace files in the output that this command did not write (without it, refuse)."
 
 
 def _check_alpha(alpha: float) -> None:
@@ -208,19 +199,22 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="Override `threads` (torch threads).")] = None,
     stop_at: Annotated[Optional[int], typer.Option(
         help="End at this step of the recipe (its schedule unchanged) and write that model.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Train a model from a YAML recipe; killed, the same command resumes."""
     from d3llm.train.config import TrainConfig
     from d3llm.progress import progress_bar
     from d3llm.train.recipes import check_sources
-    from d3llm.train.trainer import train as run
+    from d3llm.train.trainer import claim_out, train as run
 
     _out_folder(out)
+    claim_out(out, overwrite)
     overrides = {k: v for k, v in {"steps": steps, "threads": threads}.items() if v is not None}
     recipe = TrainConfig.from_yaml(config, **overrides)
     check_sources(config, recipe)  # a recipe that starts from another's output says which, now
     with progress_bar(None, "train") as bar:
-        folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at, progress=bar.phase)
+        folder = run(recipe, out, command=["d3llm", *sys.argv[1:]], stop_at=stop_at, progress=bar.phase,
+                     overwrite=overwrite)
     typer.echo(f"model written to {folder}")
 
 
@@ -265,13 +259,16 @@ def trajectories(
     batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Teacher rollouts (one token per step) stored as rank vectors; torchrun shards them (a
     CUDA device without an index is each process's own GPU); killed, the same command resumes;
     when all chunks are done they are merged. `import` / `export` convert the d3LLM authors'
     trajectory datasets (docs/distillation.md)."""
     from d3llm.progress import progress_bar
+    from d3llm.tasks.base import check_count
     from d3llm.trajectory.rollout import run
+    from d3llm.trajectory.store import claim_out
 
     if ctx.invoked_subcommand is not None:
         return
@@ -280,11 +277,11 @@ def trajectories(
             raise D3llmError(f"Missing option '{option}' (rollouts need --teacher, --task and --out; "
                              "or `d3llm trajectories import|export`)")
     _out_folder(out)
+    claim_out(out, overwrite)
     where, precision = _placement(device, dtype)
     counts = {}
     for name, n in _key_values(tasks, "--task").items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise D3llmError(f"--task {name}={n!r}: the count must be an integer >= 1")
+        check_count(n, f"--task {name}=N: N", low=1)
         counts[name.replace("_", "-")] = n
     with progress_bar(None, "teacher rollouts") as bar:
         folder = run(teacher, counts, out, split=split, seed=seed, max_new_tokens=max_new_tokens, block_size=block_size,
@@ -336,14 +333,16 @@ def distill(
     settings: Annotated[list[str], typer.Option("--set", help="NAME=VALUE: a distill setting (masking=random, "
                                                  "progressive_noise=false, windows=[32], complementary=false, "
                                                  "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
     from d3llm.progress import progress_bar
     from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
-    from d3llm.train.trainer import train as run
+    from d3llm.train.trainer import claim_out, train as run
 
     _out_folder(out)
+    claim_out(out, overwrite)
     recipe = {}
     if config is not None:
         if not config.is_file():
@@ -351,7 +350,7 @@ def distill(
         recipe = read_yaml_mapping(config, "--config")
     train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
     with progress_bar(None, "distill") as bar:
-        folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], progress=bar.phase)
+        folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], progress=bar.phase, overwrite=overwrite)
     typer.echo(f"student written to {folder}")
 
 
@@ -388,15 +387,19 @@ def eval_(
         "correct, the row's NFE and TPF)."))] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
+    from d3llm.eval.results import written_as_samples, written_by_eval
     from d3llm.eval.runner import clamp_n, evaluate
+    from d3llm.files import write_atomic
     from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
-    from d3llm.tasks.base import check_split
+    from d3llm.tasks.base import check_count, check_split
 
     if n < 1:
         _fail(f"`--n` must be >= 1 (problems per task), got {n}")
+    check_count(n, "`--n`", low=1)
     if batch_size < 1:
         _fail(f"`--batch-size` must be >= 1 (problems decoded together), got {batch_size}")
     the_tasks = [get_task(t) for t in dict.fromkeys(tasks)]  # unknown tasks fail before the model loads
@@ -405,9 +408,9 @@ def eval_(
         _fail(f"--task {', '.join(tasks)}: two tasks share the name {max(names, key=names.count)!r} "
               "(their results would be indistinguishable); evaluate them in separate runs")
     for name in names if json_out else ():  # a result that cannot be written fails now, not after evaluating
-        _out_file(_per_task_json(json_out, name, len(names) > 1), "--json")
+        _out_file(_per_task_json(json_out, name, len(names) > 1), "--json", overwrite, written_by_eval)
     if log_samples:
-        _out_file(log_samples, "--log-samples")
+        _out_file(log_samples, "--log-samples", overwrite, written_as_samples)
     split = check_split(split)
     counts = {}
     for the_task in the_tasks:
@@ -428,12 +431,12 @@ def eval_(
         if json_out:
             path = _per_task_json(json_out, result.task, len(results) > 1)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result.to_dict(), indent=2))
+            write_atomic(path, json.dumps(result.to_dict(), indent=2))
         typer.echo(f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
                    f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
     if log_samples:
         log_samples.parent.mkdir(parents=True, exist_ok=True)
-        log_samples.write_text("".join(json.dumps(record) + "\n" for record in samples))
+        write_atomic(log_samples, "".join(json.dumps(record) + "\n" for record in samples))
         typer.echo(f"{len(samples)} samples written to {log_samples}", err=True)
 
 
@@ -457,8 +460,9 @@ def demo(
     from d3llm.eval.report import terminal_tables
     from d3llm.progress import progress_bar
 
-    if n < 1:
-        _fail(f"`--n` must be >= 1 (test problems per task), got {n}")
+    from d3llm.tasks.base import check_count
+
+    check_count(n, "`--n`", low=1)
     _out_folder(out)
     where, precision = _placement(device, dtype)
     console = Console()
@@ -507,8 +511,9 @@ def export(
         _fail(f"`--layout` must be hf, llada or dream, got {layout!r}")
     if shards < 1:
         _fail(f"`--shards` must be >= 1, got {shards}")
-    if decode_block_size is not None and decode_block_size < 1:
-        _fail(f"`--decode-block-size` must be >= 1, got {decode_block_size}")
+    if decode_block_size is not None and not 1 <= decode_block_size <= 1 << 20:
+        _fail(f"`--decode-block-size` must be >= 1 and at most {1 << 20} (tokens), got {decode_block_size}")
+    _out_folder(out)
     try:
         folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards,
                               overwrite=overwrite, decode_block_size=decode_block_size)
@@ -546,9 +551,11 @@ def sweep(
     from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
 
-    for option, value in (("--n", n), ("--batch-size", batch_size)):
-        if value < 1:
-            _fail(f"`{option}` must be >= 1, got {value}")
+    from d3llm.tasks.base import check_count
+
+    check_count(n, "`--n`", low=1)
+    if batch_size < 1:
+        _fail(f"`--batch-size` must be >= 1, got {batch_size}")
     _out_folder(out)
     if len(task) > 1:  # click keeps the last of a repeated option; a sweep is of one task
         _fail(f"--task given {len(task)} times ({', '.join(task)}); a sweep covers one task: run one sweep "
@@ -616,14 +623,16 @@ def leaderboard(
                                               "different n, seed or split.")] = False,
     alpha: Annotated[float, typer.Option(help="AUP weight steepness (the authors' 3).")] = 3.0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw accuracy-vs-TPF and AUP PNGs.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Compare results by task and (model, method): accuracy, TPF, tokens/s and AUP as
     Markdown, JSON and plots; prints the Markdown."""
     from d3llm.eval.leaderboard import build_leaderboard, load_results
-    from d3llm.eval.report import write_leaderboard
+    from d3llm.eval.report import claim_out, write_leaderboard
 
     _check_alpha(alpha)
     _out_folder(out)
+    claim_out(out, overwrite)
     board = build_leaderboard(load_results(results), allow_mixed=allow_mixed, alpha=alpha)
     files = write_leaderboard(board, out, plots=plots)
     typer.echo(board.to_markdown())
@@ -643,6 +652,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes; more is refused with "
+                                                     "413 before it is parsed.")] = 4 << 20,
     device: Device = "auto",
     dtype: Dtype = "auto",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error; info logs one line per "
@@ -666,7 +677,7 @@ def serve(
     if method is not None and method not in METHODS:
         raise D3llmError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     for option, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
-                          ("--max-tokens-limit", max_tokens_limit)):
+                          ("--max-tokens-limit", max_tokens_limit), ("--max-body-bytes", max_body_bytes)):
         if value < 1:
             raise D3llmError(f"{option} must be >= 1, got {value}")
     if not 0 <= max_wait_ms <= 60_000:  # NaN fails too
@@ -676,7 +687,7 @@ def serve(
     try:
         lm = _load(model, device, dtype)
         server = create_app(lm, method, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                            max_queue=max_queue, max_tokens_limit=max_tokens_limit)
+                            max_queue=max_queue, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes)
     except BaseException:
         sock.close()
         raise

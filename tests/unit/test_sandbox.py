@@ -100,11 +100,11 @@ def test_file_attacks_outside_the_sandbox_fail(attack, victim):
 @pytest.mark.skipif(not sandbox.isolation().strong, reason="needs the Linux root sandbox")
 @pytest.mark.parametrize("attack", sorted(FILE_ATTACKS))
 def test_unprivileged_uid_alone_stops_file_attacks(attack, monkeypatch):
-    """Without the audit hook and without the tmpfs over /tmp, on a directory everyone may
-    read: only the switch to an unprivileged uid stands in the way."""
+    """Without the audit hook and without the new root (the host's file system in full view),
+    on a directory everyone may read: only the switch to an unprivileged uid stands in the way."""
     config = sandbox._config
     monkeypatch.setattr(sandbox, "_config", lambda *a, **k: {
-        **config(*a, **k), "hook": False, "hide": [], "stdlib_view": None})
+        **config(*a, **k), "hook": False, "namespaces": False})
     directory = tempfile.mkdtemp(prefix="d3llm-test-victim-")
     try:
         os.chmod(directory, 0o755)

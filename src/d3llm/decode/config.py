@@ -45,6 +45,13 @@ AR_METHODS = ("ar", "ar-spec")  # the presets of autoregressive models
 CACHE_POLICIES = ("none", "prefix", "dual", "delayed", "block")
 
 
+# Bounds checked before any tensor is made: a canvas, block or delay of more than 2**20 tokens
+# is a typo (a 99999999999999999999 would otherwise overflow torch or hang), and a positive
+# temperature below 1e-3 turns logits / T into inf and the probabilities into NaN.
+MAX_TOKENS = 1 << 20
+MIN_TEMPERATURE = 1e-3
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     method: str = "vanilla"  # preset name this config came from ("ar" selects the AR decoder)
@@ -91,8 +98,8 @@ class DecodeConfig:
             value = getattr(self, name)
             if name == "block_size" and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise D3llmError(f"`{name}` must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_TOKENS:
+                raise D3llmError(f"`{name}` must be a positive integer, got {value!r} (at most {MAX_TOKENS})")
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("cache", self.cache, CACHE_POLICIES)
         if self.forcing is not None:
@@ -106,18 +113,22 @@ class DecodeConfig:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise D3llmError(f"`{name}` must be in (0, 1], got {value}")
-        if self.cache_delay < 0:
-            raise D3llmError(f"`cache_delay` must be >= 0, got {self.cache_delay}")
+        if isinstance(self.cache_delay, bool) or not isinstance(self.cache_delay, int) \
+                or not 0 <= self.cache_delay <= MAX_TOKENS:
+            raise D3llmError(f"`cache_delay` must be >= 0 and at most {MAX_TOKENS}, got {self.cache_delay!r}")
         for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop", "stale_candidates"):
             if not isinstance(getattr(self, name), bool):
                 raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         if self.cache_uncreated and not self.forward_uncreated:
             raise D3llmError("`cache_uncreated` reads the masks after the created blocks from the cache, which a "
                              "full forward fills: it needs `forward_uncreated` true")
-        if self.refresh_interval is not None and self.refresh_interval < 1:
-            raise D3llmError(f"`refresh_interval` must be >= 1 or None (off), got {self.refresh_interval}")
-        if not 0 <= self.temperature < float("inf"):  # NaN fails too
-            raise D3llmError(f"`temperature` must be a finite number >= 0, got {self.temperature}")
+        if self.refresh_interval is not None and (isinstance(self.refresh_interval, bool) or not isinstance(
+                self.refresh_interval, int) or not 1 <= self.refresh_interval <= MAX_TOKENS):
+            raise D3llmError(f"`refresh_interval` must be >= 1 and at most {MAX_TOKENS}, or None (off), "
+                             f"got {self.refresh_interval!r}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < float("inf")):  # NaN fails too
+            raise D3llmError(f"`temperature` must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g} (below it "
+                             f"logits / temperature overflow), got {self.temperature}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise D3llmError(f"`seed` must be an integer in [0, 2**63) (torch's seed range), got {self.seed!r}")
 

@@ -18,7 +18,6 @@ and are refused unless `allow_mixed=True`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from d3llm.errors import D3llmError
 from d3llm.eval.results import EvalResult
+from d3llm.files import read_json
 from d3llm.metrics.aup import ALPHA, aup
 from d3llm.tasks import TASK_NAMES
 
@@ -62,10 +62,7 @@ class Result(EvalResult):
 
 
 def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise D3llmError(f"results file {path} cannot be read as JSON ({exc})") from None
+    return read_json(path, "results file")  # regular files only, bounded, any damage one line
 
 
 def load_results(paths: Iterable[str | Path]) -> list[Result]:
@@ -79,11 +76,16 @@ def load_results(paths: Iterable[str | Path]) -> list[Result]:
             results.append(Result.from_record(_read_json(path), str(path)))
         elif path.is_dir():
             for file in sorted(path.rglob("*.json")):
+                if not file.is_file():  # a FIFO or device named *.json: never opened
+                    log.debug("skipping %s: not a regular file", file)
+                    continue
                 data = _read_json(file)
                 if isinstance(data, dict) and all(k in data for k in RECORD_MARKERS):
                     results.append(Result.from_record(data, str(file)))
                 else:
                     log.debug("skipping %s: not a results record", file)
+        elif path.exists():
+            raise D3llmError(f"results path {path} is not a regular file or a folder")
         else:
             raise D3llmError(f"results path {path} does not exist")
     if not results:

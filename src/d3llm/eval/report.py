@@ -10,16 +10,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard
 from d3llm.eval.plots import plot_aup, plot_curves
+from d3llm.files import claim_folder, read_json, write_atomic
+
+
+LEADERBOARD_FILES = ("leaderboard.md", "leaderboard.json", "accuracy_vs_tpf.png", "aup.png")
+
+
+def _is_leaderboard_folder(out: Path) -> bool:
+    """A folder `write_leaderboard` wrote: its leaderboard.json is one of ours."""
+    try:
+        data = read_json(out / "leaderboard.json", max_bytes=64 << 20)
+    except D3llmError:
+        return False
+    return isinstance(data, dict) and set(data) == {"alpha", "tasks"}
+
+
+def claim_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse (unless `overwrite`) a folder where writing the leaderboard would replace files
+    it did not write."""
+    claim_folder(out, "--out", overwrite, _is_leaderboard_folder, LEADERBOARD_FILES, "`d3llm leaderboard`")
 
 
 def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preamble: str = "") -> list[Path]:
     """Write leaderboard.md, leaderboard.json and (with `plots`) the two PNG plots into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "leaderboard.md", out / "leaderboard.json"]
-    files[0].write_text(board.to_markdown(preamble))
-    files[1].write_text(json.dumps(board.to_dict(), indent=2))
+    write_atomic(files[0], board.to_markdown(preamble))
+    write_atomic(files[1], json.dumps(board.to_dict(), indent=2))
     if plots:
         files += [plot_curves(board, out / "accuracy_vs_tpf.png"), plot_aup(board, out / "aup.png")]
     return files

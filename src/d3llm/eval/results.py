@@ -10,9 +10,11 @@ numbers were measured. No torch here: the leaderboard reads records without load
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from d3llm.errors import D3llmError
+from d3llm.files import first_json_line, read_json
 from d3llm.metrics.aup import check_points
 
 _TYPES = {"str": (str,), "int": (int, float), "float": (int, float), "dict": (dict,)}  # JSON types per field type
@@ -74,3 +76,18 @@ class EvalResult:
                 raise D3llmError(f"{source}: `{f.name}` must be {what} >= {int(f.name == 'n')}, got {value!r}")
             values[f.name] = value
         return values
+
+
+def written_by_eval(path: Path) -> bool:
+    """Whether `path` holds a results record (`d3llm eval --json` may replace it)."""
+    try:
+        record = read_json(path, max_bytes=16 << 20)
+    except D3llmError:
+        return False
+    return isinstance(record, dict) and all(k in record for k in EvalResult.required_keys())
+
+
+def written_as_samples(path: Path) -> bool:
+    """Whether `path` starts like a `d3llm eval --log-samples` file (which may replace it)."""
+    first = first_json_line(path)
+    return isinstance(first, dict) and {"task", "prompt", "response"} <= set(first)

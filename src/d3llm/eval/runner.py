@@ -24,6 +24,7 @@ from d3llm.eval.results import EvalResult  # the record (one definition; re-expo
 from d3llm.models import LoadedModel
 from d3llm.models.tokenizer import prompt_ids
 from d3llm.tasks import Gsm8kJsonlTask, Problem, Task
+from d3llm.tasks.base import check_count
 from d3llm.version import code_version
 
 
@@ -38,8 +39,7 @@ def available_problems(task: Task, split: str) -> int | None:
 def clamp_n(task: Task, split: str, n: int) -> tuple[int, str | None]:
     """`n` checked (>= 1) and clamped to what `split` of `task` holds, as lm-eval's `--limit`
     clamps; returns (n to use, a one-line note when clamped, else None)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise D3llmError(f"`n` must be >= 1 (problems to evaluate), got {n!r}")
+    check_count(n, "`n`", low=1)
     size = available_problems(task, split)
     if size is not None and n > size:
         return size, f"{task.name} {split}: n={n} is more than the {size} problems there; evaluating all {size}"

@@ -25,6 +25,7 @@ from pathlib import Path
 from d3llm.decode.config import parse_overrides, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
+from d3llm.files import read_json, write_atomic
 from d3llm.models import LoadedModel
 from d3llm.tasks import Task
 from d3llm.tasks.base import check_split
@@ -122,8 +123,8 @@ def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
         if file.suffix == ".tmp":
             continue
         try:
-            old = json.loads(file.read_text()).get("sweep_settings")
-        except (OSError, ValueError, AttributeError):
+            old = read_json(file).get("sweep_settings")  # damage of any kind (deep, long ints): not ours
+        except (D3llmError, AttributeError):
             old = None
         if isinstance(old, dict) and "grid" in old:  # written before grid values were stored typed
             old = {**old, "grid": _typed_record(old["grid"])}
@@ -178,7 +179,7 @@ def sweep(
         records.append(record)
     curve = sorted(({"tokens_per_forward": r["tokens_per_forward"], "accuracy_pct": r["accuracy_pct"],
                      "settings": r["sweep_point"]} for r in records), key=lambda c: c["tokens_per_forward"])
-    (out / "curve.json").write_text(json.dumps({"model": lm.name, "task": task.name, "method": method,
+    write_atomic(out / "curve.json", json.dumps({"model": lm.name, "task": task.name, "method": method,
                                                 "n": n, "seed": seed, "split": split, "points": curve,
                                                 "sweep_settings": record_settings}, indent=2))
     return records

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
 
 from d3llm.errors import D3llmError
+from d3llm.files import load_yaml, read_text
 
 ALPHA = 3.0  # the authors' alpha
 DROP_BELOW = 5.0  # accuracy points under the first point beyond which a point is dropped
 
 Point = tuple[float, float]  # (tokens per forward, accuracy %)
+# TPF is at most the tokens a forward can commit; 1e6 is far above any canvas, and keeps
+# rho * y finite (a TPF of 1e308 would make AUP inf).
+MAX_TPF = 1e6
 
 
 def check_points(points: Sequence[Point], where: str = "curve") -> list[Point]:
@@ -33,12 +40,16 @@ def check_points(points: Sequence[Point], where: str = "curve") -> list[Point]:
         raise D3llmError(f"{where}: no (tpf, accuracy) points")
     out = []
     for point in points:
+        # numbers only: True is not 1 TPF, '2' is not 2 (float() would take both)
+        if isinstance(point, (str, bytes, Mapping)) or not hasattr(point, "__len__") or len(point) != 2 \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point):
+            raise D3llmError(f"{where}: a point must be [tpf, accuracy_pct] (two numbers), got {point!r}")
         try:
             rho, y = (float(v) for v in point)
-        except (TypeError, ValueError):
-            raise D3llmError(f"{where}: a point must be [tpf, accuracy_pct], got {point!r}") from None
-        if not rho > 0 or math.isinf(rho):
-            raise D3llmError(f"{where}: tokens per forward must be a positive number, got {rho}")
+        except OverflowError:  # an int too large for a float
+            raise D3llmError(f"{where}: a point must be [tpf, accuracy_pct] of sensible size, got {point!r}") from None
+        if not 0 < rho <= MAX_TPF:
+            raise D3llmError(f"{where}: tokens per forward must be a positive number at most {MAX_TPF:g}, got {rho}")
         if not 0 <= y <= 100:
             raise D3llmError(f"{where}: accuracy must be a percentage in 0..100, got {y}")
         out.append((rho, y))
@@ -87,19 +98,17 @@ def aup_table(table: Mapping[str, Mapping[str, Sequence[Point]]], alpha: float =
 
 def read_table(path) -> dict:
     """A YAML or JSON file `task -> method -> [[tpf, accuracy_pct], ...]` (the authors' form)."""
-    from pathlib import Path
-
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise D3llmError(f"AUP table {path} not found")
+    text = read_text(path, "AUP table", max_bytes=16 << 20)  # a regular UTF-8 file
     try:
-        table = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
-    except UnicodeDecodeError as exc:
-        raise D3llmError(f"AUP table {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        table = load_yaml(text)  # JSON is YAML; aliases bounded
     except yaml.YAMLError as exc:
         raise D3llmError(f"{path} is neither YAML nor JSON ({' '.join(str(exc).split())})") from None
     if not isinstance(table, dict) or not table or not all(isinstance(m, dict) for m in table.values()):
         raise D3llmError(f"{path} must map task -> method -> [[tpf, accuracy_pct], ...]")
+    bad = [k for k in [*table, *(k for m in table.values() for k in m)] if not isinstance(k, str)]
+    if bad:  # YAML reads `2024-01-01:` as a date, `1:` as an int and `~:` as null
+        raise D3llmError(f"{path}: task and method names must be text, got {bad[0]!r} (quote it)")
     return table

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from d3llm.errors import D3llmError
+from d3llm.files import safetensors_header
+
 BUNDLED_DIR = Path(str(resources.files("d3llm"))) / "bundled"
 
 
@@ -67,14 +70,10 @@ def parameters_from_weights(folder: Path) -> int | None:
     total, files = 0, sorted(folder.glob("*.safetensors"))
     for file in files:
         try:
-            with file.open("rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                if length > file.stat().st_size:  # a damaged file: the loader says so
-                    return None
-                header = json.loads(f.read(length))
+            header = safetensors_header(file)  # a header length past the end fails here, unallocated
             total += sum(math.prod(v["shape"]) for k, v in header.items()
                          if k != "__metadata__" and not k.endswith(INT8_SCALE))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (D3llmError, TypeError, KeyError, ValueError):
             return None
     return total or None
 

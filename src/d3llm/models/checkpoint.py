@@ -12,6 +12,7 @@ config) is a `ModelLoadError` that names the file and the tensor.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig, PreTrainedModel
 
 from d3llm.errors import D3llmError, ModelLoadError
+from d3llm.files import read_json as read_json_file
 from d3llm.models.catalog import INT8_SCALE
 from d3llm.models.layouts import (
     Layout, detect_layout, dream_raw_config, hf_name_to_llada, llada_raw_config,
@@ -40,14 +42,12 @@ SINGLE_FILE = "model.safetensors"
 
 def read_json(path: Path) -> dict:
     """A JSON file holding an object; every problem is a `ModelLoadError` naming the file."""
+    if not os.path.lexists(path):
+        raise ModelLoadError(f"{path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        data = read_json_file(path, max_bytes=256 << 20)  # regular files only: a FIFO would block
+    except D3llmError as exc:
+        raise ModelLoadError(str(exc)) from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, not a {type(data).__name__}")
     return data
@@ -154,6 +154,7 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
     folder = Path(folder)
     config, layout = load_config(folder)
     tensors = _renamed(read_tensors(folder), layout, folder)
+    _check_config_against_weights(config, tensors, folder)  # before building: 100000 layers would take hours
     with torch.device("meta"):
         net = network_class(config)(config)
     _check_names_and_shapes(tensors, _expected_shapes(net), folder)
@@ -166,6 +167,20 @@ def load_network(folder: str | Path, dtype: torch.dtype | None = None) -> PreTra
         net = net.to(dtype)
     net.config.dtype = next(net.parameters()).dtype
     return net.eval()
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_config_against_weights(config, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """A config.json that claims more layers than the weights hold fails before the network is
+    built (building 100000 layers, even on the meta device, takes hours); the other mismatches
+    are found by comparing names and shapes after building."""
+    layers = {int(m.group(1)) for name in tensors if (m := _LAYER.match(name))}
+    claimed = getattr(config, "num_hidden_layers", 0)
+    if claimed > len(layers):
+        raise ModelLoadError(f"{folder / 'config.json'} claims {claimed} layers but the weights hold {len(layers)}: "
+                             "the config does not match the weights")
 
 
 @contextlib.contextmanager
@@ -372,6 +387,7 @@ def export_model(
     if shards > tensors:
         raise D3llmError(f"`shards` must be at most the model's {tensors} tensors (one or more per file), got {shards}")
     ours = EXPORT_FILES | set(getattr(tokenizer, "vocab_files_names", {}).values())
+    _recover_leftovers(out)
     replaced = _files_to_replace(out, given, ours, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +435,23 @@ def _files_to_replace(out: Path, given: Path, ours, overwrite: bool) -> list[Pat
     if blocked:
         raise D3llmError(f"--out {given} holds a folder named {blocked[0]}, where export writes a file")
     return mine
+
+
+def _recover_leftovers(out: Path) -> None:
+    """An export killed midway leaves its hidden folders beside `out`: `.NAME.tmp-*` (the
+    unfinished export: removed) and `.NAME.old-*` (files it had moved aside: each one `out` lacks
+    is put back, so no file of the user is lost, then the folder is removed)."""
+    if not out.parent.is_dir():
+        return
+    for aside in sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*")):
+        if out.is_dir():
+            for path in sorted(aside.iterdir()):
+                if not (out / path.name).exists():
+                    path.rename(out / path.name)
+        if out.is_dir() or not any(aside.iterdir()):
+            shutil.rmtree(aside, ignore_errors=True)
+    for staging in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_place(staging: Path, out: Path, replaced: list[Path]) -> None:

@@ -15,6 +15,7 @@ chat template) and loads with `PreTrainedTokenizerFast`, like LLaDA's.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,11 +65,32 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
     return fast
 
 
+def check_text(text: object, what: str) -> str:
+    """`text` as a Python str of valid Unicode: bytes that were not UTF-8 reach us from argv or a
+    terminal as lone surrogates (Python's surrogateescape), which no tokenizer can encode."""
+    if not isinstance(text, str):
+        raise D3llmError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise D3llmError(f"{what} is not valid UTF-8 text (at character {exc.start})") from None
+    return text
+
+
+def quiet_length_warning(tokenizer: PreTrainedTokenizerBase) -> None:
+    """transformers warns (once) about ids longer than `model_max_length`; our callers check the
+    length themselves and say it in one line with the numbers that matter (prompt +
+    max_new_tokens against the model's), so the warning is marked as given."""
+    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a user message in the model's chat format, ready for the response.
 
     Uses the tokenizer's own chat template, so the same call serves our tiny models, LLaDA
     and Dream."""
+    check_text(prompt, "the prompt")
+    quiet_length_warning(tokenizer)
     messages = [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
@@ -82,16 +104,52 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     `tokenizer.json` (ours, LLaDA) loads as `PreTrainedTokenizerFast`; a vocab.json +
     merges.txt pair (Dream's Qwen2 BPE) loads as transformers' `Qwen2Tokenizer`.
     """
+    tokenizer = None
     try:
         if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             from transformers import Qwen2Tokenizer  # only Dream's tokenizer needs it
 
-            return Qwen2Tokenizer.from_pretrained(str(folder))
+            tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
     except Exception as exc:  # tokenizers raises plain Exceptions on bad files
         raise ModelLoadError(f"{folder}: the tokenizer files could not be read ({exc})") from None
-    raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    if tokenizer is None:
+        raise ModelLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    check_chat_template(tokenizer, folder)
+    return tokenizer
+
+
+TEMPLATE_SECONDS = 5.0  # a chat template renders in milliseconds; one still running after this loops
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Render the model's chat template once on a one-line conversation, in a worker thread with
+    a time limit: a template that fails to parse, raises, or loops (10**10 iterations) is a
+    one-line `ModelLoadError` when the model loads, not a traceback or a hang later. (A looping
+    render cannot be stopped: its daemon thread spins until the process exits.)"""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    outcome: list = []
+
+    def render() -> None:
+        try:
+            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                          tokenize=False)
+            outcome.append(None)
+        except Exception as exc:  # jinja2's TemplateError and whatever the template raises
+            outcome.append(exc)
+
+    worker = threading.Thread(target=render, name="d3llm-chat-template-check", daemon=True)
+    worker.start()
+    worker.join(TEMPLATE_SECONDS)
+    if not outcome:
+        raise ModelLoadError(f"{folder}: the chat template did not finish rendering a one-line conversation in "
+                             f"{TEMPLATE_SECONDS:g} s (a loop?); fix chat_template")
+    if outcome[0] is not None:
+        reason = " ".join(str(outcome[0]).split())
+        raise ModelLoadError(f"{folder}: the chat template fails ({type(outcome[0]).__name__}: {reason}); "
+                             "fix chat_template")
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, problem: Problem, gen_length: int | None) -> dict:

@@ -46,6 +46,7 @@ from d3llm import __version__
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.models.hub import hub_id_of_folder
+from d3llm.models.tokenizer import quiet_length_warning
 from d3llm.serve.errors import BadRequest
 from d3llm.serve.metrics import ServerMetrics
 from d3llm.serve.protocol import (UNICODE_ERROR, ChatRequest, CompletionRequest, DecodeRequest, Kind, chunk_body,
@@ -57,8 +58,13 @@ from d3llm.serve.text import TextStream, chat_prompt_ids
 from d3llm.version import code_version
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a client that left before its answer; nobody reads it
+# Largest request body: far above any prompt a model here can take (a 512-token canvas is a few
+# KB of text), and small enough that parsing it cannot hold the event loop (a 10 MB prompt took
+# 24 s to tokenize; issue 25). `d3llm serve --max-body-bytes` changes it.
+MAX_BODY_BYTES = 4 << 20
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               422: "invalid_request_error", 503: "server_overloaded", 500: "server_error"}
+               413: "invalid_request_error", 422: "invalid_request_error", 503: "server_overloaded",
+               500: "server_error"}
 USAGE_KEY = "d3llm.usage"  # where a route leaves an answer's usage in the ASGI scope, for the request log
 ERROR_KEY = "d3llm.error"  # where an error handler leaves its message, for the request log
 PROBES = ("/health", "/metrics", "/version")  # logged at DEBUG: scrapers call them every few seconds
@@ -78,12 +84,17 @@ def create_app(
     default_max_tokens: int = 64,
     model_id: str | None = None,
     log_interval_s: float = 10.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """An app serving `lm`: requests decode with `default_method` (d3llm / ar by model) unless
     they name a `method`; up to `max_batch` waiting requests with the same settings decode
     together after waiting at most `max_wait_ms`; more than `max_queue` waiting requests are
     refused (503). `model_id` (default: the model's hub id, else its folder name) is the name clients use.
-    A throughput line is logged every `log_interval_s` while requests run."""
+    A throughput line is logged every `log_interval_s` while requests run. A request body of
+    more than `max_body_bytes` is refused (413) before it is read in full or parsed."""
+    if max_body_bytes < 1:
+        raise D3llmError(f"`max_body_bytes` must be >= 1, got {max_body_bytes}")
+    quiet_length_warning(lm.tokenizer)  # a long prompt is a 400 naming its length, not a log warning
     scheduler = Scheduler(lm.model, lm.tokenizer.pad_token_id, max_batch, max_wait_ms, max_queue)
     limits = Limits(max_prompt_tokens, max_tokens_limit, default_max_tokens)
     # a model from the hub cache is served under its hub id (ORG/NAME), as vLLM and SGLang do
@@ -106,6 +117,7 @@ def create_app(
     app = FastAPI(title="d3llm", summary="OpenAI-compatible diffusion LLM server", lifespan=lifespan, **pages)
     app.state.service, app.state.scheduler, app.state.started = service, scheduler, int(time.time())
     _add_error_handlers(app)
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(_RequestLog, stats=stats, metrics=metrics)
     app.include_router(_v1_routes(service, api_key, app.state.started))
     if api_key is not None:  # the schema stays available to clients that hold the key
@@ -145,17 +157,18 @@ def _v1_routes(service: ModelService, api_key: str | None, started: int) -> APIR
     @router.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> dict | Response:
         tokenizer = service.lm.tokenizer
+        # tokenizing a long prompt takes seconds: in a worker thread, so /health and others answer meanwhile
         if body.prompts() is not None:
-            ids = [p if isinstance(p, list) else tokenizer.encode(p) for p in body.prompts()]
+            ids = [p if isinstance(p, list) else await asyncio.to_thread(tokenizer.encode, p) for p in body.prompts()]
             return await _answer_many(service, body, ids, request)
-        ids = body.prompt if isinstance(body.prompt, list) else tokenizer.encode(body.prompt)
+        ids = body.prompt if isinstance(body.prompt, list) else await asyncio.to_thread(tokenizer.encode, body.prompt)
         return await _answer("text", service, body, ids, request)
 
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> dict | Response:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await _answer("chat", service, body, chat_prompt_ids(service.lm.tokenizer, messages), request,
-                             prompt_param="messages")
+        ids = await asyncio.to_thread(chat_prompt_ids, service.lm.tokenizer, messages)  # off the event loop
+        return await _answer("chat", service, body, ids, request, prompt_param="messages")
 
     return router
 
@@ -343,6 +356,34 @@ def _field(error: dict) -> str | None:
     if not parts or not isinstance(parts[0], str):
         return None
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over `max_bytes` gets 413, from its Content-Length before a byte is
+    read, or as soon as a chunked body passes the limit; nothing of it is parsed. (The overflow
+    is an HTTPException: FastAPI passes those through its body reader unchanged.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"the request body is larger than this server's limit of {self.max_bytes} bytes (--max-body-bytes)"
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await _error(413, message, {"Connection": "close"})(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            received = await receive()
+            seen += len(received.get("body", b""))
+            if seen > self.max_bytes:
+                raise StarletteHTTPException(413, message, {"Connection": "close"})
+            return received
+
+        await self.app(scope, counted, send)
 
 
 class _RequestLog:

@@ -25,6 +25,7 @@ from typing import TextIO
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.models.catalog import bundled_models
+from d3llm.models.tokenizer import check_text
 from d3llm.serve.scheduler import Failed, Finished, Job, Scheduler
 from d3llm.serve.service import Limits, ModelService
 from d3llm.serve.text import TextStream, chat_prompt_ids
@@ -59,6 +60,7 @@ class ChatSession:
         history and `last` holds its statistics."""
         if not message.strip():
             raise D3llmError("the message is empty")
+        check_text(message, "the message")  # bytes that were not UTF-8 arrive as lone surrogates
         turn = [*(self.history if self.multi_turn else []), {"role": "user", "content": message}]
         ids = chat_prompt_ids(self.service.lm.tokenizer, turn)
         self.service.check_prompt(ids, self.config)

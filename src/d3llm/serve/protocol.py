@@ -32,6 +32,9 @@ from d3llm.serve.scheduler import Finished
 
 Kind = Literal["text", "chat"]  # /v1/completions or /v1/chat/completions
 MAX_STOP_STRINGS = 8
+# Longest stop string, in characters: each one is searched in the text after every step, so a
+# 300,000-character list held the event loop for a minute (issue 25). OpenAI's stops are short.
+MAX_STOP_CHARS = 256
 UNICODE_ERROR = "unicode_surrogate"  # the validation error type of text that is not valid Unicode
 
 
@@ -98,8 +101,9 @@ class DecodeRequest(BaseModel):
     @classmethod
     def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
         strings = [stop] if isinstance(stop, str) else stop or []
-        if len(strings) > MAX_STOP_STRINGS or any(not s for s in strings):
-            raise ValueError(f"must be at most {MAX_STOP_STRINGS} non-empty strings")
+        if len(strings) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in strings):
+            raise ValueError(f"must be at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} "
+                             "characters")
         return stop
 
     def stop_strings(self) -> list[str]:

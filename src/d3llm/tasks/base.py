@@ -54,6 +54,18 @@ def split_of(key: str, salt: str) -> Split:
     return "train"
 
 
+# The most problems one request may ask for: far above any test set or training mix we use,
+# and a 99999999999999999999 from a typo fails at once instead of generating for ever.
+MAX_PROBLEMS = 1_000_000
+
+
+def check_count(n: object, what: str = "`n`", low: int = 0) -> int:
+    """`n` as a problem count in low..MAX_PROBLEMS, else a `TaskError` naming `what`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= MAX_PROBLEMS:
+        raise TaskError(f"{what} must be >= {low} and at most {MAX_PROBLEMS} (problems), got {n!r}")
+    return n
+
+
 class Task(ABC):
     """A family of problems with a scorer."""
 
@@ -100,8 +112,7 @@ class GeneratedTask(Task):
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         split = check_split(split)
-        if n < 0:
-            raise TaskError(f"`n` must be >= 0, got {n}")
+        check_count(n)
         total = self.distinct_problems()
         if total is not None:
             per_mille = {"test": _TEST_PER_MILLE, "validation": _VALIDATION_PER_MILLE}.get(
@@ -122,8 +133,7 @@ class GeneratedTask(Task):
         """`n` problems of `split` as `sample` makes them, repeats allowed: every kind of problem
         keeps its share however few variants it has (docs/teacher-training.md)."""
         split = check_split(split)
-        if n < 0:
-            raise TaskError(f"`n` must be >= 0, got {n}")
+        check_count(n)
         out = self._from_split(split, n, random.Random(f"{self.name}:{split}:{seed}:draws"), distinct=False)
         if len(out) < n:
             raise TaskError(f"task {self.name!r} yielded only {len(out)} {split} problems; asked for n={n}")

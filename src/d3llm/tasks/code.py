@@ -1,8 +1,12 @@
 """`code`: small function-synthesis problems scored by hidden tests.
 
 The prompt specifies one Python function in words; the response is its source. Scoring
-runs the response plus the hidden test cases in `d3llm.tasks.sandbox` (separate process,
-time limit, temporary directory, no network): all cases must pass.
+runs the response as a module in `d3llm.tasks.sandbox` (a fenced child process: time limit,
+own file system and network, no privileges), calls the function on the hidden inputs there,
+and compares the returned values, sent back as plain data, with the expected ones here: all
+must be equal. The expected values never reach the child, so a response can only score by
+computing them (exiting early, raising SystemExit or returning an object whose `__eq__` always
+says True all score False; docs/sandbox.md).
 
     Question: Write a Python function `scale(xs)` that returns a list with every number of
               xs multiplied by 3.
@@ -12,13 +16,14 @@ time limit, temporary directory, no network): all cases must pass.
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from dataclasses import dataclass
 from typing import Callable
 
 from d3llm.tasks.base import GeneratedTask, Problem
-from d3llm.tasks.sandbox import run_python
+from d3llm.tasks.sandbox import CALL_FAILED, run_calls
 
 ARG_INT, ARG_LIST, ARG_STR = "x", "xs", "s"
 
@@ -113,12 +118,20 @@ class CodeTask(GeneratedTask):
         code = (fenced.group(1) if fenced else response).strip()
         return code or None
 
-    def test_program(self, problem: Problem, code: str) -> str:
-        checks = "\n".join(f"assert {call} == {expected}, {call!r}" for call, expected in problem.tests)
-        return f"{code}\n\n{checks}\n"
-
     def score(self, problem: Problem, response: str) -> bool:
         code = self.extract_answer(response)
         if code is None:
             return False
-        return run_python(self.test_program(problem, code), timeout_s=self.timeout_s).passed
+        result = run_calls(code, [call for call, _ in problem.tests], timeout_s=self.timeout_s)
+        expected = [_plain(ast.literal_eval(value)) for _, value in problem.tests]
+        return result.complete and all(
+            got is not CALL_FAILED and got == want for got, want in zip(result.values, expected, strict=True))
+
+
+def _plain(value: object) -> object:
+    """An expected value as the child's JSON sends it back: tuples become lists."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

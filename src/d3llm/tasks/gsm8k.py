@@ -15,7 +15,8 @@ import random
 import re
 from pathlib import Path
 
-from d3llm.errors import TaskError
+from d3llm.errors import D3llmError, TaskError
+from d3llm.files import read_text
 from d3llm.tasks.arith import extract_final_number
 from d3llm.tasks.base import Problem, Task, check_split
 
@@ -29,9 +30,9 @@ def read_gsm8k_jsonl(path: str | Path, task_name: str = "gsm8k") -> list[Problem
         raise TaskError(f"GSM8K file not found: {path}")
     problems, seen = [], set()
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as exc:
-        raise TaskError(f"GSM8K file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        lines = read_text(path, "GSM8K file", max_bytes=256 << 20).split("\n")  # a regular UTF-8 file
+    except D3llmError as exc:
+        raise TaskError(str(exc)) from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -41,7 +42,7 @@ def read_gsm8k_jsonl(path: str | Path, task_name: str = "gsm8k") -> list[Problem
             if not isinstance(question, str) or not isinstance(solution, str):
                 raise TypeError("'question' and 'answer' must be strings")
             question = question.strip()
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:  # ValueError: bad JSON, 5001-digit int
             raise TaskError(
                 f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' strings ({exc})"
             ) from None

@@ -18,7 +18,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import yaml
 
 from d3llm.decode.config import METHODS
 from d3llm.errors import D3llmError
+from d3llm.files import load_yaml as load_bounded_yaml, read_text
 from d3llm.models.lm import FAMILIES
 from d3llm.tasks import get_task
 from d3llm.train.objectives import DiffusionObjective
@@ -71,8 +71,18 @@ class DistillSettings:
         object.__setattr__(self, "windows", tuple(int(k) for k in self.windows))
 
 
+MAX_SHAPE = {"hidden_size": 1 << 14, "num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024,
+             "intermediate_size": 1 << 16, "max_length": 1 << 20}
+# Every integer setting: far above any sensible value, so 99999999999999999999 is refused by name
+# before it reaches torch (overflow) or a loop (a hang).
+MAX_INT = 2**32
+
+
 @dataclass(frozen=True)
 class ModelShape:
+    """The network's shape for a model trained from scratch (each bound of MAX_SHAPE is above
+    LLaDA-8B's, and keeps a typo from asking for terabytes)."""
+
     hidden_size: int = 192
     num_layers: int = 6
     num_heads: int = 6
@@ -85,6 +95,8 @@ class ModelShape:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise D3llmError(f"`model.{name}` must be >= 1, got {value}")
+            if value is not None and value > MAX_SHAPE[name]:  # checked before anything is allocated
+                raise D3llmError(f"`model.{name}` must be at most {MAX_SHAPE[name]}, got {value}")
         if self.hidden_size % self.num_heads:
             raise D3llmError(f"`model.hidden_size` ({self.hidden_size}) must be divisible by `model.num_heads` "
                              f"({self.num_heads})")
@@ -220,31 +232,15 @@ PRECISIONS = ("float32", "bfloat16")
 SECTIONS = {"model": ModelShape, "objective": DiffusionObjective, "distill": DistillSettings}
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: `5e-5` is a number (PyYAML's YAML 1.1 rules read it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
-               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF|nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
 def load_yaml(text: str):
-    """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5')."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """`yaml.safe_load` with YAML 1.2 floats (`lr: 5e-5` is 5e-05, not the string '5e-5') and
+    aliases bounded (`d3llm.files.load_yaml`)."""
+    return load_bounded_yaml(text)
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that holds a mapping ({} when empty); every problem is a `D3llmError` naming the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise D3llmError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise D3llmError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    text = read_text(Path(path), what, max_bytes=1 << 20)  # a regular file (a FIFO would block), UTF-8
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -263,7 +259,7 @@ def _type_ok(value: object, kind: str) -> bool:
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
     if kind == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "str" or kind.startswith("Literal"):
@@ -275,7 +271,7 @@ def _type_ok(value: object, kind: str) -> bool:
     return isinstance(value, dict)  # a nested section (model, objective, distill)
 
 
-_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
+_KINDS = {"bool": "true or false", "int": f"an integer of at most {MAX_INT}", "float": "a finite number", "str": "a string",
           "tuple[int, ...]": "a list of integers", "dict[str, float]": "a mapping of task names to weights"}
 
 

@@ -15,6 +15,13 @@ callback and the output folder:
       runs.jsonl            one line per invocation (start step, processes): resumes are visible
       checkpoints/          Trainer checkpoints (resume: run the same command again)
 
+Crash safety (docs/files.md): every file a resume reads is written atomically (temp + fsync +
+rename, `d3llm.files`), so a kill -9 at any moment leaves the old file or the new one; the
+Trainer's own checkpoint files are checked on resume (trainer_state.json parses, the weights'
+sizes match their header, the torch files are whole archives) and a damaged checkpoint is
+removed in favour of the one before it. A folder that holds files but no train_config.yaml is
+not a run of ours and is refused unless `overwrite`.
+
 `stop_at` (`d3llm train --stop-at STEP`) ends a run early at a step of its recipe, with the
 recipe's learning-rate schedule unchanged: for a run that cannot finish in the time there is.
 The model written is that step's, and provenance.json says `stopped_at`.
@@ -26,9 +33,12 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +50,10 @@ from d3llm.decode import preset
 from d3llm.decode.config import validation_method
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
+from d3llm.files import (
+    TEMP_MARK, append_line, claim_folder, read_json, read_jsonl, read_text, remove_leftovers, safetensors_header,
+    write_atomic,
+)
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
 from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
 from d3llm.models.lm import DECODE_BLOCK_KEY
@@ -56,6 +70,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # TrainConfig.precision -> weights
 STARTED_FROM = "started_from.json"
+SAVED_CONFIG = "train_config.yaml"
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[list[dict]]:
@@ -92,9 +108,8 @@ class _ValidationCallback(TrainerCallback):
                  progress: Progress | None = None):
         self.config, self.net, self.tokenizer, self.out, self.clock = config, net, tokenizer, out, clock
         self.progress = progress
-        curve = out / "curve.jsonl"
-        rows = curve.read_text().splitlines() if curve.is_file() else []
-        self.last: dict = json.loads(rows[-1]) if rows else {}  # survives a resume
+        rows = read_jsonl(out / "curve.jsonl", "delete the damaged line (the curve is a log) and run again")
+        self.last: dict = rows[-1] if rows else {}  # survives a resume
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.config.eval_every
@@ -106,8 +121,7 @@ class _ValidationCallback(TrainerCallback):
         losses = [h["loss"] for h in (log_history or []) if "loss" in h]
         row = {"step": step, "train_seconds": round(self.clock.total(), 1),
                "loss": losses[-1] if losses else None, **metrics}
-        with (self.out / "curve.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.out / "curve.jsonl", json.dumps(row))
         log.info("validation at step %d: %s", step, metrics)
         self.last = row
         return row
@@ -145,14 +159,23 @@ class _Clock:
 
     def __init__(self, out: Path):
         self.file = out / "train_seconds"
-        self.before = float(self.file.read_text()) if self.file.is_file() else 0.0
+        self.before = self._read(out)
         self.start = time.perf_counter()
+
+    def _read(self, out: Path) -> float:
+        """The seconds so far; a damaged file (an older version's crash) falls back to the curve's."""
+        try:
+            return float(read_text(self.file)) if self.file.is_file() else 0.0
+        except (D3llmError, ValueError):
+            rows = read_jsonl(out / "curve.jsonl", "delete the damaged line and run again")
+            log.info("%s is damaged; training time restarts from the curve's last record", self.file)
+            return float(rows[-1].get("train_seconds", 0.0)) if rows else 0.0
 
     def total(self) -> float:
         return self.before + time.perf_counter() - self.start
 
     def save(self) -> None:
-        self.file.write_text(f"{self.total():.1f}")
+        write_atomic(self.file, f"{self.total():.1f}")
 
 
 class _ClockCallback(TrainerCallback):
@@ -194,16 +217,41 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path,
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest Trainer checkpoint whose state was fully written (a kill can leave a partial
-    one behind: those are removed)."""
+    """The newest Trainer checkpoint that was fully written; a kill can leave a partial or
+    damaged one behind: those are removed (they are ours), so the one before them is used."""
     found = []
     for ckpt in folder.glob("checkpoint-*"):
-        weights = (ckpt / "model.safetensors").is_file() or (ckpt / "adapter_model.safetensors").is_file()  # LoRA
-        if not ((ckpt / "trainer_state.json").is_file() and weights):
+        if not _CHECKPOINT_NAME.fullmatch(ckpt.name):
+            continue  # not the Trainer's (checkpoint-final, a user's copy): left alone
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            log.info("removing the damaged checkpoint %s (%s)", ckpt, problem)
             shutil.rmtree(ckpt, ignore_errors=True)
             continue
         found.append((_step_of(ckpt), ckpt))
     return max(found)[1] if found else None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What is missing or damaged in a Trainer checkpoint, or None when a resume can read it."""
+    try:
+        state = read_json(ckpt / "trainer_state.json")
+        if not isinstance(state, dict) or state.get("global_step") != _step_of(ckpt):
+            return "trainer_state.json does not hold this step"
+        weights = [ckpt / n for n in ("model.safetensors", "adapter_model.safetensors") if (ckpt / n).is_file()]
+        if not weights:
+            return "no weights"
+        for file in weights:
+            safetensors_header(file)
+    except D3llmError as exc:
+        return str(exc)
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not (ckpt / name).is_file():
+            return f"no {name}"
+    for file in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a cut one has no directory
+            return f"{file.name} is truncated"
+    return None
 
 
 def tokenizer_for(config: TrainConfig, out: Path):
@@ -269,19 +317,30 @@ def _ddp_backend() -> str | None:
     return None
 
 
+def claim_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse (unless `overwrite`) an output folder holding files but no run of ours: the
+    trainer writes config.json, weights and tokenizer files there, which could be a user's."""
+    claim_folder(Path(out), "--out", overwrite, lambda folder: (folder / SAVED_CONFIG).is_file(), None,
+                 "`d3llm train`")
+
+
 def train(config: TrainConfig, out: str | Path, command: list[str] | None = None,
-          stop_at: int | None = None, progress: Progress | None = None) -> Path:
+          stop_at: int | None = None, progress: Progress | None = None, overwrite: bool = False) -> Path:
     """Train (or resume) into `out`; returns the folder of the final model. `stop_at`: end at
     that step of the recipe instead of its last. `progress(what, done, total)`: told each
-    training step and validation problem (None: transformers' own progress bar and log lines)."""
+    training step and validation problem (None: transformers' own progress bar and log lines).
+    `out` must be new, empty or a run of ours (it holds train_config.yaml), unless `overwrite`."""
     if stop_at is not None and not 0 < stop_at <= config.steps:
         raise D3llmError(f"`--stop-at` must be in 1..{config.steps} (the recipe's steps), got {stop_at}")
     end = stop_at or config.steps
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise D3llmError(f"--out {out} exists and is not a folder; use another --out")
+    claim_out(out, overwrite)
+    if _is_first_process():
+        remove_leftovers(out)  # what a kill during a write left (ours by name)
     version = code_version()  # the code this process runs, read before anything can change it
-    saved = out / "train_config.yaml"
+    saved = out / SAVED_CONFIG
     if saved.is_file() and _recipe(_saved_config(saved)) != _recipe(config.to_dict()):
         raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
     if config.threads:
@@ -301,13 +360,12 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
                                   distinct=config.examples == "distinct")
         collate_fn = collate
     dataset = batches_by_length(examples, config.batch_size, config.seed)
-    first_start = not saved.is_file()
     out.mkdir(parents=True, exist_ok=True)
     if _is_first_process():
-        if first_start:  # what the run starts from, read now: a bundled name may later mean another model
-            _record_origin(config, out)
-        saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        tokenizer.save_pretrained(out)
+        write_atomic(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))  # first: the run's marker
+        if not (out / STARTED_FROM).is_file() and last_complete_checkpoint(out / CHECKPOINTS) is None:
+            _record_origin(config, out)  # read now: a bundled name may later mean another model
+        save_atomically(tokenizer.save_pretrained, out, last="tokenizer.json")  # what `tokenizer_for` looks for
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
         learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
@@ -350,7 +408,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
             final = validation.record(end)
         if trained is not net:  # LoRA: fold the adapters into the weights, save a plain model
             net = trained.merge_and_unload()
-        net.save_pretrained(out)
+        save_atomically(net.save_pretrained, out, last="model.safetensors")
         _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
     _leave_process_group()
     return out
@@ -365,17 +423,38 @@ def _leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def save_atomically(save, out: Path, last: str) -> None:
+    """`save(folder)` (a `save_pretrained`) into a temporary folder inside `out`, then each file
+    written into `out` atomically, `last` at the end: a kill leaves every file old or new, never
+    cut short, and `last` (the file whose presence says the set is there) only once all are in."""
+    staging = Path(tempfile.mkdtemp(prefix=f".save{TEMP_MARK}", dir=out))
+    try:
+        save(staging)
+        for file in sorted(staging.iterdir(), key=lambda f: (f.name == last, f.name)):
+            write_atomic(out / file.name, file.read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
 
 def _saved_config(path: Path) -> dict:
     """A run's saved recipe with today's defaults filled in (a field added since compares equal
-    when the run used its default)."""
+    when the run used its default). An empty or unreadable file (an older version's crash)
+    raises, saying what to do."""
     try:
-        return TrainConfig.from_dict(load_yaml(path.read_text()), source=str(path)).to_dict()
+        data = load_yaml(read_text(path))
+    except (D3llmError, yaml.YAMLError) as exc:
+        data = exc
+    if not isinstance(data, dict) or not data:
+        raise D3llmError(f"{path} is damaged (empty or not a YAML mapping); restore it, or write the recipe you "
+                         f"ran there (`d3llm train --config` of that run) and run again")
+    try:
+        return TrainConfig.from_dict(data, source=str(path)).to_dict()
     except D3llmError:
-        return load_yaml(path.read_text())
+        return data
 
 
 def _recipe(config: dict) -> dict:
@@ -390,8 +469,7 @@ def _log_invocation(out: Path, resume: Path | None, world_size: int, command: li
            "torch_threads": torch.get_num_threads(),
            "code_version": version, "command": " ".join(command),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with (out / "runs.jsonl").open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line(out / "runs.jsonl", json.dumps(row))
 
 
 def _record_origin(config: TrainConfig, out: Path) -> None:
@@ -402,7 +480,7 @@ def _record_origin(config: TrainConfig, out: Path) -> None:
         return
     source = resolve_model(config.init_from) / "provenance.json"
     if source.is_file():
-        (out / STARTED_FROM).write_text(source.read_text())
+        write_atomic(out / STARTED_FROM, source.read_bytes())
 
 
 def _write_provenance(
@@ -414,7 +492,7 @@ def _write_provenance(
         "command": " ".join(command),
         "seed": config.seed,
         "code_version": version,  # of the invocation that finished; every one is in runs.jsonl
-        "invocations": [json.loads(line) for line in runs.read_text().splitlines()] if runs.is_file() else [],
+        "invocations": read_jsonl(runs, "delete the damaged line (runs.jsonl is a log) and run again"),
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in net.parameters()),
         "torch_threads": torch.get_num_threads(),
@@ -424,4 +502,4 @@ def _write_provenance(
     }
     if (out / STARTED_FROM).is_file():  # the earlier stages, nested
         provenance["started_from"] = json.loads((out / STARTED_FROM).read_text())
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    write_atomic(out / "provenance.json", json.dumps(provenance, indent=2))

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d3llm.errors import D3llmError
+from d3llm.files import claim_folder, read_json
 from d3llm.models.lm import FAMILIES
 
 FORMAT = "d3llm-trajectories"
@@ -79,6 +80,18 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def claim_out(folder: Path, overwrite: bool = False) -> None:
+    """Refuse (unless `overwrite`) a folder that holds a trajectory file name but no manifest of
+    ours: a user's trajectories.parquet is not replaced silently."""
+    def ours(path: Path) -> bool:
+        try:
+            return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return False
+
+    claim_folder(folder, "--out", overwrite, ours, (MANIFEST, MERGED, CHUNKS), "`d3llm trajectories`")
+
+
 def write_manifest(folder: Path, manifest: dict) -> None:
     """Write the manifest, or check that the one already there describes the same work."""
     file = folder / MANIFEST
@@ -101,9 +114,9 @@ def read_manifest(folder: Path) -> dict:
     if not file.is_file():
         raise TrajectoryError(f"{folder} has no {MANIFEST}: not a trajectory folder (made by `d3llm trajectories`)")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrajectoryError(f"{file} is not valid JSON ({exc})") from None
+        manifest = read_json(file, max_bytes=64 << 20)  # a regular file; deep nesting, long ints: one line
+    except D3llmError as exc:
+        raise TrajectoryError(str(exc)) from None
     if not isinstance(manifest, dict):
         raise TrajectoryError(f"{file} must hold a JSON object, not a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
