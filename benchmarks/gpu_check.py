@@ -5,7 +5,7 @@ benchmarks/gpu_check.sh; prints a Markdown table for docs/benchmarks.md.
 Per model: load seconds, peak GPU memory, seconds per forward by width (1, 32, 64 new columns
 after a 256-token KV-cache prefix, and a full 512-column forward), KV bytes per token, and
 tokens/s projected for `ar` (one token per cached 1-column forward) and for `d3llm-cache` at the
-TPF the bundled student measured (`--tpf`, default: results/tiny-d3llm-arith-d3llm.json):
+TPF the bundled student measured (`--tpf`, default: results/current/tiny-d3llm-arith-d3llm.json):
 random weights commit about one token per forward, so the real decoders run only a few steps as
 a smoke check and the speed of a trained model is projected from the forward cost:
 
@@ -122,7 +122,7 @@ def table(rows: list[dict], card: str) -> str:
 
 def bundled_tpf() -> float:
     """The bundled student's measured TPF (arith, d3llm preset; README "Distillation")."""
-    record = ROOT / "results" / "tiny-d3llm-arith-d3llm.json"
+    record = ROOT / "results" / "current" / "tiny-d3llm-arith-d3llm.json"
     return float(json.loads(record.read_text())["tokens_per_forward"])
 
 
