@@ -107,17 +107,28 @@ def test_fast_dllm_v2_folder_loads_as_a_block_model_with_every_weight(tmp_path, 
     assert type(lm.model.net) is Qwen2ForCausalLM
     assert lm.model.config.tie_word_embeddings is tied
 
-    x = torch.randint(3, len(tiny_tokenizer), (2, 11), generator=torch.Generator().manual_seed(1))
+    assert lm.facts.block_alignment == "absolute"  # the official convention: blocks of positions from 0
+
+    x = torch.randint(3, len(tiny_tokenizer), (2, 2 * BLOCK + 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         causal = reference(x).logits  # the stock causal network: column i-1 predicts token i
-        # A canvas that is all prompt is causal in our convention: exactly the stock network.
-        whole_prompt = lm.model(x, block_start=x.shape[1])
-        torch.testing.assert_close(whole_prompt.logits[:, 1:], causal[:, :-1])
-        torch.testing.assert_close(whole_prompt.last_logits, causal[:, -1])
-        # With response blocks: the same as the reference weights under the same block-causal mask.
-        facts = ModelFacts("block", tiny_tokenizer.mask_token_id, tiny_tokenizer.eos_token_id, 128, BLOCK)
-        blocks = lm.model(x, block_start=3).logits
-        torch.testing.assert_close(blocks, DiffusionLM(reference, facts)(x, block_start=3).logits)
+        # The same as the reference weights under the same block-causal mask, prompt or not.
+        facts = ModelFacts("block", tiny_tokenizer.mask_token_id, tiny_tokenizer.eos_token_id, 128, BLOCK,
+                           block_alignment="absolute")
+        blocks = lm.model(x).logits
+        torch.testing.assert_close(blocks, DiffusionLM(reference, facts)(x).logits)
+        # Blocks of positions from 0: a change at position 1 reaches position 0 (same block, the
+        # prompt's too), a change at the start of block 2 reaches nothing before it.
+        y = x.clone()
+        y[:, 1] = (y[:, 1] + 1) % len(tiny_tokenizer)
+        z = x.clone()
+        z[:, 2 * BLOCK] = (z[:, 2 * BLOCK] + 1) % len(tiny_tokenizer)
+        raw = lm.model.net(x, attention_mask=lm.model._block_mask(x, None, None, None)).logits
+        raw_y = lm.model.net(y, attention_mask=lm.model._block_mask(y, None, None, None)).logits
+        raw_z = lm.model.net(z, attention_mask=lm.model._block_mask(z, None, None, None)).logits
+        assert not torch.allclose(raw_y[:, 0], raw[:, 0])
+        torch.testing.assert_close(raw_z[:, : 2 * BLOCK], raw[:, : 2 * BLOCK])
+        assert not torch.allclose(raw_z[:, 2 * BLOCK + 1], raw[:, 2 * BLOCK + 1])
     assert not torch.allclose(blocks[:, 1:], causal[:, :-1], atol=1e-3)  # the block mask is in effect
 
 
@@ -130,9 +141,10 @@ def test_a_loaded_fast_dllm_v2_model_saves_as_our_own_folder(tmp_path, tiny_toke
     again = load_model(tmp_path / "ours", dtype=torch.float32, device="cpu")
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "qwen2"
     assert again.facts == lm.facts
+    assert again.facts.block_alignment == "absolute"  # recorded in our config.json
     x = torch.randint(3, len(tiny_tokenizer), (1, 9))
     with torch.no_grad():
-        torch.testing.assert_close(again.model(x, block_start=2).logits, lm.model(x, block_start=2).logits)
+        torch.testing.assert_close(again.model(x).logits, lm.model(x).logits)
 
 
 def test_defaults_when_the_config_does_not_say():

@@ -317,9 +317,9 @@ class DelayedCache(_PrefixCache):
 
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
-    """(B,) column where each row's first incomplete block starts (canvas end if none)."""
-    first = first_index(state.completed_at < 0)  # (B,) nb where none
-    return (state.start + first * state.block_size).clamp(max=state.canvas.shape[1])
+    """(B,) column where each row's first incomplete block begins (canvas end if none; for
+    blocks aligned to position 0, block 0 begins in the prompt, `DecodeState.block_begins`)."""
+    return state.block_begins()[first_index(state.completed_at < 0)]  # nb (the canvas end) where none
 
 
 class DualCache(PrefixCache):
@@ -351,6 +351,11 @@ class BlockCache(NoCache):
         starts = incomplete_block_starts(state)  # every row's blocks before its start are finished
         begin = int(starts.min())
         stop = min(int(starts.max()) + state.block_size, state.canvas.shape[1])  # the furthest current block's end
+        if model.facts.block_alignment == "absolute":  # Fast-dLLM v2's convention (one row at a time)
+            if state.start <= begin < state.canvas.shape[1] and bool((state.canvas[:, begin] == state.mask_id).all()):
+                return self._first_token(model, state, begin)
+            if self.cache is None and begin > 0:  # the prompt's whole blocks first, as its prefill
+                self._first_token(model, state, begin)
         window = dict(attention_mask=state.attention[:, :stop], past_key_values=self.cache, use_cache=True,
                       block_start=state.start)
         if self.cache is None:  # the prompt too; logits from the response on
@@ -365,6 +370,20 @@ class BlockCache(NoCache):
         self.cache.crop(begin - stop)  # finished blocks stay; the current ones are computed again
         self.end, self.boundary_logits = begin, out.logits[:, begin - first]
         return out.logits, _span(first, out.logits.shape[1], len(state.canvas), state.canvas.device)
+
+    def _first_token(self, model, state: DecodeState, begin: int) -> Forwarded:
+        """Blocks aligned to position 0: the columns before block-start column `begin` (the
+        finished block, or the prompt's whole blocks) into the cache, and the prediction of
+        column `begin` from the last of them: a block's first token is the AR argmax, as
+        Fast-dLLM v2's generate takes it."""
+        lo = self.end if self.cache is not None else 0
+        if self.cache is None:
+            self.cache = DynamicCache(config=model.config)
+        out = model(state.canvas[:, lo:begin], attention_mask=state.attention[:, :begin],
+                    position_ids=state.positions[:, lo:begin], past_key_values=self.cache, use_cache=True,
+                    logits_to_keep=1, block_start=state.start)
+        self.end, self.boundary_logits = begin, out.last_logits
+        return out.last_logits.unsqueeze(1), _span(begin, 1, len(state.canvas), state.canvas.device)
 
 
 CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache,

@@ -75,6 +75,14 @@ class DecodeConfig:
     # authors' loops, which read the masks before filling (a forward may then "commit" into them,
     # and the fill writes EOS over them again); False: candidates are the masks after the fill
     stale_candidates: bool = True
+    # early stop writes EOS over the columns after the first EOS (d3LLM); False (the official
+    # convention of Fast-dLLM v2 checkpoints, set by `for_model`): leaves them, and a row is done
+    # once every column before its first EOS is committed
+    fill_after_eos: bool = True
+    # threshold strategies commit only inside the current block's first sub-block of this many
+    # columns that still has masks (Fast-dLLM v2's small blocks); None: anywhere in created blocks
+    sub_block_size: int | None = None
+    strict_threshold: bool = False  # a threshold passes above it only (Fast-dLLM v2's `p > threshold`)
     cache: CachePolicy = "none"  # KV-cache policy
     cache_delay: int = 1  # delayed: iterations a completed block waits before it is cached
     refresh_interval: int | None = None  # delayed: recompute everything every N iterations (None: off)
@@ -94,9 +102,9 @@ class DecodeConfig:
     seed: int = 0  # sampling seed (temperature > 0)
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "block_size", "tokens_per_step"):
+        for name in ("max_new_tokens", "block_size", "tokens_per_step", "sub_block_size"):
             value = getattr(self, name)
-            if name == "block_size" and value is None:
+            if name in ("block_size", "sub_block_size") and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_TOKENS:
                 raise D3llmError(f"`{name}` must be a positive integer, got {value!r} (at most {MAX_TOKENS})")
@@ -116,7 +124,8 @@ class DecodeConfig:
         if isinstance(self.cache_delay, bool) or not isinstance(self.cache_delay, int) \
                 or not 0 <= self.cache_delay <= MAX_TOKENS:
             raise D3llmError(f"`cache_delay` must be >= 0 and at most {MAX_TOKENS}, got {self.cache_delay!r}")
-        for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop", "stale_candidates"):
+        for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop", "stale_candidates",
+                     "fill_after_eos", "strict_threshold"):
             if not isinstance(getattr(self, name), bool):
                 raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         if self.cache_uncreated and not self.forward_uncreated:
@@ -164,8 +173,10 @@ PRESETS: dict[str, DecodeConfig] = {
     "ar-spec": DecodeConfig(method="ar-spec"),
     # block models: no official loop to follow at early stop, so the columns it fills are no candidates
     "block": DecodeConfig(method="block", block_size=None, cache="block", early_stop=True, stale_candidates=False),
+    # Fast-dLLM v2's generate: sub-blocks of 8, `p > threshold` (a model's blocks of 8 or fewer: one sub-block)
     "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", block_size=None, strategy="confidence", threshold=0.9,
-                                 cache="block", early_stop=True, stale_candidates=False),
+                                 cache="block", early_stop=True, stale_candidates=False, sub_block_size=8,
+                                 strict_threshold=True),
     "d3llm-block": DecodeConfig(method="d3llm-block", block_size=None, strategy="entropy", threshold=0.5,
                                 cache="block", early_stop=True, stale_candidates=False),
 }
@@ -244,14 +255,18 @@ FAMILY_FORCING = {"llada": "block+global"}
 
 
 def for_model(config: DecodeConfig, family: str, model_block_size: int | None,
-              decode_block_size: int | None = None) -> DecodeConfig:
+              decode_block_size: int | None = None, alignment: str = "response") -> DecodeConfig:
     """`config` with the block size a model of `family` decodes with: a block model's own (the
     one it was trained with, `model_block_size`); for a LLaDA/Dream model the given one, else its
     recorded default (`decode_block_size`), else DEFAULT_BLOCK_SIZE. Forced progress left open
-    (`forcing` None) becomes the family's authors' rule (`FAMILY_FORCING`)."""
+    (`forcing` None) becomes the family's authors' rule (`FAMILY_FORCING`); a block model whose
+    blocks are aligned to position 0 (`alignment` "absolute", Fast-dLLM v2's checkpoints) keeps
+    the columns after an EOS as they are (`fill_after_eos` false), as its authors' generate does."""
     check_model_kind(config, family)
     if config.forcing is None:
         config = config.override(forcing=FAMILY_FORCING.get(family, "block"))
+    if alignment == "absolute":  # Fast-dLLM v2's convention: early stop leaves the columns after the EOS
+        config = config.override(fill_after_eos=False)
     if family != "block":  # (an AR model's canvas takes the default's blocks too; its decoders ignore them)
         return config if config.block_size else config.override(block_size=decode_block_size or DEFAULT_BLOCK_SIZE)
     if config.block_size not in (None, model_block_size):
@@ -263,7 +278,7 @@ def for_model(config: DecodeConfig, family: str, model_block_size: int | None,
 
 def for_facts(config: DecodeConfig, facts) -> DecodeConfig:
     """`for_model` for a loaded model's `ModelFacts` (d3llm.models.lm)."""
-    return for_model(config, facts.family, facts.block_size, facts.decode_block_size)
+    return for_model(config, facts.family, facts.block_size, facts.decode_block_size, facts.block_alignment)
 
 
 # What each setting depends on: (applies to this config?, why not). `max_new_tokens`,
@@ -277,6 +292,9 @@ _APPLIES = {
                                                   "threshold method (fast-dllm, dparallel, d3llm, ...)"),
     "forcing": (lambda c: c.strategy != "topk", "forced progress belongs to the threshold strategies"),
     "stale_candidates": (lambda c: c.early_stop, "it concerns the columns early stop fills"),
+    "fill_after_eos": (lambda c: c.early_stop, "it concerns the columns after an EOS"),
+    "strict_threshold": (lambda c: c.strategy != "topk", "it qualifies the threshold"),
+    "sub_block_size": (lambda c: c.strategy != "topk", "it confines the threshold strategies' commits"),
     "cache_delay": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) waits before caching"),
     "refresh_interval": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) refreshes"),
     "refresh_waiting": (lambda c: c.cache == "delayed", "only the delayed cache (d3llm-cache) has waiting blocks"),
@@ -302,7 +320,7 @@ def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
                            "cache_uncreated")
             detail = f"cache {config.cache}" if name in cache_bound else (
                 f"temperature {config.temperature:g}" if name == "seed" else
-                "early_stop off" if name == "stale_candidates" else f"strategy {config.strategy}")
+                "early_stop off" if name in ("stale_candidates", "fill_after_eos") else f"strategy {config.strategy}")
             problems[name] = f"`{name}` has no effect with method {config.method!r} ({detail}): {_APPLIES[name][1]}"
     return problems
 

@@ -140,26 +140,62 @@ def generate(
     timed = _ForwardTimer(model)
     if config.method == "ar-spec":  # transformers' generate: its forwards are timed by hooks
         state, timed.seconds = generate_ar_spec(model, prompts, config, pad_token_id, on_step)
+        states = [state]
+    elif model.facts.block_alignment == "absolute":
+        states = _generate_each_alone(timed, prompts, config, pad_token_id, on_step)
     else:
         run = _generate_ar if config.is_autoregressive else _generate_diffusion
-        state = run(timed, prompts, config, pad_token_id, on_step)
-    response, nfe, trace = state.response.cpu(), state.step, state.trace.cpu()
-    row_forwards = state.row_forwards.tolist()
+        states = [run(timed, prompts, config, pad_token_id, on_step)]
+    eos, width = model.facts.eos_token_id, max(s.num_new for s in states)
+    response = torch.cat([_pad(s.response.cpu(), width, eos) for s in states])  # (B, N)
+    trace = torch.cat([_pad(s.trace.cpu(), width, -1) for s in states])
+    nfe = sum(s.step for s in states)
+    row_forwards = torch.cat([s.row_forwards for s in states]).tolist()
     sequences, counts = _until_eos(response, model.facts.eos_token_id)
     return DecodeOutput(sequences, counts, nfe, row_forwards, time.perf_counter() - started, timed.seconds,
                         trace, response, timed.profile)
 
 
-def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
+def _generate_each_alone(model, prompts, config, pad_id, on_step) -> list[DecodeState]:
+    """A model whose blocks are aligned to position 0 (Fast-dLLM v2's checkpoints,
+    docs/block-diffusion.md): each prompt has its own block geometry (its length modulo the
+    block size) and, as the official generate, its own response length: the blocks that begin
+    within `max_new_tokens` of the prompt's last whole block, and the first token of the next
+    one. Rows decode one after the other, each its own state."""
+    k = config.block_size
+    done = []
+    for row, prompt in enumerate(prompts):
+        ends = (len(prompt) // k + config.max_new_tokens // k) * k + 1
+        alone = config.override(max_new_tokens=ends - len(prompt))
+
+        def seen_as_row(state, row=row):  # streaming: the row's index in the caller's batch
+            state.rows = torch.full_like(state.rows, row)
+            return on_step(state) if on_step else None
+
+        done.append(_generate_diffusion(model, [prompt], alone, pad_id, seen_as_row if on_step else None,
+                                        block_offset=len(prompt) % k))
+    return done
+
+
+def _pad(values: torch.Tensor, width: int, fill: int) -> torch.Tensor:
+    """(B, n) -> (B, width), `fill` after the end."""
+    return torch.cat([values, values.new_full((len(values), width - values.shape[1]), fill)], 1)
+
+
+def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: int = 0) -> DecodeState:
     """Decode until no row has masks. Rows leave the forward as soon as they finish, so a
     batch costs the work of its unfinished rows; the returned state holds every row."""
     facts = model.facts
-    batch = DecodeState.start_from(prompts, config, facts.mask_token_id, facts.eos_token_id, pad_id, model.device)
+    batch = DecodeState.start_from(prompts, config, facts.mask_token_id, facts.eos_token_id, pad_id, model.device,
+                                   block_offset)
     state = batch  # the unfinished rows; written back into `batch` as they finish
     cache = CACHE_POLICIES[config.cache](config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
     block_at = torch.cat([block_of, block_of.new_full((1,), state.num_blocks)])  # and one past the response
+    if config.sub_block_size:
+        sub_of = state.sub_block_of(min(config.sub_block_size, state.block_size))
+        sub_at = torch.cat([sub_of, sub_of.new_full((1,), int(sub_of.max()) + 1)])
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
     while True:
         if config.early_stop:
@@ -175,6 +211,10 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step) -> DecodeState:
         candidates = _gather((masked if stale is None else masked | stale) & created, at)
         blocks = block_at[at]  # (B, W) block of each logit's column
         current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
+        if config.sub_block_size and config.strategy != "topk":  # only the current block's first sub-block with masks
+            subs = sub_at[at]
+            current_sub = torch.where(_gather(masked, at) & (blocks == current), subs, sub_at[-1]).min(1, keepdim=True)
+            candidates = candidates & (subs == current_sub.values)
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
         chosen = select(scores, candidates, candidates & (blocks == current), config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"

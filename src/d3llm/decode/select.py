@@ -97,9 +97,11 @@ def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, config
         top = ranked.topk(k, dim=1).indices
         return torch.zeros_like(in_current).scatter_(1, top, True) & in_current
     if config.strategy == "entropy":
-        goodness, chosen = -s.entropy, s.entropy <= config.threshold
+        goodness = -s.entropy
+        chosen = s.entropy < config.threshold if config.strict_threshold else s.entropy <= config.threshold
     else:
-        goodness, chosen = s.confidence, s.confidence >= config.threshold
+        goodness = s.confidence
+        chosen = s.confidence > config.threshold if config.strict_threshold else s.confidence >= config.threshold
     chosen = chosen & candidates
     if config.forcing == "block+global":
         chosen = chosen | _best(goodness, candidates)

@@ -49,10 +49,16 @@ class DecodeState:
     row_forwards: torch.Tensor  # (B,) iterations each row took part in while unfinished
     rows: torch.Tensor  # (B,) index of each row in the batch the decode started with
     step: int = 0  # iterations (= batch forwards) so far
+    # response columns before the first block boundary that belong to the prompt's last block
+    # (absolute block alignment, docs/block-diffusion.md; 0: blocks start at the response)
+    block_offset: int = 0
+    # early stop writes EOS over the columns after the first EOS (d3LLM); False: leaves them, and
+    # a row is finished once every column before its first EOS is committed (Fast-dLLM v2)
+    fill_after_eos: bool = True
 
     @classmethod
     def start_from(cls, prompts: list[list[int]], config: DecodeConfig, mask_id: int, eos_id: int,
-                   pad_id: int, device: torch.device) -> "DecodeState":
+                   pad_id: int, device: torch.device, block_offset: int = 0) -> "DecodeState":
         width, n = max(len(p) for p in prompts), config.max_new_tokens
         canvas = torch.full((len(prompts), width + n), mask_id, dtype=torch.long)
         attention = torch.ones_like(canvas)
@@ -60,7 +66,7 @@ class DecodeState:
             canvas[row, : width - len(p)] = pad_id
             canvas[row, width - len(p) : width] = torch.tensor(p)
             attention[row, : width - len(p)] = 0
-        nb = -(-n // config.block_size)
+        nb = -(-(n + block_offset) // config.block_size)
         batch = len(prompts)
         state = cls(
             canvas=canvas.to(device), attention=attention.to(device),
@@ -74,7 +80,8 @@ class DecodeState:
             stop_created_from=torch.full((batch,), nb, dtype=torch.long, device=device),
             trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
             row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
-            rows=torch.arange(batch, device=device),
+            rows=torch.arange(batch, device=device), block_offset=block_offset,
+            fill_after_eos=config.fill_after_eos,
         )
         state.fully_active[:, 0] = True  # block 0's predecessor, the prompt, is complete
         return state
@@ -99,13 +106,25 @@ class DecodeState:
 
     @cached_property
     def _block_of(self) -> torch.Tensor:  # geometry: computed once per state object
-        return torch.arange(self.num_new, device=self.canvas.device) // self.block_size
+        return (torch.arange(self.num_new, device=self.canvas.device) + self.block_offset) // self.block_size
+
+    def block_begins(self) -> torch.Tensor:
+        """(nb + 1,) canvas column where each block begins (block 0: where its absolute block
+        begins, in the prompt when `block_offset` > 0), and the canvas end."""
+        begins = self.start - self.block_offset + torch.arange(self.num_blocks + 1, device=self.canvas.device) * self.block_size
+        return begins.clamp(max=self.canvas.shape[1])
+
+    def sub_block_of(self, size: int) -> torch.Tensor:
+        """(N,) index of each response position's sub-block: blocks cut into pieces of `size`
+        columns from their (absolute) first column, numbered across blocks."""
+        within = (torch.arange(self.num_new, device=self.canvas.device) + self.block_offset) % self.block_size
+        return self.block_of() * -(-self.block_size // size) + within // size
 
     @cached_property
     def _block_lengths(self) -> torch.Tensor:
-        """(nb,) positions in each block (the last may be shorter)."""
-        starts = torch.arange(self.num_blocks, device=self.canvas.device) * self.block_size
-        return (self.num_new - starts).clamp(max=self.block_size)
+        """(nb,) response positions in each block (the first and the last may be shorter)."""
+        begins = self.block_begins()
+        return begins[1:] - begins[:-1].clamp(min=self.start)
 
     def per_block(self, values: torch.Tensor) -> torch.Tensor:
         """Sum a (B, N) tensor per block -> (B, nb)."""
@@ -128,11 +147,15 @@ class DecodeState:
 
     def created_end(self) -> torch.Tensor:
         """(B,) canvas column where each row's created blocks end."""
-        return (self.start + self.created * self.block_size).clamp(max=self.canvas.shape[1])
+        return (self.start - self.block_offset + self.created * self.block_size).clamp(max=self.canvas.shape[1])
 
     def row_finished(self) -> torch.Tensor:
-        """(B,) bool: rows without masks."""
-        return ~self.masked().any(1)
+        """(B,) bool: rows without masks (without `fill_after_eos`: before their first EOS)."""
+        masked = self.masked()
+        if not self.fill_after_eos:
+            columns = torch.arange(self.num_new, device=masked.device).unsqueeze(0)
+            masked = masked & (columns < first_index(self.response == self.eos_id).unsqueeze(1))
+        return ~masked.any(1)
 
     # --- rows leaving the batch ----------------------------------------------------------
 
@@ -155,11 +178,13 @@ class DecodeState:
     def apply_early_stop(self) -> None:
         """Rows with a committed EOS: every position after the first EOS becomes EOS, committed
         ones included (as the authors' loops do), and no block after it is created (all blocks
-        then exist, with the tail already filled). `filled` records the masks it filled."""
+        then exist, with the tail already filled). `filled` records the masks it filled. Without
+        `fill_after_eos` it only marks the rows `stopped` (`row_finished` reads the EOS)."""
         is_eos = self.response == self.eos_id
         has_eos = is_eos.any(1)
-        if not has_eos.any():
+        if not has_eos.any() or not self.fill_after_eos:
             self.filled = torch.zeros_like(self.filled)
+            self.stopped |= has_eos
             return
         n = self.num_new
         first = first_index(is_eos)  # (B,)

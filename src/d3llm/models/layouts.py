@@ -217,6 +217,7 @@ def fast_dllm_v2_config(raw: dict) -> PretrainedConfig:
         is_causal=False,  # the block-causal mask is built per call (d3llm.models.block)
         d3llm_family="block",
         d3llm_block_size=block_size,
+        d3llm_block_alignment="absolute",  # its blocks: every bd_size positions from position 0, prompt included
         mask_token_id=raw.get("mask_token_id", FAST_DLLM_V2_MASK_TOKEN_ID),
     )
 

@@ -50,6 +50,7 @@ def network_class(config: PretrainedConfig) -> type[PreTrainedModel]:
 
 
 DECODE_BLOCK_KEY = "d3llm_decode_block_size"  # config.json: a LLaDA/Dream model's default decode block size
+ALIGNMENT_KEY = "d3llm_block_alignment"  # config.json: a block model's block alignment (ModelFacts)
 
 
 def is_positive_int(value: object) -> bool:
@@ -69,6 +70,10 @@ class ModelFacts:
     # LLaDA/Dream-style: the block size its decoders use unless one is given (`d3llm_decode_block_size`,
     # written by `d3llm export --decode-block-size`; None: the presets' 32)
     decode_block_size: int | None = None
+    # `block` family: where blocks start. "response" (ours): at the response's first column, the
+    # prompt causal; "absolute" (Fast-dLLM v2's official convention, its checkpoints): every
+    # `block_size` positions from position 0, the prompt block-causal too (`d3llm_block_alignment`)
+    block_alignment: str = "response"
 
     @property
     def logit_shift(self) -> int:
@@ -96,7 +101,10 @@ class ModelFacts:
         decode_block = getattr(config, DECODE_BLOCK_KEY, None) if family in ("llada", "dream") else None
         if decode_block is not None and not is_positive_int(decode_block):
             raise ModelLoadError(f"`{DECODE_BLOCK_KEY}` must be a positive integer, got {decode_block!r}")
-        return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size, decode_block)
+        alignment = getattr(config, ALIGNMENT_KEY, "response") if family == "block" else "response"
+        if alignment not in ("response", "absolute"):
+            raise ModelLoadError(f"`{ALIGNMENT_KEY}` must be 'response' or 'absolute', got {alignment!r}")
+        return cls(family, mask, int(eos), int(config.max_position_embeddings), block_size, decode_block, alignment)
 
 
 def make_config(
@@ -218,13 +226,16 @@ class DiffusionLM(nn.Module):
 
     def _block_mask(self, input_ids, attention_mask, cache, block_start) -> torch.Tensor:
         """The 4D block-causal mask of a window that starts after `cache`'s columns."""
-        if block_start is None:
+        if block_start is None and self.facts.block_alignment == "response":
             raise ValueError("a block model's forward needs `block_start` (the response's first column)")
         past = cache.get_seq_length() if cache is not None else 0
         total = past + input_ids.shape[1]
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape[0], total, dtype=torch.long, device=input_ids.device)
-        ids = block_ids(total, block_start, self.facts.block_size, input_ids.device)
+        if self.facts.block_alignment == "absolute":  # blocks of positions, counted from each row's first token
+            ids = (attention_mask[:, :total].cumsum(1) - 1).clamp(min=0) // self.facts.block_size
+        else:
+            ids = block_ids(total, block_start, self.facts.block_size, input_ids.device)
         mask = block_causal_mask(ids[..., past:], ids, attention_mask[:, :total])
         return as_attention_mask(mask, self.net.config, self.dtype)
 
