@@ -358,8 +358,8 @@ class BlockCache(NoCache):
                 self._first_token(model, state, begin)
         window = dict(attention_mask=state.attention[:, :stop], past_key_values=self.cache, use_cache=True,
                       block_start=state.start)
-        if self.cache is None:  # the prompt too; logits from the response on
-            first = state.start
+        if self.cache is None:  # the prompt too; logits from the response (or its first block) on
+            first = min(state.start, begin)
             window["past_key_values"] = self.cache = DynamicCache(config=model.config)
             out = model(state.canvas[:, :stop], position_ids=state.positions[:, :stop],
                         logits_to_keep=stop - first, **window)

@@ -75,10 +75,10 @@ class DecodeConfig:
     # authors' loops, which read the masks before filling (a forward may then "commit" into them,
     # and the fill writes EOS over them again); False: candidates are the masks after the fill
     stale_candidates: bool = True
-    # early stop writes EOS over the columns after the first EOS (d3LLM); False (the official
-    # convention of Fast-dLLM v2 checkpoints, set by `for_model`): leaves them, and a row is done
-    # once every column before its first EOS is committed
-    fill_after_eos: bool = True
+    # early stop writes EOS over the columns after the first EOS (d3LLM); False (Fast-dLLM v2's
+    # generate): leaves them, and a row is done once every column before its first EOS is
+    # committed; None: the model's convention (`for_model`: False for Fast-dLLM v2 checkpoints)
+    fill_after_eos: bool | None = None
     # threshold strategies commit only inside the current block's first sub-block of this many
     # columns that still has masks (Fast-dLLM v2's small blocks); None: anywhere in created blocks
     sub_block_size: int | None = None
@@ -112,6 +112,8 @@ class DecodeConfig:
         _choice("cache", self.cache, CACHE_POLICIES)
         if self.forcing is not None:
             _choice("forcing", self.forcing, ("block", "block+global"))
+        if self.fill_after_eos is not None and not isinstance(self.fill_after_eos, bool):
+            raise D3llmError(f"`fill_after_eos` must be true, false or none, got {self.fill_after_eos!r}")
         _choice("rank_by", self.rank_by, ("confidence", "entropy", "position"))
         if self.strategy == "entropy" and not 0 < self.threshold <= 10:
             raise D3llmError(f"`threshold` must be in (0, 10] nats for entropy selection, got {self.threshold}")
@@ -125,7 +127,7 @@ class DecodeConfig:
                 or not 0 <= self.cache_delay <= MAX_TOKENS:
             raise D3llmError(f"`cache_delay` must be >= 0 and at most {MAX_TOKENS}, got {self.cache_delay!r}")
         for name in ("refresh_waiting", "forward_uncreated", "cache_uncreated", "early_stop", "stale_candidates",
-                     "fill_after_eos", "strict_threshold"):
+                     "strict_threshold"):
             if not isinstance(getattr(self, name), bool):
                 raise D3llmError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         if self.cache_uncreated and not self.forward_uncreated:
@@ -259,14 +261,14 @@ def for_model(config: DecodeConfig, family: str, model_block_size: int | None,
     """`config` with the block size a model of `family` decodes with: a block model's own (the
     one it was trained with, `model_block_size`); for a LLaDA/Dream model the given one, else its
     recorded default (`decode_block_size`), else DEFAULT_BLOCK_SIZE. Forced progress left open
-    (`forcing` None) becomes the family's authors' rule (`FAMILY_FORCING`); a block model whose
-    blocks are aligned to position 0 (`alignment` "absolute", Fast-dLLM v2's checkpoints) keeps
-    the columns after an EOS as they are (`fill_after_eos` false), as its authors' generate does."""
+    (`forcing` None) becomes the family's authors' rule (`FAMILY_FORCING`); `fill_after_eos` left
+    open is true, except for a block model whose blocks are aligned to position 0 (`alignment`
+    "absolute", Fast-dLLM v2's checkpoints), whose authors' generate leaves those columns."""
     check_model_kind(config, family)
     if config.forcing is None:
         config = config.override(forcing=FAMILY_FORCING.get(family, "block"))
-    if alignment == "absolute":  # Fast-dLLM v2's convention: early stop leaves the columns after the EOS
-        config = config.override(fill_after_eos=False)
+    if config.fill_after_eos is None:  # Fast-dLLM v2's convention: early stop leaves the columns after the EOS
+        config = config.override(fill_after_eos=alignment != "absolute")
     if family != "block":  # (an AR model's canvas takes the default's blocks too; its decoders ignore them)
         return config if config.block_size else config.override(block_size=decode_block_size or DEFAULT_BLOCK_SIZE)
     if config.block_size not in (None, model_block_size):
