@@ -75,7 +75,8 @@ def test_accelerate_launch_two_processes_killed_and_resumed(tmp_path, teacher, t
     assert not (out / "provenance.json").exists()  # it really died before the end
     resumed = _accelerate_distill(teacher, trajectories, out, steps)
     _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
+    # the root cause is in rank 0's lines; rank 1's teardown traceback would crowd it out
+    assert resumed.returncode == 0, "\n".join(line for line in err.splitlines() if "[rank1]" not in line)[-4000:]
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [r["world_size"] for r in runs] == [2, 2]
     assert runs[0]["start_step"] == 0 and runs[1]["start_step"] >= 10
