@@ -180,6 +180,7 @@ case("train--out-is-a-file", "train", "--config", "{tmp}/c.yaml", "--out", "{tmp
      files={**GOOD_TRAIN, "taken": "mine"})
 case("export-unknown-layout", *EXPORT, "--layout", "gguf", expect="--layout")
 case("export-bad-storage-dtype", *EXPORT, "--storage-dtype", "float8", expect="--storage-dtype")
+case("export-old--dtype", *EXPORT, "--dtype", "int8", expect="--storage-dtype")  # renamed: the stored precision
 case("export-missing-source", "export", "{tmp}/none", "--out", "{tmp}/export", expect="none")
 case("export-llada-layout-of-ar", *EXPORT, "--layout", "llada", expect="layout|LLaDA")
 case("export-int8-official-layout", "export", "tiny-teacher", "--out", "{tmp}/export", "--layout", "llada",
@@ -332,6 +333,8 @@ for setting, expect in {
 }.items():
     case(f"distill--train-set-{setting}", *DISTILL, "--train-set", setting, expect=expect,
          files={"traj/manifest.json": MANIFEST})
+case("distill-old--set", *DISTILL, "--set", "steps=5", expect="--train-set",  # renamed: training settings
+     files={"traj/manifest.json": MANIFEST})
 for name, (content, expect) in {
     "not-utf8": (NOT_UTF8, "r.yaml"), "a-list": ("- 1\n", "r.yaml"), "invalid-yaml": ("a: [\n", "r.yaml"),
     "steps-string": ("steps: x\n", "steps"), "distill-number": ("distill: 5\n", "distill"),
