@@ -5,7 +5,8 @@
 - `--dtype` is the compute dtype everywhere; export's stored precision is `--storage-dtype`, and
   `export --dtype` is refused in one line that names `--storage-dtype`.
 - The commands whose model is a teacher take `--model`/`-m` beside `--teacher`/`-t`.
-- `--batch-size` defaults to the same 16 wherever a batch of prompts is decoded.
+- `--batch-size` defaults to the same 16 wherever a batch of prompts is decoded (the lm-eval
+  adapter's default and `auto` too).
 - The benchmark scripts take `--task a --task b` (and `--method`) as the CLI does; the older
   `--tasks a,b` / `--methods a,b` still work.
 """
@@ -191,6 +192,14 @@ def test_the_library_defaults_match():
 
     for function in (evaluate, sweep, run):
         assert inspect.signature(function).parameters["batch_size"].default == 16, function.__name__
+
+
+def test_the_lm_eval_adapter_default_matches():
+    pytest.importorskip("lm_eval")
+    from d3llm.eval.lm_eval_adapter import AUTO_BATCH_SIZE, D3llmLM, _batch_size
+
+    assert AUTO_BATCH_SIZE == 16 == _batch_size(None, None)
+    assert inspect.signature(D3llmLM).parameters["batch_size"].default == 16
 
 
 def test_eval_decodes_16_problems_together_by_default(monkeypatch, capsys):
