@@ -675,7 +675,9 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="D3LLM_API_KEY",
                                                    help="Require `Authorization: Bearer KEY`.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
+    max_batch: Annotated[int, typer.Option(help=(
+        "Requests decoded together at most: a cap on dynamic batches, not the fixed --batch-size (16) "
+        "of eval, sweep and trajectories."))] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,
