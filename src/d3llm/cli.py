@@ -88,7 +88,7 @@ def _renamed(old: str, new: str, meaning: str):
     one-line error naming the new spelling (exit 2), before any other check. Kept apart so one
     name has one meaning in every command (`--set`: decode settings, `--dtype`: compute dtype)."""
 
-    def refuse(value) -> None:
+    def refuse(value):
         if value:
             given = value[0] if isinstance(value, (list, tuple)) else value
             raise D3llmError(f"{old} is now {new} in this command ({meaning}); give {new} {given}")
@@ -514,8 +514,9 @@ def export(
         "files is refused unless --overwrite."))],
     layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
     storage_dtype: Annotated[str, typer.Option(
-        "--storage-dtype", help="Stored precision (not --dtype, the compute dtype of other commands): auto (as the source) | float32 | bfloat16 | float16 | int8 (matrices as int8 "
-             "with a float16 scale per row, loaded as floats; hf layout only)")] = "auto",
+        "--storage-dtype", help="Stored precision (not --dtype, the compute dtype of other commands): auto (as "
+                                "the source) | float32 | bfloat16 | float16 | int8 (matrices as int8 with a "
+                                "float16 scale per row, loaded as floats; hf layout only)")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
     decode_block_size: Annotated[Optional[int], typer.Option(
         help="LLaDA/Dream-style models: store the block size their decoders use unless one is given "
@@ -542,8 +543,8 @@ def export(
         _fail(f"`--decode-block-size` must be >= 1 and at most {1 << 20} (tokens), got {decode_block_size}")
     _out_folder(out)
     try:
-        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(storage_dtype), shards=shards,
-                              overwrite=overwrite, decode_block_size=decode_block_size)
+        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(storage_dtype),
+                              shards=shards, overwrite=overwrite, decode_block_size=decode_block_size)
     except ValueError as exc:  # e.g. a tensor the layout has no place for
         _fail(str(exc))
     typer.echo(f"written to {folder}")
