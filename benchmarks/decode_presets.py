@@ -1,12 +1,15 @@
 """Decode presets on a model: accuracy, TPF, tokens/s at batch 1 and batch 8, and the share of
 decode time spent outside model forwards. Prints a Markdown table (the source of docs/benchmarks.md's speed tables).
 
-    python benchmarks/decode_presets.py --model tiny-teacher --tasks arith,arith-long --n 50
-    python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --tasks arith,code --batch-sizes 1
-    python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm --methods ar,d3llm-cache \
-        --variant d3llm-cache:refresh_waiting=false --tasks code --batch-sizes 1
-    python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm@bfloat16 --methods ar,d3llm-cache \
-        --tasks code --batch-sizes 1   # each model in its own fastest dtype (docs/platform-notes.md)
+    python benchmarks/decode_presets.py --model tiny-teacher --task arith --task arith-long --n 50
+    python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --task arith --task code --batch-sizes 1
+    python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm --method ar --method d3llm-cache \
+        --variant d3llm-cache:refresh_waiting=false --task code --batch-sizes 1
+    python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm@bfloat16 --method ar --method d3llm-cache \
+        --task code --batch-sizes 1   # each model in its own fastest dtype (docs/platform-notes.md)
+
+`--task` and `--method` repeat as in `d3llm eval` and `d3llm demo`; the older `--tasks a,b` and
+`--methods a,b` are still accepted.
 
 Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
 this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
@@ -49,9 +52,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", metavar="NAME[@DTYPE]",
                         help="Model (repeatable: all in one run; default tiny-teacher); `@bfloat16` loads it in "
                              "that dtype (default: load_model's, float32 on a CPU)")
-    parser.add_argument("--tasks", default="arith,arith-long")
-    parser.add_argument("--methods", default=None,
-                        help="Comma-separated presets (default: every preset of each model's family)")
+    parser.add_argument("--task", action="append", default=[], metavar="TASK",
+                        help="Task (repeatable, as in `d3llm eval`; default: arith and arith-long)")
+    parser.add_argument("--method", action="append", default=[], metavar="METHOD",
+                        help="Preset (repeatable, as in `d3llm demo`; default: every preset of each model's family)")
+    parser.add_argument("--tasks", default=None, help=argparse.SUPPRESS)  # the old a,b spelling, still accepted
+    parser.add_argument("--methods", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variant", action="append", default=[], metavar="METHOD:NAME=VALUE[,NAME=VALUE]",
                         help="An extra row: a preset with decode settings changed (repeatable)")
     parser.add_argument("--n", type=int, default=50)
@@ -59,6 +65,8 @@ def main() -> None:
     parser.add_argument("--no-ceiling", action="store_true", help="Skip the bare-forward lines")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    tasks = repeated(args.task, args.tasks) or ["arith", "arith-long"]
+    chosen_methods = repeated(args.method, args.methods)
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -67,7 +75,7 @@ def main() -> None:
     models = [_load(spec, parser) for spec in args.model or ["tiny-teacher"]]
     print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
     for lm in [] if args.no_ceiling else models:
-        for task_name in args.tasks.split(","):
+        for task_name in tasks:
             problems = get_task(task_name).problems("test", 8, 0)
             length = max(len(prompt_ids(lm.tokenizer, p.prompt)) for p in problems) + preset("vanilla").max_new_tokens
             rates = [forward_rows_per_second(lm.model, length, b) for b in batch_sizes]
@@ -78,10 +86,10 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     firsts = []  # the result at the first batch size of every row, for the profile
-    for task_name in args.tasks.split(","):
+    for task_name in tasks:
         task = get_task(task_name)
         for lm in models:
-            methods = args.methods.split(",") if args.methods else methods_for(lm.facts.family)
+            methods = chosen_methods or methods_for(lm.facts.family)
             rows = [(m, preset(m)) for m in methods if m in methods_for(lm.facts.family)] + [
                 (label, config) for label, config in variants if config.method in methods_for(lm.facts.family)]
             for label, config in rows:
@@ -89,6 +97,12 @@ def main() -> None:
                 firsts.append((label, first))
                 print("| " + " | ".join([lm.name, task_name, label, *cells]) + " |", flush=True)
     print_profile(firsts, batch_sizes[0])
+
+
+def repeated(values: list[str], comma_list: str | None) -> list[str]:
+    """`--task a --task b` plus the older `--tasks a,b`, in order, once each."""
+    given = [*values, *(v.strip() for v in (comma_list or "").split(",") if v.strip())]
+    return list(dict.fromkeys(given))
 
 
 def _load(spec: str, parser):

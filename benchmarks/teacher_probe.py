@@ -1,7 +1,7 @@
 """Does a training recipe teach a small dLLM arithmetic? A probe of minutes, not a run of hours.
 
     python benchmarks/teacher_probe.py --config configs/tiny-teacher.yaml --steps 300 \
-        --set objective.weighting=token_mean --set 'tasks={arith: 1.0}' --threads 1
+        --train-set objective.weighting=token_mean --train-set 'tasks={arith: 1.0}' --threads 1
 
 Trains the recipe's starting network (`init_from`, adapted from an AR model if the family asks)
 with `d3llm train`'s own data and objective for `--steps` steps (AdamW, the recipe's lr, warm-up
@@ -79,12 +79,12 @@ def measure(net, tokenizer, config: TrainConfig, n: int) -> dict:
 
 
 def parse_settings(pairs: list[str]) -> dict:
-    """`--set a=1 --set objective.weighting=token_mean` -> nested dict (values parsed as YAML)."""
+    """`--train-set a=1 --train-set objective.weighting=token_mean` -> nested dict (values parsed as YAML)."""
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects NAME=VALUE, got {pair!r}")
+            raise SystemExit(f"--train-set expects NAME=VALUE, got {pair!r}")
         *parents, leaf = key.split(".")
         node = out
         for parent in parents:
@@ -96,7 +96,9 @@ def parse_settings(pairs: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/tiny-teacher.yaml", help="the recipe to start from")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a recipe field")
+    parser.add_argument("--train-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a recipe field (repeatable; as `d3llm distill --train-set`)")
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)  # refused below
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--n", type=int, default=64, help="validation problems per measurement")
@@ -104,6 +106,9 @@ def main() -> None:
     parser.add_argument("--label", default=None)
     parser.add_argument("--log", default="runs/teacher-probe.jsonl")
     args = parser.parse_args()
+    if args.set:  # --set means decode settings in the d3llm commands; training settings are --train-set
+        parser.error(f"--set is now --train-set (a recipe field; --set sets decode settings in d3llm's commands); "
+                     f"give --train-set {args.set[0]}")
     for name in ("steps", "eval_every", "n", "threads"):
         if getattr(args, name) < (0 if name == "steps" else 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'steps' else 1}, got {getattr(args, name)}")
@@ -111,7 +116,7 @@ def main() -> None:
         parser.error(f"--config {args.config} not found")
     torch.set_num_threads(args.threads)
     raw = load_yaml(Path(args.config).read_text()) or {}
-    settings = parse_settings(args.set)
+    settings = parse_settings(args.train_set)
     for key, value in settings.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key == "objective" else value
     config = TrainConfig.from_dict(raw, source=args.config)
@@ -126,7 +131,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, args.steps // 10), args.steps)
     generator = torch.Generator().manual_seed(config.seed)
-    label = args.label or " ".join(args.set) or "recipe as is"
+    label = args.label or " ".join(args.train_set) or "recipe as is"
     print(f"| {label} | step | loss | probe % | probe nats | arith % | train s |\n|---|---|---|---|---|---|---|")
     losses, train_seconds, row = [], 0.0, {}
     for step in range(0, args.steps + 1):
@@ -152,7 +157,7 @@ def main() -> None:
         train_seconds += time.perf_counter() - started
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as f:
-        f.write(json.dumps({"label": label, "config": args.config, "set": args.set, "n": args.n, **row}) + "\n")
+        f.write(json.dumps({"label": label, "config": args.config, "set": args.train_set, "n": args.n, **row}) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,16 +73,36 @@ def _check_alpha(alpha: float) -> None:
 
 
 def _torch_dtype(name: str):
-    """`d3llm export --dtype`: the stored precision (auto: as the source), not a compute dtype."""
+    """`d3llm export --storage-dtype`: the stored precision (auto: as the source), not a compute dtype."""
     import torch
 
     choices = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                "int8": torch.int8}
     if name not in choices:
-        _fail(f"`--dtype` must be one of {', '.join(choices)}, got {name!r}")
+        _fail(f"`--storage-dtype` must be one of {', '.join(choices)}, got {name!r}")
     return choices[name]
 
 
+def _renamed(old: str, new: str, meaning: str):
+    """A hidden option for a spelling that meant something else in other commands: given, it is a
+    one-line error naming the new spelling (exit 2), before any other check. Kept apart so one
+    name has one meaning in every command (`--set`: decode settings, `--dtype`: compute dtype)."""
+
+    def refuse(value):
+        if value:
+            given = value[0] if isinstance(value, (list, tuple)) else value
+            raise D3llmError(f"{old} is now {new} in this command ({meaning}); give {new} {given}")
+        return value
+
+    return typer.Option(old, hidden=True, is_eager=True, callback=refuse, show_default=False)
+
+
+# Every command that decodes a batch of prompts decodes 16 at a time unless told (the recorded
+# results in results/current were measured so; the training runs' validation uses 16 too).
+BATCH_SIZE = 16
+BATCH_HELP = "Prompts decoded together (the same default in eval, sweep and trajectories)."
+# --teacher names a model's role; -m/--model, every other command's spelling, is accepted beside it.
+TEACHER_NAMES = ("--teacher", "-t", "--model", "-m")
 SET_HELP = "Override a decode setting, e.g. --set threshold=0.4 --set cache=delayed (repeatable)."
 MODEL_HELP = "Bundled model name (see `d3llm models`), model folder, or Hugging Face hub id ORG/NAME[@REVISION]."
 METHOD_HELP = "Decode preset (default: d3llm for LLaDA/Dream-style, d3llm-block for block models, ar for AR models)."
@@ -244,7 +264,7 @@ app.add_typer(trajectories_app, name="trajectories")
 @trajectories_app.callback()
 def trajectories(
     ctx: typer.Context,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+    teacher: Annotated[Optional[str], typer.Option(*TEACHER_NAMES, help=(
         "Teacher dLLM: bundled name, folder or hub id ORG/NAME. [required]"))] = None,
     tasks: Annotated[list[str], typer.Option("--task", help=(
         "TASK=N problems (repeatable), e.g. arith=2000. [required]"))] = [],  # noqa: B006
@@ -256,7 +276,7 @@ def trajectories(
     block_size: Annotated[Optional[int], typer.Option(
         help="Teacher block size (default: the teacher's own, else 32).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Prompts per chunk file (the unit of resume).")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = BATCH_SIZE,
     device: Device = "auto",
     dtype: Dtype = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
@@ -293,7 +313,7 @@ def trajectories(
 def trajectories_import(
     source: Annotated[str, typer.Argument(help="The authors' dataset: a save_to_disk folder, Parquet files, or a "
                                                "hub dataset id such as d3LLM/trajectory_data_llada_32.")],
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="The model that rolled them out (its mask id and "
+    teacher: Annotated[str, typer.Option(*TEACHER_NAMES, help="The model that rolled them out (its mask id and "
                                          "tokenizer; distil with the same --teacher).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Trajectory folder (run again to resume).")],
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk file (the unit of resume).")] = 1024,
@@ -312,7 +332,7 @@ def trajectories_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="A new or empty folder for the dataset.")],
     fmt: Annotated[str, typer.Option("--format", help="d3llm-official: the authors' save_to_disk dataset.")] = (
         "d3llm-official"),
-    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help=(
+    teacher: Annotated[Optional[str], typer.Option(*TEACHER_NAMES, help=(
         "Model whose tokenizer decodes the texts (default: the folder's teacher)."))] = None,
 ) -> None:
     """Write a trajectory folder in the d3LLM authors' format (one snapshot per step)."""
@@ -326,14 +346,18 @@ def trajectories_export(
 
 @app.command()
 def distill(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher dLLM (the student starts from it).")],
+    teacher: Annotated[str, typer.Option(*TEACHER_NAMES, help="Teacher dLLM (the student starts from it).")],
     trajectories: Annotated[Path, typer.Option(help="Folder made by `d3llm trajectories`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (run again to resume).")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe (YAML) with a distill: section.")] = None,
-    settings: Annotated[list[str], typer.Option("--set", help="NAME=VALUE: a distill setting (masking=random, "
-                                                 "progressive_noise=false, windows=[32], complementary=false, "
-                                                 "entropy_weight=0, lora_rank=8) or a training one (steps=100).")] = [],  # noqa: B006
+    settings: Annotated[list[str], typer.Option("--train-set", help=(
+        "NAME=VALUE: a distill setting (masking=random, progressive_noise=false, windows=[32], "
+        "complementary=false, entropy_weight=0, lora_rank=8) or a training one (steps=100); repeatable. "
+        "Not --set, which sets decode settings in the other commands."))] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+    old_set: Annotated[list[str], _renamed(  # noqa: ARG001 (refused in its callback)
+        "--set", "--train-set", "training settings; --set sets decode settings in generate, eval, sweep and chat"
+    )] = [],  # noqa: B006
 ) -> None:
     """Distil a d3LLM student from a teacher's trajectories; killed, the same command resumes."""
     from d3llm.progress import progress_bar
@@ -348,7 +372,7 @@ def distill(
         if not config.is_file():
             raise D3llmError(f"--config {config} not found")
         recipe = read_yaml_mapping(config, "--config")
-    train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--set"))
+    train_config = distill_config(teacher, str(trajectories), recipe, _key_values(settings, "--train-set"))
     with progress_bar(None, "distill") as bar:
         folder = run(train_config, out, command=["d3llm", *sys.argv[1:]], progress=bar.phase, overwrite=overwrite)
     typer.echo(f"student written to {folder}")
@@ -377,7 +401,7 @@ def eval_(
     n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = BATCH_SIZE,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help=(
         "Write the result record here; with several --task, one file per task named FILE's stem plus "
@@ -489,9 +513,10 @@ def export(
         "Destination folder: new, empty, or a previous export (replaced). A folder holding other "
         "files is refused unless --overwrite."))],
     layout: Annotated[str, typer.Option(help="hf | llada | dream")] = "hf",
-    dtype: Annotated[str, typer.Option(
-        help="Stored precision: auto (as the source) | float32 | bfloat16 | float16 | int8 (matrices as int8 "
-             "with a float16 scale per row, loaded as floats; hf layout only)")] = "auto",
+    storage_dtype: Annotated[str, typer.Option(
+        "--storage-dtype", help="Stored precision (not --dtype, the compute dtype of other commands): auto (as "
+                                "the source) | float32 | bfloat16 | float16 | int8 (matrices as int8 with a "
+                                "float16 scale per row, loaded as floats; hf layout only)")] = "auto",
     shards: Annotated[int, typer.Option(help="Number of safetensors files.")] = 1,
     decode_block_size: Annotated[Optional[int], typer.Option(
         help="LLaDA/Dream-style models: store the block size their decoders use unless one is given "
@@ -499,6 +524,9 @@ def export(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Write into a folder holding other files: replace only the files an export "
                             "writes (config, weights, tokenizer, training records); keep every other file.")] = False,
+    old_dtype: Annotated[Optional[str], _renamed(  # noqa: ARG001 (refused in its callback)
+        "--dtype", "--storage-dtype", "the stored precision; --dtype is the compute dtype of the commands that run a model"
+    )] = None,
 ) -> None:
     """Write a model in another layout or precision (with tokenizer and training records).
 
@@ -515,8 +543,8 @@ def export(
         _fail(f"`--decode-block-size` must be >= 1 and at most {1 << 20} (tokens), got {decode_block_size}")
     _out_folder(out)
     try:
-        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(dtype), shards=shards,
-                              overwrite=overwrite, decode_block_size=decode_block_size)
+        folder = export_model(resolve_model(source), out, layout=layout, dtype=_torch_dtype(storage_dtype),
+                              shards=shards, overwrite=overwrite, decode_block_size=decode_block_size)
     except ValueError as exc:  # e.g. a tensor the layout has no place for
         _fail(str(exc))
     typer.echo(f"written to {folder}")
@@ -536,7 +564,7 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 8,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = BATCH_SIZE,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=(
         "Replace the sweep files in --out (point-*.json, curve.json) when they hold a sweep of "
         "other settings (model, task, method, n, seed, split, --set, grid, dtype); without it, refuse."))] = False,
@@ -648,7 +676,9 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="D3LLM_API_KEY",
                                                    help="Require `Authorization: Bearer KEY`.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Requests decoded together at most.")] = 8,
+    max_batch: Annotated[int, typer.Option(help=(
+        "Requests decoded together at most: a cap on dynamic batches, not the fixed --batch-size (16) "
+        "of eval, sweep and trajectories."))] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request may wait to be batched.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before new ones get 503.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest `max_tokens` a request may ask for.")] = 512,

@@ -15,7 +15,7 @@ METHOD_CHOICES = ("vanilla", "fast-dllm", "fast-dllm-dual", "dparallel", "d3llm"
 
 # Option name -> what to type; anything not listed shows its own name in capitals.
 METAVARS = {
-    "set": "NAME=VALUE", "param": "NAME=V1,V2,...", "task": "TASK", "model": "MODEL", "teacher": "MODEL",
+    "set": "NAME=VALUE", "train-set": "NAME=VALUE", "storage-dtype": "DTYPE", "param": "NAME=V1,V2,...", "task": "TASK", "model": "MODEL", "teacher": "MODEL",
     "out": "DIR", "config": "FILE.yaml", "json": "FILE", "log_samples": "FILE.jsonl", "trajectories": "DIR",
     "device": "DEVICE", "dtype": "DTYPE", "method": "METHOD", "layout": "LAYOUT", "split": "SPLIT",
 }
@@ -55,8 +55,11 @@ EXAMPLES = {
     "train": ["d3llm train --config configs/tiny-block-v2.yaml --out runs/tiny-block-v2 --stop-at 100"],
     "trajectories": ["d3llm trajectories --teacher tiny-teacher --task arith=600 --task code=300 --out runs/traj"],
     "distill": ["d3llm distill --teacher tiny-teacher --trajectories runs/traj --config configs/tiny-d3llm.yaml "
-                "--out runs/my-d3llm"],
-    "export": ["d3llm export tiny-teacher --out runs/teacher-llada --layout llada"],
+                "--out runs/my-d3llm",
+                "d3llm distill -m tiny-teacher --trajectories runs/traj --config configs/tiny-d3llm.yaml "
+                "--train-set steps=100 --out runs/short-d3llm"],
+    "export": ["d3llm export tiny-teacher --out runs/teacher-llada --layout llada",
+               "d3llm export tiny-ar --out runs/tiny-ar-fp16 --storage-dtype float16"],
 }
 
 

@@ -179,11 +179,12 @@ case("train-missing-config", "train", "--config", "{tmp}/none.yaml", "--out", "{
 case("train--out-is-a-file", "train", "--config", "{tmp}/c.yaml", "--out", "{tmp}/taken", expect="--out",
      files={**GOOD_TRAIN, "taken": "mine"})
 case("export-unknown-layout", *EXPORT, "--layout", "gguf", expect="--layout")
-case("export-bad-dtype", *EXPORT, "--dtype", "float8", expect="--dtype")
+case("export-bad-storage-dtype", *EXPORT, "--storage-dtype", "float8", expect="--storage-dtype")
+case("export-old--dtype", *EXPORT, "--dtype", "int8", expect="--storage-dtype")  # renamed: the stored precision
 case("export-missing-source", "export", "{tmp}/none", "--out", "{tmp}/export", expect="none")
 case("export-llada-layout-of-ar", *EXPORT, "--layout", "llada", expect="layout|LLaDA")
 case("export-int8-official-layout", "export", "tiny-teacher", "--out", "{tmp}/export", "--layout", "llada",
-     "--dtype", "int8", expect="int8 storage is ours")
+     "--storage-dtype", "int8", expect="int8 storage is ours")
 case("export-decode-block-size-0", *EXPORT, "--decode-block-size", "0", expect="--decode-block-size")
 case("export-decode-block-size-of-ar", *EXPORT, "--decode-block-size", "8", expect="decode_block_size")
 case("export--out-is-a-file", "export", "tiny-ar", "--out", "{tmp}/taken", expect="--out", files={"taken": "mine"})
@@ -321,7 +322,7 @@ case("distill-missing-trajectories", "distill", "--teacher", "tiny-teacher", "--
 case("distill--out-is-a-file", *DISTILL[:-1], "{tmp}/taken", expect="--out",
      files={"traj/manifest.json": MANIFEST, "taken": "mine"})
 
-# --- distill --set and --config -----------------------------------------------------------
+# --- distill --train-set and --config -----------------------------------------------------------
 
 for setting, expect in {
     "windows=5": "windows", "windows=abc": "windows", "windows=[0]": "windows", "windows=[16,x]": "windows",
@@ -330,8 +331,10 @@ for setting, expect in {
     "entropy_weight=abc": "entropy_weight", "t_min=2": "t_min", "complementary=maybe": "complementary",
     "progressive_noise=3": "progressive_noise", "nosuch=1": "nosuch", "noequals": "noequals",
 }.items():
-    case(f"distill--set-{setting}", *DISTILL, "--set", setting, expect=expect,
+    case(f"distill--train-set-{setting}", *DISTILL, "--train-set", setting, expect=expect,
          files={"traj/manifest.json": MANIFEST})
+case("distill-old--set", *DISTILL, "--set", "steps=5", expect="--train-set",  # renamed: training settings
+     files={"traj/manifest.json": MANIFEST})
 for name, (content, expect) in {
     "not-utf8": (NOT_UTF8, "r.yaml"), "a-list": ("- 1\n", "r.yaml"), "invalid-yaml": ("a: [\n", "r.yaml"),
     "steps-string": ("steps: x\n", "steps"), "distill-number": ("distill: 5\n", "distill"),

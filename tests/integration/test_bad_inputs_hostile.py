@@ -175,9 +175,10 @@ for name, content in {"alias-bomb": BOMB, "recursive-alias": "a: &a [*a]\n", "de
          files={"c.yaml": content, **MANIFEST_TRAJ})
 case("yaml-trajectories--task-bomb", "trajectories", "--teacher", "tiny-teacher", "--task", f"arith={ONE_LINE_BOMB}",
      "--out", "{tmp}/traj", expect="--task")
-case("yaml-distill--set-bomb", *DISTILL, "--set", f"windows={ONE_LINE_BOMB}", expect="--set|windows",
+case("yaml-distill--train-set-bomb", *DISTILL, "--train-set", f"windows={ONE_LINE_BOMB}", expect="--train-set|windows",
      files=MANIFEST_TRAJ)
-case("yaml-distill--set-recursive", *DISTILL, "--set", "windows=&a [*a]", expect="--set|windows", files=MANIFEST_TRAJ)
+case("yaml-distill--train-set-recursive", *DISTILL, "--train-set", "windows=&a [*a]", expect="--train-set|windows",
+     files=MANIFEST_TRAJ)
 
 BOARD = ("leaderboard", "{tmp}/results", "--no-plots", "--out", "{tmp}/board")
 for name, (files, expect) in {

@@ -51,7 +51,7 @@ def _accelerate_distill(teacher, trajectories, out: Path, steps: int) -> subproc
                str(ROOT / "configs" / "accelerate-cpu-2proc.yaml"), "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "-m", "d3llm.cli", "distill", "--teacher", str(teacher),
                "--trajectories", str(trajectories), "--out", str(out),
-               *[x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]]
+               *[x for k, v in sets.items() for x in ("--train-set", f"{k}={json.dumps(v)}")]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [
         str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

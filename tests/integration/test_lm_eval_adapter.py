@@ -120,7 +120,7 @@ def test_unsupported_requests_and_arguments(toy_dir):
         lm.loglikelihood([])
     with pytest.raises(D3llmError, match="unknown decode setting"):
         D3llmLM(model=str(toy_dir), thresh=0.4)
-    with pytest.raises(D3llmError, match=r"`batch_size` must be a positive integer or 'auto' \(= 8\), got 0"):
+    with pytest.raises(D3llmError, match=r"`batch_size` must be a positive integer or 'auto' \(= 16\), got 0"):
         D3llmLM(model=str(toy_dir), batch_size="0")
     with pytest.raises(D3llmError, match="`max_new_tokens` must be a positive integer"):
         D3llmLM(model=str(toy_dir), max_new_tokens=0)
@@ -131,9 +131,9 @@ def test_unsupported_requests_and_arguments(toy_dir):
 def test_batch_size_auto_is_a_documented_default():
     """lm-eval's `--batch_size auto` (or auto:N) probes memory for HF models; d3llm decodes
     AUTO_BATCH_SIZE prompts together instead, capped by --max_batch_size, and says so."""
-    assert _batch_size("auto", None) == AUTO_BATCH_SIZE == 8
-    assert _batch_size("auto:4", None) == 8 and _batch_size("auto", 3) == 3
-    assert _batch_size("16", None) == 16 and _batch_size(None, None) == 8 and _batch_size(2, 5) == 2
+    assert _batch_size("auto", None) == AUTO_BATCH_SIZE == 16
+    assert _batch_size("auto:4", None) == 16 and _batch_size("auto", 3) == 3
+    assert _batch_size("12", None) == 12 and _batch_size(None, None) == 16 and _batch_size(2, 5) == 2
     for bad in ("-1", "big", 0, True):
         with pytest.raises(D3llmError, match="`batch_size` must be a positive integer or 'auto'"):
             _batch_size(bad, None)
@@ -177,9 +177,9 @@ def test_command_line_sees_the_model(task_dir):
     done = harness_command(task_dir, "--batch_size", "auto", "--model_args", "model=tiny-ar,max_new_tokens=16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "d3llm_local_arith" in done.stdout and "acc" in done.stdout
-    assert "d3llm does not probe memory for a batch size; decoding 8 prompts together" in done.stderr
+    assert "d3llm does not probe memory for a batch size; decoding 16 prompts together" in done.stderr
     assert "TPF 1.00" in done.stderr  # the AR model: one token per forward
 
     done = harness_command(task_dir, "--batch_size", "0", "--model_args", "model=tiny-ar")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1] == "error: `batch_size` must be a positive integer or 'auto' (= 8), got 0"
+    assert done.stderr.strip().splitlines()[-1] == "error: `batch_size` must be a positive integer or 'auto' (= 16), got 0"

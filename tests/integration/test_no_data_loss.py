@@ -84,7 +84,7 @@ def test_overwrite_replaces_a_previous_export_and_keeps_other_files(monkeypatch,
 
 def test_export_into_a_new_empty_or_previous_export_folder(monkeypatch, capsys, tmp_path):
     new = tmp_path / "a" / "b" / "new"
-    code, out, err = run_cli(monkeypatch, capsys, "export", "tiny-ar", "--out", new, "--dtype", "bfloat16")
+    code, out, err = run_cli(monkeypatch, capsys, "export", "tiny-ar", "--out", new, "--storage-dtype", "bfloat16")
     assert code in (0, None), err
     assert {"config.json", "model.safetensors", "tokenizer.json", "provenance.json"} <= {p.name for p in new.iterdir()}
     assert load_model(new).facts.family == "ar"

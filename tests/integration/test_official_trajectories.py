@@ -93,7 +93,7 @@ def test_distil_from_an_import_end_to_end(tmp_path, monkeypatch, capsys, teacher
     assert code in (0, None), err
     sets = ["steps=6", "batch_size=4", "lr=3e-3", "warmup_steps=1", "threads=1", "save_every=6", "windows=[8]"]
     code, out, err = run_cli(monkeypatch, capsys, "distill", "--teacher", teacher, "--trajectories",
-                             tmp_path / "traj", "--out", tmp_path / "student", *[x for s in sets for x in ("--set", s)])
+                             tmp_path / "traj", "--out", tmp_path / "student", *[x for s in sets for x in ("--train-set", s)])
     assert code in (0, None), err
     provenance = json.loads((tmp_path / "student" / "provenance.json").read_text())
     assert provenance["config"]["eval_every"] == 0  # their prompts are no task of ours to validate on
@@ -201,7 +201,7 @@ def test_teacher_by_hub_id_for_import_and_distill(tmp_path, monkeypatch, capsys,
     assert code in (0, None), err
     sets = ["steps=2", "batch_size=4", "threads=1", "save_every=2", "windows=[8]"]
     code, _, err = run_cli(monkeypatch, capsys, "distill", "--teacher", "toy-org/teacher", "--trajectories",
-                           tmp_path / "traj", "--out", tmp_path / "student", *[x for s in sets for x in ("--set", s)])
+                           tmp_path / "traj", "--out", tmp_path / "student", *[x for s in sets for x in ("--train-set", s)])
     assert code in (0, None), err
     provenance = json.loads((tmp_path / "student" / "provenance.json").read_text())
     assert provenance["config"]["init_from"] == "toy-org/teacher"

@@ -1,7 +1,7 @@
 """lm-evaluation-harness adapter: our models and decode presets as the lm-eval model `d3llm`.
 
     pip install 'd3llm[eval]'
-    python -m d3llm.eval.lm_eval_cli run --model d3llm --tasks gsm8k --batch_size 8 \\
+    python -m d3llm.eval.lm_eval_cli run --model d3llm --tasks gsm8k --batch_size 16 \\
         --model_args model=tiny-teacher,method=d3llm,max_new_tokens=256,threshold=0.4
 
     import lm_eval, d3llm.eval.lm_eval_adapter  # importing registers "d3llm"
@@ -45,8 +45,9 @@ log = logging.getLogger("lm_eval.models.d3llm")
 
 # `--batch_size auto` (or auto:N): lm-eval's HF model probes GPU memory for the largest batch
 # that fits; a diffusion decode's memory depends on the canvas, so d3llm decodes batches of
-# this size instead (capped by `--max_batch_size`), and says so in one log line.
-AUTO_BATCH_SIZE = 8
+# this size instead (capped by `--max_batch_size`), and says so in one log line. 16: the
+# batch size of every d3llm command that decodes a batch of prompts (`eval`, `sweep`, `trajectories`).
+AUTO_BATCH_SIZE = 16
 
 # Generation kwargs lm-eval tasks send that the decode loop honours; `do_sample` and
 # `temperature` map to DecodeConfig.temperature (0 = argmax).
@@ -58,7 +59,7 @@ class D3llmLM(LM):
     """lm-eval `LM` that answers `generate_until` requests with the d3llm decode loop."""
 
     def __init__(self, model: str | None = None, method: str | None = None, max_new_tokens: int | None = None,
-                 batch_size: int | str | None = 8, dtype: str = "auto", chat: bool = True,
+                 batch_size: int | str | None = AUTO_BATCH_SIZE, dtype: str = "auto", chat: bool = True,
                  device: str | None = None, max_batch_size: int | None = None, pretrained: str | None = None,
                  **settings) -> None:
         super().__init__()
@@ -166,7 +167,7 @@ class D3llmLM(LM):
 
 def _batch_size(batch_size: int | str | None, max_batch_size: int | None) -> int:
     """Prompts decoded together: an integer (lm-eval's --batch_size is text), None for the
-    default (8), or 'auto' / 'auto:N', which is AUTO_BATCH_SIZE capped by `max_batch_size`
+    default (16), or 'auto' / 'auto:N', which is AUTO_BATCH_SIZE capped by `max_batch_size`
     (lm-eval passes that only to bound 'auto'; with an integer batch size it is ignored, as
     lm-eval's HF model ignores it)."""
     if batch_size is None:

@@ -1,7 +1,7 @@
 """lm-eval's command line with the `d3llm` model registered: `d3llm-lm-eval`.
 
     d3llm-lm-eval run --model d3llm --model_args model=tiny-teacher,method=d3llm \\
-        --tasks gsm8k --batch_size 8
+        --tasks gsm8k --batch_size 16
     python -m d3llm.eval.lm_eval_cli run ...   # the same
 
 lm-eval 0.4.x has no plugin mechanism for models: its registry holds the models it ships
@@ -19,7 +19,7 @@ from d3llm.errors import D3llmError
 # Printed before lm-eval's own help (`d3llm-lm-eval -h`): what this command adds to it.
 PREFACE = """d3llm-lm-eval: lm-evaluation-harness's command line with the model `d3llm` registered.
 
-  d3llm-lm-eval run --model d3llm --tasks gsm8k --batch_size 8 \\
+  d3llm-lm-eval run --model d3llm --tasks gsm8k --batch_size 16 \\
       --model_args pretrained=tiny-d3llm,method=d3llm,threshold=0.5
 
   model_args: pretrained= (or model=) a bundled name or model folder; method= a decode preset;

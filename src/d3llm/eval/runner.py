@@ -53,7 +53,7 @@ def evaluate(
     n: int,
     seed: int = 0,
     split: str = "test",
-    batch_size: int = 8,
+    batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     samples: list[dict] | None = None,
 ) -> EvalResult:

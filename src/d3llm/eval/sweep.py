@@ -136,7 +136,7 @@ def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
 
 def sweep(
     lm: LoadedModel, task: Task, method: str, grid: dict[str, list[str]], n: int, seed: int, out: Path,
-    max_new_tokens: int | None = None, batch_size: int = 8, progress: Callable[[str], None] | None = None,
+    max_new_tokens: int | None = None, batch_size: int = 16, progress: Callable[[str], None] | None = None,
     split: str = "test", settings: dict | None = None, overwrite: bool = False,
     advance: Callable[[int], None] | None = None,
 ) -> list[dict]:

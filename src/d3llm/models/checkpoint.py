@@ -94,7 +94,7 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def quantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` in int8 storage (`export --dtype int8`, ours): a matrix W is stored as int8 Q under
+    """`state` in int8 storage (`export --storage-dtype int8`, ours): a matrix W is stored as int8 Q under
     its own name and one float16 scale per row under NAME + INT8_SCALE, W ~= Q * scale[:, None]
     (symmetric, scale = max |row| / 127); vectors (norms, biases) in float16. Half float16's size."""
     out = {}
