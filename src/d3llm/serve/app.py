@@ -358,6 +358,21 @@ def _field(error: dict) -> str | None:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
+DRAIN_FACTOR = 16  # a refused body is read and dropped up to this many times the limit, then the connection closes
+
+
+async def _discard_body(receive: Receive, most: int) -> None:
+    """Receive and drop request-body messages until the body ends or `most` bytes have passed."""
+    seen = 0
+    while seen <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
 class _BodyLimit:
     """ASGI middleware: a body over `max_bytes` gets 413, from its Content-Length before a byte is
     read, or as soon as a chunked body passes the limit; nothing of it is parsed. (The overflow
@@ -372,6 +387,9 @@ class _BodyLimit:
         message = f"the request body is larger than this server's limit of {self.max_bytes} bytes (--max-body-bytes)"
         declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
+            # read the body (up to a bound) without keeping it: a server that closes a connection with
+            # unread bytes makes the kernel reset it, and the client may lose the 413 itself
+            await _discard_body(receive, DRAIN_FACTOR * self.max_bytes)
             return await _error(413, message, {"Connection": "close"})(scope, receive, send)
         seen = 0
 
