@@ -193,7 +193,8 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
     block_at = torch.cat([block_of, block_of.new_full((1,), state.num_blocks)])  # and one past the response
-    if config.sub_block_size:
+    sub_at = None  # sub-blocks (`sub_block_size`): each response position's, and one past the response
+    if config.sub_block_size and config.strategy != "topk":
         sub_of = state.sub_block_of(min(config.sub_block_size, state.block_size))
         sub_at = torch.cat([sub_of, sub_of.new_full((1,), int(sub_of.max()) + 1)])
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
@@ -206,23 +207,34 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         state.update_blocks(config)
         logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
-        masked, created = state.masked(), state.is_created()[:, block_of]
-        stale = state.filled if config.early_stop and config.stale_candidates else None
-        candidates = _gather((masked if stale is None else masked | stale) & created, at)
-        blocks = block_at[at]  # (B, W) block of each logit's column
-        current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
-        if config.sub_block_size and config.strategy != "topk":  # only the current block's first sub-block with masks
-            subs = sub_at[at]
-            current_sub = torch.where(_gather(masked, at) & (blocks == current), subs, sub_at[-1]).min(1, keepdim=True)
-            candidates = candidates & (subs == current_sub.values)
+        candidates, in_current = _candidates(state, config, at, block_at[at], None if sub_at is None else sub_at[at])
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
-        chosen = select(scores, candidates, candidates & (blocks == current), config)
+        chosen = select(scores, candidates, in_current, config)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
         tokens = _scatter(state.response.clone(), at, scores.tokens)
         state.commit(full_chosen, tokens)
         if on_step:
             unwanted = on_step(state)
+
+
+def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, blocks: torch.Tensor,
+                subs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W) bool each: the positions at `at` this iteration may commit, and those of them in
+    the row's current block (`select.current_block`). Candidates are the masks of created blocks
+    (with `stale_candidates`, also the columns early stop has just filled, as the authors' loops
+    read them); with sub-blocks (`subs`, their ids at `at`), only the current block's first
+    sub-block that still has masks."""
+    block_of = state.block_of()
+    masked, created = state.masked(), state.is_created()[:, block_of]
+    stale = state.filled if config.early_stop and config.stale_candidates else None
+    candidates = _gather((masked if stale is None else masked | stale) & created, at)
+    current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
+    if subs is not None:
+        none = torch.iinfo(subs.dtype).max  # a row without masks in its current block
+        first_sub = torch.where(_gather(masked, at) & (blocks == current), subs, none).min(1, keepdim=True).values
+        candidates = candidates & (subs == first_sub)
+    return candidates, candidates & (blocks == current)
 
 
 def _response_positions(state: DecodeState, columns: torch.Tensor) -> torch.Tensor:
