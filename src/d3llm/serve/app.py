@@ -358,7 +358,9 @@ def _field(error: dict) -> str | None:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
-DRAIN_FACTOR = 16  # a refused body is read and dropped up to this many times the limit, then the connection closes
+# a refused body is read and dropped up to this many times the limit, and at least DRAIN_BYTES (reading
+# is cheap: nothing is kept or parsed), then the connection closes
+DRAIN_FACTOR, DRAIN_BYTES = 16, 64 << 20
 
 
 async def _discard_body(receive: Receive, most: int) -> None:
@@ -389,7 +391,7 @@ class _BodyLimit:
         if not declared.isdigit() or int(declared) > self.max_bytes:
             # read the body (up to a bound) without keeping it: a server that closes a connection with
             # unread bytes makes the kernel reset it, and the client may lose the 413 itself
-            await _discard_body(receive, DRAIN_FACTOR * self.max_bytes)
+            await _discard_body(receive, max(DRAIN_FACTOR * self.max_bytes, DRAIN_BYTES))
             return await _error(413, message, {"Connection": "close"})(scope, receive, send)
         seen = 0
 
