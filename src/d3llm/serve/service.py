@@ -146,17 +146,7 @@ class Submission:
         """The whole answer of a non-streamed request (its text is `text.text`). A client that
         disconnects meanwhile is noticed at once (`ClientGone`): its job is cancelled, and its
         row leaves the running batch after the current forward."""
-        collect = asyncio.ensure_future(self._last(request, text))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if collect in done:
-                return collect.result()
-            raise ClientGone
-        finally:
-            for task in (collect, gone):
-                task.cancel()
-            await asyncio.gather(collect, gone, return_exceptions=True)  # `answer`'s cleanup cancels the job
+        return await _unless_gone(request, self._last(request, text))
 
     async def _last(self, request: "Request", text: TextStream) -> Finished:
         async for item in self.answer(request, text):
@@ -182,7 +172,13 @@ class Submission:
 async def results(submissions: list[Submission], texts: list[TextStream], request: "Request") -> list[Finished]:
     """The whole answers of several submissions of one request (a list of prompts), watching
     for one disconnect: `ClientGone` cancels them all."""
-    collect = asyncio.ensure_future(asyncio.gather(*(s._last(request, t) for s, t in zip(submissions, texts))))
+    return await _unless_gone(request, asyncio.gather(*(s._last(request, t) for s, t in zip(submissions, texts))))
+
+
+async def _unless_gone(request: "Request", work):
+    """The result of `work` (an awaitable), unless the client disconnects first: then
+    `ClientGone`, and `work` is cancelled (each `answer`'s cleanup cancels its job)."""
+    collect = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -192,7 +188,7 @@ async def results(submissions: list[Submission], texts: list[TextStream], reques
     finally:
         for task in (collect, gone):
             task.cancel()
-        await asyncio.gather(collect, gone, return_exceptions=True)  # each `answer`'s cleanup cancels its job
+        await asyncio.gather(collect, gone, return_exceptions=True)
 
 
 async def _disconnected(request: "Request") -> None:
