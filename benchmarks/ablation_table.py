@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from d3llm.decode import preset
@@ -19,7 +18,7 @@ from d3llm.decode.config import DEFAULT_BLOCK_SIZE
 
 
 def changed_settings(record: dict) -> str:
-    base = asdict(preset(record["method"]))
+    base = preset(record["method"]).settings()
     if base["block_size"] is None:  # the preset takes the model's; a record holds the one decoded with
         base["block_size"] = DEFAULT_BLOCK_SIZE
     diff = {k: v for k, v in record["decode_config"].items() if base.get(k) != v and k != "max_new_tokens"}

@@ -4,7 +4,7 @@ decode time spent outside model forwards. Prints a Markdown table (the source of
     python benchmarks/decode_presets.py --model tiny-teacher --task arith --task arith-long --n 50
     python benchmarks/decode_presets.py --model tiny-ar --model tiny-block --task arith --task code --batch-sizes 1
     python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm --method ar --method d3llm-cache \
-        --variant d3llm-cache:refresh_waiting=false --task code --batch-sizes 1
+        --variant d3llm-cache:refresh_while_waiting=false --task code --batch-sizes 1
     python benchmarks/decode_presets.py --model tiny-ar --model tiny-d3llm@bfloat16 --method ar --method d3llm-cache \
         --task code --batch-sizes 1   # each model in its own fastest dtype (docs/platform-notes.md)
 
@@ -118,7 +118,7 @@ def _load(spec: str, parser):
 
 
 def variant(text: str, parser) -> tuple[str, object]:
-    """`d3llm-cache:refresh_waiting=false` -> (its row label, the preset with that setting)."""
+    """`d3llm-cache:refresh_while_waiting=false` -> (its row label, the preset with that setting)."""
     method, _, settings = text.partition(":")
     try:
         overrides = parse_overrides(settings.split(",") if settings else [])

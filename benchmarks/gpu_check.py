@@ -11,7 +11,7 @@ a smoke check and the speed of a trained model is projected from the forward cos
 
     d3llm-cache tokens/s ~= TPF / (seconds of a W-column cached forward), W = 32 and 64
 
-(with `forward_uncreated=false` a delayed-cache step forwards its active blocks, 32-64 columns;
+(with `future_masks=skip` a delayed-cache step forwards its active blocks, 32-64 columns;
 with the default, the rest of the canvas: docs/method.md section 4, docs/benchmarks.md).
 A benchmark, not a test: it asserts nothing.
 """

@@ -16,3 +16,12 @@ class ModelLoadError(D3llmError):
 
 class TaskError(D3llmError):
     """A task name, split or data file is not usable."""
+
+
+class DecodeSettingError(D3llmError):
+    """A decode setting that is invalid, or that the method would ignore; `setting` names it
+    (a flat setting name such as `threshold`, or "method")."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting

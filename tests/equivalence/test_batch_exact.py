@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from d3llm.decode import DecodeConfig, generate, preset
-from d3llm.decode.cache import DelayedCache, DualCache, NoCache, PrefixCache
+from d3llm.decode.cache import NoCacheRun, open_cache
+from d3llm.decode.policies import DelayedCache, NoCache, PrefixCache
 from d3llm.decode.state import DecodeState
 from tests.conftest import toy_model
 
@@ -36,10 +37,10 @@ def configs(family: str) -> dict[str, DecodeConfig]:
             "d3llm": preset("d3llm", threshold=e), "d3llm-cache": preset("d3llm-cache", threshold=e),
             "d3llm-cache/refresh 3": preset("d3llm-cache", threshold=e, refresh_interval=3),
             "d3llm-cache/delay 2": preset("d3llm-cache", threshold=e, cache_delay=2),
-            "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_waiting=False),
-            "d3llm/created only": preset("d3llm", threshold=short, forward_uncreated=False),
-            "d3llm-cache/created only": preset("d3llm-cache", threshold=short, cache_delay=2, forward_uncreated=False),
-            "d3llm-cache/uncreated cached": preset("d3llm-cache", threshold=e, cache_delay=2, cache_uncreated=True)}
+            "d3llm-cache/window refresh": preset("d3llm-cache", threshold=e, cache_delay=2, refresh_while_waiting=False),
+            "d3llm/created only": preset("d3llm", threshold=short, future_masks="skip"),
+            "d3llm-cache/created only": preset("d3llm-cache", threshold=short, cache_delay=2, future_masks="skip"),
+            "d3llm-cache/uncreated cached": preset("d3llm-cache", threshold=e, cache_delay=2, future_masks="cached")}
 
 
 METHODS = list(configs("llada"))
@@ -81,10 +82,10 @@ def test_a_batch_decodes_what_each_prompt_decodes_alone(family, method):
         assert torch.equal(alone.trace[0], batch.trace[i])
     if method != "vanilla":  # threshold and forced commits; rows at different places
         assert mixes_commits(batch.trace) and len(set(batch.row_forwards)) > 1
-    if config.cache != "none":  # cached forwards ran, and (SPLIT) forwards of refreshing rows beside them
+    if config.cache.name != "none":  # cached forwards ran, and (SPLIT) forwards of refreshing rows beside them
         assert min(batch_widths) < max(map(len, PROMPTS)) + 24
         assert (len(batch_widths) > batch.nfe) == (method in SPLIT)
-    if not config.forward_uncreated:  # the first forward: the prompt and the one created block
+    if config.cache.future_masks == "skip":  # the first forward: the prompt and the one created block
         assert batch_widths[0] == max(map(len, PROMPTS)) + 4
 
 
@@ -137,8 +138,9 @@ def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncac
     model = toy_model("llada", seed=2, num_layers=1)
     threshold = {"confidence": 0.5, "entropy": 1.5}
     config = configs("llada")[cached].override(max_new_tokens=24, block_size=4)
-    config = config.override(threshold=threshold[config.strategy])
-    reference = config.override(cache="none", method=uncached)
+    config = config.override(threshold=threshold[config.strategy.name])
+    # the same decode without a cache (with `skip`, its forwards ending at the last created block too)
+    reference = config.override(method=uncached, cache=NoCache(config.cache.future_masks.replace("cached", "forward")))
     widths = recording(model)
     out = generate(model, PROMPTS, config, PAD)
     assert min(widths) < max(map(len, PROMPTS)) + 24  # the cache was read
@@ -149,28 +151,28 @@ def test_one_layer_llada_caches_equal_no_cache_over_a_whole_decode(cached, uncac
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_without_refresh_waiting_only_the_forwards_before_the_prompt_is_cached_are_full(family):
-    """`refresh_waiting=False`: a completed block no longer makes its row forward the whole
+def test_without_refresh_while_waiting_only_the_forwards_before_the_prompt_is_cached_are_full(family):
+    """`refresh_while_waiting=False`: a completed block no longer makes its row forward the whole
     canvas; the row forwards from its cache on, which grows as blocks settle. Only the forwards
     before the prompt enters the cache (`cache_delay` of them) are full."""
     model = toy_model(family, seed=2)
     config = configs(family)["d3llm-cache/delay 2"].override(max_new_tokens=24, block_size=4)
     official = generate(model, [PROMPTS[1]], config, PAD)
-    lean = generate(model, [PROMPTS[1]], config.override(refresh_waiting=False), PAD)
+    lean = generate(model, [PROMPTS[1]], config.override(refresh_while_waiting=False), PAD)
     assert official.profile["full"][0] > 2 and lean.profile["full"][0] == 2
     assert lean.nfe == lean.profile["full"][0] + lean.profile["window"][0]
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_cached_uncreated_masks_narrow_the_windows(family):
-    """`cache_uncreated`: after the first forward, no forward reaches the canvas end unless it
+    """`future_masks="cached"`: after the first forward, no forward reaches the canvas end unless it
     refreshes, and fewer columns are forwarded in all."""
     model = toy_model(family, seed=2)
     config = configs(family)["d3llm-cache/delay 2"].override(max_new_tokens=24, block_size=4)
     widths = recording(model)
     generate(model, [PROMPTS[1]], config, PAD)
     official, widths[:] = list(widths), []
-    lean = generate(model, [PROMPTS[1]], config.override(cache_uncreated=True), PAD)
+    lean = generate(model, [PROMPTS[1]], config.override(future_masks="cached"), PAD)
     full = len(PROMPTS[1]) + 24
     assert sum(widths) < sum(official)
     assert widths.count(full) == lean.profile["full"][0] and len(widths) > widths.count(full)
@@ -187,15 +189,15 @@ def complete_block(state: DecodeState, row: int, block: int) -> None:
 
 def assert_equals_full_forward(model, state: DecodeState, cache) -> None:
     """`cache.forward` gives, at every column it predicts, the uncached forward's logits."""
-    full, _ = NoCache(cache.config).forward(model, state)
+    full, _ = NoCacheRun(NoCache()).forward(model, state)
     logits, columns = cache.forward(model, state)
     rows, k = (columns >= state.start).nonzero(as_tuple=True)
     assert set(rows.tolist()) == set(range(len(columns)))  # every row gets logits
     torch.testing.assert_close(logits[rows, k], full[rows, columns[rows, k] - state.start], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", [PrefixCache, DelayedCache, DualCache, pytest.param(
-    lambda config: DelayedCache(config.override(cache_uncreated=True)), id="DelayedCache-uncreated-cached")])
+@pytest.mark.parametrize("policy", [PrefixCache(), DelayedCache(), PrefixCache(future_masks="cached"),
+                                    DelayedCache(future_masks="cached")], ids=lambda p: f"{p.name}-{p.future_masks}")
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_cached_forwards_over_an_unchanged_canvas_are_exact(policy, family):
     """Rows with different cache boundaries (and a shorter last block) share one padded cache;
@@ -203,14 +205,14 @@ def test_cached_forwards_over_an_unchanged_canvas_are_exact(policy, family):
     canvas did not change since their cache was built get the full forward's logits, including
     Dream's shifted prediction at each row's cache boundary."""
     model = toy_model(family, seed=4)
-    config = DecodeConfig(max_new_tokens=10, block_size=4, cache_delay=1)  # blocks of 4, 4 and 2
+    config = DecodeConfig(max_new_tokens=10, block_size=4)  # blocks of 4, 4 and 2
     state = DecodeState.start_from(PROMPTS, config, model.facts.mask_token_id, model.facts.eos_token_id, PAD,
                                    model.device)
     for row, blocks in enumerate([1, 2, 0, 1, 2]):
         for block in range(blocks):
             complete_block(state, row, block)
     state.step = 1
-    cache = policy(config)
+    cache = open_cache(policy)
     widths = recording(model)
     assert_equals_full_forward(model, state, cache)  # builds the caches
     state.step = 2

@@ -124,7 +124,8 @@ def test_streaming_prefix_only_grows_and_ends_at_the_answer():
         assert len(lengths) == out.row_forwards[row]  # a row is seen until it finishes, then leaves
 
 
-@pytest.mark.parametrize("cache", ["none", "prefix", "delayed", "dual"])
+@pytest.mark.parametrize("cache", [{"cache": "none"}, {"cache": "prefix"}, {"cache": "delayed"},
+                                   {"cache": "prefix", "future_masks": "cached"}], ids=str)
 def test_finished_rows_leave_the_forward(cache):
     """Iteration k forwards exactly the rows that needed more than k forwards (in two forwards
     where some rows refresh their caches and others read them), and every row gets what it
@@ -142,7 +143,7 @@ def test_finished_rows_leave_the_forward(cache):
         rows_now.clear()
 
     model.forward = counting
-    config = preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4, cache=cache)
+    config = preset("d3llm", threshold=MIXED["llada"], max_new_tokens=12, block_size=4, **cache)
     out = generate(model, PROMPTS, config, PAD, on_step=end_iteration)
     assert len(set(out.row_forwards)) > 1  # rows finish at different iterations
     assert rows_per_iteration == [sum(f > k for f in out.row_forwards) for k in range(out.nfe)]
@@ -156,11 +157,11 @@ def test_bad_settings_fail_before_any_forward():
 
     for bad, message in [({"threshold": -1}, "`threshold` must be in (0, 10]"),
                          ({"block_add_threshold": 0}, "`block_add_threshold` must be in (0, 1]"),
-                         ({"cache": "paged"}, "`cache` must be one of none, prefix, dual, delayed"),
+                         ({"cache": "paged"}, "`cache` must be one of none, prefix, delayed, block, kv"),
                          ({"refresh_interval": 0}, "`refresh_interval` must be >= 1"),
                          ({"cache_delay": -2}, "`cache_delay` must be >= 0")]:
         with pytest.raises(D3llmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                            .replace("]", r"\]")):
-            preset("d3llm", **bad)
+            preset("d3llm-cache", **bad)
     with pytest.raises(D3llmError, match="must be in \\(0, 1\\] for confidence"):
         preset("fast-dllm", threshold=2.0)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "d3llm"
 LAZY = {
     "d3llm": "`import d3llm` stays cheap: load_model / generate / get_task on first use",
     "d3llm.cli": "commands import torch-using modules when run, so -h, --version and `d3llm models` stay fast",
+    "d3llm.decode": "the settings import without torch; the loop (generate) on first use",
     "d3llm.models": "names on first use, so `d3llm models` (models/catalog.py) does not import torch",
     "d3llm.serve": "the web modules need the optional `serve` extra; `d3llm chat` does not",
     "d3llm.eval.lm_eval_cli": "the adapter needs the optional `eval` extra (lm-eval)",

@@ -1,6 +1,8 @@
-"""KV-cache policies: what each iteration forwards, and what stays cached.
+"""KV-cache policies at run time: what each iteration forwards, and what stays cached.
 
-Every policy answers one question per iteration, `forward(model, state)`: it returns logits
+A policy's settings are an object of policies.py; `open_cache(policy)` makes its run-time half
+here, which holds the cache across iterations. Every one answers one question per iteration,
+`forward(model, state)`: it returns logits
 (B, W, V) and `columns` (B, W), the canvas column each logit predicts (-1: none); the network's
 LM head runs only where logits are needed (`logits_to_keep`).
 
@@ -9,31 +11,31 @@ LM head runs only where logits are needed (`logits_to_keep`).
   rebuilt (refresh) whenever that start moves, i.e. once per block.
 - `delayed` (d3LLM): a row's block enters its cache `cache_delay` iterations after it completed
   (its keys from that iteration's forward); while any completed block of the row is waiting,
-  the row's iterations refresh (`refresh_waiting`, the official code; off: they forward from
+  the row's iterations refresh (`refresh_while_waiting`, the official code; off: they forward from
   the row's cache on, which holds settled blocks only); also every `refresh_interval` iterations.
-- `dual` (Fast-dLLM's dual cache): `prefix` with `cache_uncreated` on: the masks after the
-  current block are read from the cache too, so an iteration forwards the current block alone.
+- `prefix` with `future_masks="cached"` (Fast-dLLM's dual cache): the masks after the current
+  block are read from the cache too, so an iteration forwards the current block alone.
 - `block` (block-diffusion models only): exact by construction. Attention is block-causal, so a
   finished block's keys never change: each enters the cache once, from the first forward that
   sees it finished, and is never recomputed. An iteration forwards the blocks finished since
   the last one and the current blocks, nothing after them. The batch shares one cache, up to
   the first block some row has not finished (exact all the same: a row ahead caches less).
 
-`cache_uncreated` (a setting of `prefix` and `delayed`) in general: a row's cache holds every
+`future_masks="cached"` (a setting of `prefix` and `delayed`) in general: a row's cache holds every
 column of the canvas at its last refresh (slot k = column k); an iteration forwards the row's
 created blocks after its cached prefix, and attends to the prefix and to the masks after its
 last created block in the cache (their keys from that refresh). Attention is bidirectional
 and keys carry their positions, so where a key sits in the cache does not matter. Columns that
 settle take the window's keys; the window's own keys then leave the cache.
 
-`none`, `prefix` and `delayed` forward up to the canvas end, or, with `forward_uncreated` off, up to
+`none`, `prefix` and `delayed` forward up to the canvas end, or, with `future_masks="skip"`, up to
 each row's last created block (`_extent`): later columns are masks no candidate is in, left out
-of the forward altogether (an approximation that changes what the model sees; `cache_uncreated`
+of the forward altogether (an approximation that changes what the model sees; `cached`
 keeps them in view).
 
 Under bidirectional attention a cached key is an approximation (computed while later columns
 were still masked), so what a row decodes depends on which of its columns were cached when.
-`prefix`, `delayed` and `dual` therefore keep each row's cache to itself (`_RowCache`), and a
+`prefix` and `delayed` therefore keep each row's cache to itself (`RowCaches`), and a
 batch decodes what each of its prompts decodes alone: slot k of the one padded cache holds, for
 row r, the keys of some column of row r or nothing, and an attention mask over the slots
 (`visible`) shows each row its own. Each row decides its own refreshes; an iteration where
@@ -46,12 +48,12 @@ write it over that column's logits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from d3llm.decode.config import DecodeConfig
+from d3llm.decode.policies import BlockCache, CachePolicy, DelayedCache, NoCache, PrefixCache
 from d3llm.decode.state import DecodeState
 from d3llm.tensors import first_index
 
@@ -63,15 +65,17 @@ def _span(first: int, width: int, rows: int, device: torch.device) -> torch.Tens
     return torch.arange(first, first + width, device=device).expand(rows, width)
 
 
-class NoCache:
-    def __init__(self, config: DecodeConfig):
-        self.config = config
+class NoCacheRun:
+    """Every iteration forwards the canvas (up to the created blocks' end with `future_masks="skip"`)."""
+
+    def __init__(self, policy: CachePolicy):
+        self.policy = policy
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only rows `index` of the batch (finished rows leave it)."""
 
     def forward(self, model, state: DecodeState) -> Forwarded:
-        stop, keep = _extent(state, not self.config.forward_uncreated)
+        stop, keep = _extent(state, self.policy.future_masks == "skip")
         out = model(state.canvas[:, :stop], attention_mask=keep, position_ids=state.positions[:, :stop],
                     logits_to_keep=stop - state.start, block_start=state.start)
         return out.logits, _span(state.start, stop - state.start, len(state.canvas), state.canvas.device)
@@ -79,8 +83,8 @@ class NoCache:
 
 def _extent(state: DecodeState, to_created: bool) -> tuple[int, torch.Tensor]:
     """(stop, keep): forwards end at canvas column `stop`; `keep` (B, stop) is the attention mask
-    of the columns each row's forward holds: not left padding, and `to_created` (`forward_uncreated`
-    off, or a window whose later masks come from the cache) nothing after the row's last created
+    of the columns each row's forward holds: not left padding, and `to_created` (`future_masks`
+    skip, or a window whose later masks come from the cache) nothing after the row's last created
     block (its own end, so a row decodes what it does alone)."""
     if not to_created:
         return state.canvas.shape[1], state.attention
@@ -91,7 +95,7 @@ def _extent(state: DecodeState, to_created: bool) -> tuple[int, torch.Tensor]:
 
 
 @dataclass
-class _RowCache:
+class RowCaches:
     """Every row's own cache in one padded `DynamicCache` (see the module docstring)."""
 
     kv: DynamicCache
@@ -99,9 +103,9 @@ class _RowCache:
     prefix: torch.Tensor  # (B,) the row holds columns [0, prefix) in slots [0, prefix)
     boundary: torch.Tensor  # (B, V) prediction for each row's first uncached column (shifted families)
 
-    def select(self, index: torch.Tensor) -> "_RowCache":
+    def select(self, index: torch.Tensor) -> "RowCaches":
         self.kv.batch_select_indices(index)
-        return _RowCache(self.kv, self.visible[index], self.prefix[index], self.boundary[index])
+        return RowCaches(self.kv, self.visible[index], self.prefix[index], self.boundary[index])
 
 
 def _gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
@@ -146,7 +150,7 @@ def _cat_padded(a: torch.Tensor, b: torch.Tensor, dim: int, value: float = 0) ->
     return torch.cat([grow(a), grow(b)])
 
 
-Step = tuple[torch.Tensor, torch.Tensor, _RowCache]  # logits, columns, the rows' caches after it
+Step = tuple[torch.Tensor, torch.Tensor, RowCaches]  # logits, columns, the rows' caches after it
 
 
 def _join(one: Step, two: Step, order: torch.Tensor) -> Step:
@@ -155,19 +159,18 @@ def _join(one: Step, two: Step, order: torch.Tensor) -> Step:
     for layer_a, layer_b in zip(a.kv.layers, b.kv.layers):
         layer_a.keys = _cat_padded(layer_a.keys, layer_b.keys, 2)[order]
         layer_a.values = _cat_padded(layer_a.values, layer_b.values, 2)[order]
-    rows = _RowCache(a.kv, _cat_padded(a.visible, b.visible, 1, False)[order],
+    rows = RowCaches(a.kv, _cat_padded(a.visible, b.visible, 1, False)[order],
                      torch.cat([a.prefix, b.prefix])[order], torch.cat([a.boundary, b.boundary])[order])
     return _cat_padded(logits_a, logits_b, 1)[order], _cat_padded(columns_a, columns_b, 1, -1)[order], rows
 
 
-class _RowCached(NoCache):
+class PerRowCacheRun(NoCacheRun):
     """A policy where each row keeps its own cache and decides its own refreshes. `plan` (B,)
-    is where each row's cache should now end (`prefix`, `delayed`) or its current block begin
-    (`dual`): computed once per iteration, passed to the rest."""
+    is where each row's cache should now end: computed once per iteration, passed to the rest."""
 
-    def __init__(self, config: DecodeConfig):
-        super().__init__(config)
-        self.rows: _RowCache | None = None
+    def __init__(self, policy: CachePolicy):
+        super().__init__(policy)
+        self.rows: RowCaches | None = None
 
     def select_rows(self, index: torch.Tensor) -> None:
         if self.rows is not None:
@@ -183,7 +186,7 @@ class _RowCached(NoCache):
     def refresh(self, model, state: DecodeState, plan: torch.Tensor) -> Step:
         raise NotImplementedError
 
-    def cached(self, model, state: DecodeState, plan: torch.Tensor, rows: _RowCache) -> Step:
+    def cached(self, model, state: DecodeState, plan: torch.Tensor, rows: RowCaches) -> Step:
         raise NotImplementedError
 
     def forward(self, model, state: DecodeState) -> Forwarded:
@@ -213,34 +216,39 @@ def _forward_all(model, state: DecodeState, extent: tuple[int, torch.Tensor] | N
     return out.logits, kv
 
 
-class _PrefixCache(_RowCached):
-    """Each row caches its columns [0, target), `target` (B,) the policy's `plan`."""
+class PrefixCacheRun(PerRowCacheRun):
+    """Fast-dLLM's prefix cache: each row caches its columns [0, target), `target` (B,) the
+    policy's `plan`: everything before its first incomplete block, rebuilt once per block."""
+
+    def plan(self, state: DecodeState) -> torch.Tensor:
+        return incomplete_block_starts(state)
 
     def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
-        logits, kv = _forward_all(model, state, _extent(state, not self.config.forward_uncreated))
-        if not self.config.cache_uncreated:  # else every column stays: slot k holds column k
+        logits, kv = _forward_all(model, state, _extent(state, self.policy.future_masks == "skip"))
+        if self.policy.future_masks != "cached":  # else every column stays: slot k holds column k
             kv.crop(int(target.max()) - kv.get_seq_length())
         columns = _span(state.start, logits.shape[1], len(target), target.device)
         return logits, columns, self._rows(state, kv, target, logits, state.start)
 
-    def cached(self, model, state: DecodeState, target: torch.Tensor, rows: _RowCache) -> Step:
+    def cached(self, model, state: DecodeState, target: torch.Tensor, rows: RowCaches) -> Step:
         """Forward [lo, stop), lo the shortest row cache, `stop` the canvas end or the last created
         block's end (`_extent`): each row attends to its cached slots and to the window's columns
-        after them; with `cache_uncreated`, also to its slots after its last created block."""
+        after them; with `future_masks="cached"`, also to its slots after its last created block."""
         end, slots = rows.prefix, rows.visible.shape[1]
         lo, width = torch.stack([end.min(), target.max()]).tolist()
-        stop, keep = _extent(state, not self.config.forward_uncreated or self.config.cache_uncreated)
+        cached_future = self.policy.future_masks == "cached"
+        stop, keep = _extent(state, self.policy.future_masks != "forward")
         window = _span(lo, stop - lo, len(end), end.device)
         uncached = window >= end.unsqueeze(1)
         visible = rows.visible
-        if self.config.cache_uncreated:  # slot k is column k: the masks after the created blocks
+        if cached_future:  # slot k is column k: the masks after the created blocks
             after = torch.arange(slots, device=end.device) >= state.created_end().unsqueeze(1)
             visible = visible | (after & state.attention.bool())
         mask = torch.cat([visible, uncached & keep[:, lo:].bool()], 1)
         out = model(state.canvas[:, lo:stop], attention_mask=mask.long(), position_ids=state.positions[:, lo:stop],
                     past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
         logits = _with_boundary(model, out.logits, end - lo, rows.boundary)
-        if self.config.cache_uncreated:  # columns newly cached take the window's keys; the rest stay
+        if cached_future:  # columns newly cached take the window's keys; the rest stay
             _settle_from_window(rows.kv, slots, lo, end, target)
         elif lo == slots:  # every row caches [0, lo): slots and columns coincide
             rows.kv.crop(width - rows.kv.get_seq_length())
@@ -251,31 +259,24 @@ class _PrefixCache(_RowCached):
 
     @staticmethod
     def _rows(state: DecodeState, kv: DynamicCache, target: torch.Tensor, logits: torch.Tensor,
-              first: int) -> _RowCache:
+              first: int) -> RowCaches:
         """Each row's cache of [0, target) (its slots [0, max target)) after a forward whose logits
         start at column `first`."""
         width = kv.get_seq_length()
         held = torch.arange(width, device=target.device) < target.unsqueeze(1)
         at = (target - first).clamp(min=0, max=logits.shape[1] - 1)  # a row cached whole is finished
         boundary = logits[torch.arange(len(target), device=target.device), at]
-        return _RowCache(kv, held & state.attention[:, :width].bool(), target, boundary)
+        return RowCaches(kv, held & state.attention[:, :width].bool(), target, boundary)
 
 
-class PrefixCache(_PrefixCache):
-    """Fast-dLLM's prefix cache: everything before the current block, rebuilt once per block."""
-
-    def plan(self, state: DecodeState) -> torch.Tensor:
-        return incomplete_block_starts(state)
-
-
-class DelayedCache(_PrefixCache):
+class DelayedCacheRun(PrefixCacheRun):
     """d3LLM's cache, as the authors' `generate_multi_block_kv_cache` keeps it (docs/method.md
     section 4). Blocks enter in order, the prompt first: a block is *seen* complete at the first
     iteration where it is complete and the block before it is cached (`seen`), and enters the
     cache `cache_delay` iterations after that, in the forward of that iteration, which runs from
     the old cache end and keeps the window's keys of the newly cached columns. Otherwise a row
     refreshes (a whole-canvas forward rewriting its cached prefix) while its first uncached block
-    is complete but not yet cached (`refresh_waiting`), and every `refresh_interval`-th iteration
+    is complete but not yet cached (`refresh_while_waiting`), and every `refresh_interval`-th iteration
     (counted from 1, as their `nfe`); else it forwards from its cache end. Blocks that early stop
     creates (wholly after the EOS) are never cached and never wait."""
 
@@ -290,7 +291,7 @@ class DelayedCache(_PrefixCache):
         (B, nb) `leading`: the block and all before it are complete (and cacheable).
         seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt seen at step -1; in
         closed form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay))."""
-        delay = self.config.cache_delay
+        delay = self.policy.cache_delay
         j = torch.arange(state.num_blocks, device=state.completed_at.device)
         complete = self.cacheable_complete(state)
         leading = complete.long().cumprod(1).bool()
@@ -298,10 +299,10 @@ class DelayedCache(_PrefixCache):
         return j * delay + term.cummax(1).values.clamp(min=delay - 1), leading
 
     def plan(self, state: DecodeState) -> torch.Tensor:
-        if state.step < self.config.cache_delay - 1:  # the prompt (seen at step -1) is not cached yet
+        if state.step < self.policy.cache_delay - 1:  # the prompt (seen at step -1) is not cached yet
             return torch.zeros_like(state.created)
         seen, leading = self.seen(state)
-        settled = (leading & (seen + self.config.cache_delay <= state.step)).sum(1)
+        settled = (leading & (seen + self.policy.cache_delay <= state.step)).sum(1)
         return (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
 
     def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
@@ -309,9 +310,9 @@ class DelayedCache(_PrefixCache):
         grows = plan > held  # these forward from their cache end and cache more
         first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
         waiting = self.cacheable_complete(state).gather(1, first.unsqueeze(1)).squeeze(1)  # the first uncached block
-        if not self.config.refresh_waiting:  # the window forward recomputes the waiting blocks anyway
+        if not self.policy.refresh_while_waiting:  # the window forward recomputes the waiting blocks anyway
             waiting = torch.zeros_like(waiting)
-        interval = self.config.refresh_interval  # every row started at step 0: the step is each row's
+        interval = self.policy.refresh_interval  # every row started at step 0: the step is each row's
         periodic = interval is not None and (state.step + 1) % interval == 0
         return (held == 0) | (~grows & (waiting | periodic))
 
@@ -322,21 +323,12 @@ def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
     return state.block_begins()[first_index(state.completed_at < 0)]  # nb (the canvas end) where none
 
 
-class DualCache(PrefixCache):
-    """Fast-dLLM's dual cache: the prefix cache with the masks after the current block read from
-    the cache too (`cache_uncreated`), so an iteration forwards the current block alone; a row's
-    cache is rebuilt whenever its current block changes."""
-
-    def __init__(self, config: DecodeConfig):
-        super().__init__(replace(config, cache_uncreated=True))
-
-
-class BlockCache(NoCache):
+class BlockCacheRun(NoCacheRun):
     """The block family's exact cache (see module docstring): cached columns [0, end), where
     `end` is the start of the first block that some row has not finished."""
 
-    def __init__(self, config: DecodeConfig):
-        super().__init__(config)
+    def __init__(self, policy: CachePolicy):
+        super().__init__(policy)
         self.cache: DynamicCache | None = None
         self.boundary_logits: torch.Tensor | None = None  # (B, V) prediction for the first uncached column
         self.end = 0
@@ -386,5 +378,12 @@ class BlockCache(NoCache):
         return out.last_logits.unsqueeze(1), _span(begin, 1, len(state.canvas), state.canvas.device)
 
 
-CACHE_POLICIES = {"none": NoCache, "prefix": PrefixCache, "delayed": DelayedCache, "dual": DualCache,
-                  "block": BlockCache}
+RUNS: dict[type[CachePolicy], type[NoCacheRun]] = {NoCache: NoCacheRun, PrefixCache: PrefixCacheRun,
+                                                 DelayedCache: DelayedCacheRun, BlockCache: BlockCacheRun}
+
+
+def open_cache(policy: CachePolicy) -> NoCacheRun:
+    """The run-time half of `policy` for one decode (the tensors it keeps across iterations)."""
+    if type(policy) not in RUNS:
+        raise TypeError(f"cache policy {policy.name!r} has no diffusion-loop run (RUNS)")
+    return RUNS[type(policy)](policy)

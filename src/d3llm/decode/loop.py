@@ -1,8 +1,8 @@
 """The decode loop: batched prompts in, `DecodeOutput` out.
 
 One loop serves every diffusion preset; what differs is configuration (`DecodeConfig`):
-the selection strategy (`select.py`), the block thresholds (`state.py`) and the cache policy
-(`cache.py`). Each iteration is one model forward (one NFE; a cached batch where some rows
+the selection strategy (strategies.py, applied by select.py), the block thresholds (state.py)
+and the cache policy (policies.py, run by cache.py). Each iteration is one model forward (one NFE; a cached batch where some rows
 refresh and others do not forwards the two groups apart, see `cache.py`):
 
     early stop -> update blocks -> forward (cache policy) -> score -> select -> commit
@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from d3llm.decode.cache import CACHE_POLICIES
+from d3llm.decode.cache import open_cache
 from d3llm.decode.config import DecodeConfig, for_facts
 from d3llm.decode.select import current_block, score, select
 from d3llm.decode.speculative import generate_ar_spec
+from d3llm.decode.strategies import PromptLookup
 from d3llm.decode.state import NOT_YET, DecodeState
 from d3llm.errors import D3llmError
-from d3llm.models import DiffusionLM
 from d3llm.tensors import first_index
 
 
@@ -69,7 +69,7 @@ class DecodeOutput:
         return sum(self.num_tokens) / max(sum(self.row_forwards), 1)
 
 
-def _check(model: DiffusionLM, prompts: list[list[int]], config: DecodeConfig) -> DecodeConfig:
+def _check(model, prompts: list[list[int]], config: DecodeConfig) -> DecodeConfig:
     """`config` as this model decodes with it (a block model's own block size), or an error."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise D3llmError("every prompt must hold at least one token")
@@ -96,7 +96,7 @@ class _ForwardTimer:
     profile by kind of forward: `full` (from column 0, no cache to read) or `window` (columns
     after a cache) -> [calls, columns forwarded (rows x columns), seconds]."""
 
-    def __init__(self, model: DiffusionLM):
+    def __init__(self, model):
         self.model, self.seconds = model, 0.0
         self.profile: dict[str, list] = {}
         self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
@@ -128,17 +128,18 @@ class _ForwardTimer:
 
 @torch.no_grad()
 def generate(
-    model: DiffusionLM,
+    model,
     prompts: list[list[int]],
     config: DecodeConfig,
     pad_token_id: int,
     on_step: Callable[[DecodeState], torch.Tensor | None] | None = None,
 ) -> DecodeOutput:
-    """Decode a batch of tokenised prompts with `config`."""
+    """Decode a batch of tokenised prompts with `config`; `model` is a `d3llm.models.DiffusionLM`
+    (decode/ does not import models/: models/catalog.py reads the decode rules)."""
     config = _check(model, prompts, config)
     started = time.perf_counter()
     timed = _ForwardTimer(model)
-    if config.method == "ar-spec":  # transformers' generate: its forwards are timed by hooks
+    if isinstance(config.strategy, PromptLookup):  # transformers' generate: its forwards are timed by hooks
         state, timed.seconds = generate_ar_spec(model, prompts, config, pad_token_id, on_step)
         states = [state]
     elif model.facts.block_alignment == "absolute":
@@ -189,17 +190,18 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
     batch = DecodeState.start_from(prompts, config, facts.mask_token_id, facts.eos_token_id, pad_id, model.device,
                                    block_offset)
     state = batch  # the unfinished rows; written back into `batch` as they finish
-    cache = CACHE_POLICIES[config.cache](config)
+    cache = open_cache(config.cache)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     block_of = state.block_of()
     block_at = torch.cat([block_of, block_of.new_full((1,), state.num_blocks)])  # and one past the response
-    sub_at = None  # sub-blocks (`sub_block_size`): each response position's, and one past the response
-    if config.sub_block_size and config.strategy != "topk":
-        sub_of = state.sub_block_of(min(config.sub_block_size, state.block_size))
+    sub_at = None  # the strategy's sub-blocks (`commit_window`): each response position's, and one past the end
+    window = config.strategy.commit_window()
+    if window:
+        sub_of = state.sub_block_of(min(window, state.block_size))
         sub_at = torch.cat([sub_of, sub_of.new_full((1,), int(sub_of.max()) + 1)])
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
     while True:
-        if config.early_stop:
+        if config.early_stop is not None:
             state.apply_early_stop()
         state = _without_finished(batch, state, cache, unwanted)
         if state is None:
@@ -209,7 +211,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
         candidates, in_current = _candidates(state, config, at, block_at[at], None if sub_at is None else sub_at[at])
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
-        chosen = select(scores, candidates, in_current, config)
+        chosen = select(scores, candidates, in_current, config.strategy)
         assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
         full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
         tokens = _scatter(state.response.clone(), at, scores.tokens)
@@ -227,7 +229,7 @@ def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, bloc
     sub-block that still has masks."""
     block_of = state.block_of()
     masked, created = state.masked(), state.is_created()[:, block_of]
-    stale = state.filled if config.early_stop and config.stale_candidates else None
+    stale = state.filled if config.early_stop is not None and config.early_stop.stale_candidates else None
     candidates = _gather((masked if stale is None else masked | stale) & created, at)
     current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
     if subs is not None:

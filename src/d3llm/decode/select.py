@@ -1,21 +1,13 @@
 """Token scoring and selection: which masked positions an iteration commits.
 
 `score` turns logits into a proposed token, its probability and the entropy of the predicted
-distribution at every position. `select` is the strategy (`DecodeConfig.strategy`):
-
-- `topk`: in the current block (the first fully-active block with masks), the
-  `tokens_per_step` positions with the most probable proposals (LLaDA vanilla), with the
-  lowest entropy (`rank_by="entropy"`, Dream's teacher rule), or the leftmost
-  (`rank_by="position"`: left to right inside the block);
-- `confidence`: every created-block position whose proposal has p >= threshold (Fast-dLLM);
-- `entropy`: every created-block position with H <= threshold nats (dParallel, d3LLM).
-
-Threshold strategies add forced progress so every iteration commits something (`forcing`, the
-authors' rules, checked against their code in tests/equivalence/test_official_decoders.py):
-`block` commits the best position of the current block when the block got nothing (the authors'
-Dream code); `block+global` also always commits the best candidate anywhere, then applies the
-block rule to what is chosen so far (the authors' LLaDA code, `get_transfer_index_entropy` and
-the loop around it). `None` in a config means the model family's rule (`config.for_model`).
+distribution at every position. `select` applies the config's strategy (strategies.py) to those
+scores: `TopK` commits its best positions of the current block; a `ThresholdStrategy` every
+candidate that passes, plus forced progress (`forcing`, the authors' rules, checked against
+their code in tests/equivalence/test_official_decoders.py): `block` commits the best position of
+the current block when the block got nothing (the authors' Dream code); `block+global` also
+always commits the best candidate anywhere, then applies the block rule to what is chosen so far
+(the authors' LLaDA code, `get_transfer_index_entropy` and the loop around it).
 All of it is batched tensor work: no Python loop over rows or tokens.
 """
 
@@ -25,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from d3llm.decode.config import DecodeConfig
+from d3llm.decode.strategies import Strategy, TopK
 
 
 @dataclass
@@ -33,6 +25,11 @@ class Scores:
     tokens: torch.Tensor  # (B, n) proposed token per position
     confidence: torch.Tensor  # (B, n) probability of the proposed token
     entropy: torch.Tensor  # (B, n) entropy of the predicted distribution, nats
+
+    def leftmost(self) -> torch.Tensor:
+        """(B, n) a goodness that ranks positions left to right."""
+        n = self.tokens.shape[1]
+        return -torch.arange(n, device=self.tokens.device, dtype=torch.float32).expand(len(self.tokens), n)
 
 
 def score(
@@ -82,28 +79,17 @@ def current_block(masked: torch.Tensor, fully_active: torch.Tensor, block_of: to
     return torch.where(masked & fully_active, block_of, none).min(1, keepdim=True).values
 
 
-def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
+def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, strategy: Strategy) -> torch.Tensor:
     """(B, n) bool: positions to commit now. `candidates`: the positions this iteration may commit;
-    `in_current`: those of them in the row's current block (`current_block`), where `topk`
+    `in_current`: those of them in the row's current block (`current_block`), where `TopK`
     commits and forced progress goes."""
-    if config.strategy == "topk":
-        if config.rank_by == "position":
-            goodness = -torch.arange(in_current.shape[1], device=in_current.device, dtype=torch.float32)
-            goodness = goodness.expand_as(in_current)
-        else:
-            goodness = s.confidence if config.rank_by == "confidence" else -s.entropy
+    goodness = strategy.goodness(s)
+    if isinstance(strategy, TopK):
         ranked = torch.where(in_current, goodness, float("-inf"))
-        k = min(config.tokens_per_step, ranked.shape[1])
-        top = ranked.topk(k, dim=1).indices
+        top = ranked.topk(min(strategy.tokens_per_step, ranked.shape[1]), dim=1).indices
         return torch.zeros_like(in_current).scatter_(1, top, True) & in_current
-    if config.strategy == "entropy":
-        goodness = -s.entropy
-        chosen = s.entropy < config.threshold if config.strict_threshold else s.entropy <= config.threshold
-    else:
-        goodness = s.confidence
-        chosen = s.confidence > config.threshold if config.strict_threshold else s.confidence >= config.threshold
-    chosen = chosen & candidates
-    if config.forcing == "block+global":
+    chosen = strategy.passes(s) & candidates
+    if strategy.forcing == "block+global":
         chosen = chosen | _best(goodness, candidates)
     starved = ~(chosen & in_current).any(1, keepdim=True)
     return chosen | (_best(goodness, in_current) & starved)

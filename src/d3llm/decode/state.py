@@ -81,7 +81,7 @@ class DecodeState:
             trace=torch.full((batch, n), -1, dtype=torch.long, device=device),
             row_forwards=torch.zeros(batch, dtype=torch.long, device=device),
             rows=torch.arange(batch, device=device), block_offset=block_offset,
-            fill_after_eos=config.fill_after_eos is not False,
+            fill_after_eos=config.early_stop is None or config.early_stop.fill_after_eos is not False,
         )
         state.fully_active[:, 0] = True  # block 0's predecessor, the prompt, is complete
         return state

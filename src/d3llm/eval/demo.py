@@ -1,9 +1,10 @@
 """The demo behind `make demo`: every bundled model on every task, one leaderboard.
 
-Each bundled diffusion model is decoded with its presets in `DEMO_METHODS` (vanilla LLaDA
-decoding and Fast-dLLM on the teacher, dParallel-style on its student, d3LLM with and without
-its cache on the d3LLM student; every preset for a model not listed) and the AR model with
-`ar` (greedy, KV cache), on the same held-out test problems.
+Each bundled model is decoded with the presets its provenance.json lists under `methods`
+(vanilla LLaDA decoding and Fast-dLLM on the teacher, dParallel-style on its student, d3LLM with
+and without its cache on the d3LLM student, `ar` and `ar-spec` on the AR model; a model without
+the list, e.g. your own dropped into bundled/, gets every preset of its family), on the same
+held-out test problems.
 
     results = run_demo(n=20, seed=0)
     report = write_demo(results, Path("runs/demo"))  # result files, leaderboard.md/.json, plots
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from d3llm.decode import preset
-from d3llm.decode.config import AR_METHODS, methods_for
+from d3llm.decode.config import AR_METHODS
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
 from d3llm.eval.report import write_leaderboard
@@ -35,20 +36,6 @@ from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
 from d3llm.models.catalog import describe
 from d3llm.tasks import TASK_NAMES, Task, get_task
-
-# What the demo decodes each bundled dLLM with: the baselines on the teacher, each student with
-# its own decoder, so the whole comparison fits in a few minutes on 2 cores. A dLLM not listed
-# here (your own, dropped into bundled/) gets every preset for its family (`methods_for`).
-DEMO_METHODS: dict[str, tuple[str, ...]] = {
-    "tiny-teacher": ("vanilla", "fast-dllm", "d3llm"),
-    "tiny-dream": ("vanilla", "d3llm"),
-    "tiny-dparallel": ("dparallel",),
-    "tiny-d3llm": ("d3llm", "d3llm-cache"),
-    "tiny-block": ("block", "fast-dllm-v2", "d3llm-block"),  # its d3LLM decoding beside its student's
-    "tiny-block-d3llm": ("d3llm-block",),
-    "tiny-ar": ("ar", "ar-spec"),
-}
-
 
 def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[tuple[str, Task, str]]:
     """(model, task, method) of every evaluation `run_demo` makes, in its order, read from the
@@ -61,7 +48,7 @@ def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None 
         preset(method)
     plan = []
     for name, path in names.items():
-        own = DEMO_METHODS.get(name) or methods_for(describe(path, name).family)
+        own = describe(path, name).methods  # its provenance's `methods`, else every preset of its family
         for task in the_tasks:
             plan += [(name, task, m) for m in own if not methods or m in methods or m in AR_METHODS]  # baselines always
     return plan

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
 
 import torch
 
@@ -103,7 +102,7 @@ def evaluate(
         accuracy_pct=100.0 * correct / max(len(problems), 1),
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds,
-        forward_profile=profile, decode_config=asdict(for_facts(config, lm.facts)),
+        forward_profile=profile, decode_config=for_facts(config, lm.facts).settings(),
         code_version=code_version(), machine=machine_description(lm.model.device),
     )
 

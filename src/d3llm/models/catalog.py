@@ -1,7 +1,7 @@
 """The bundled models and what their records say about them, read without torch.
 
     bundled_models()            # name -> folder
-    describe(folder)            # family, parameters, default method and blocks, validation accuracy
+    describe(folder)            # family, parameters, methods and blocks, validation accuracy
 
 `d3llm models` prints `describe` of every bundled model; it reads config.json,
 provenance.json and the safetensors header only, so listing takes a fraction of a second
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from d3llm.decode.config import default_method, methods_for, model_block_size, validation_method
 from d3llm.errors import D3llmError
 from d3llm.files import safetensors_header
 
@@ -41,8 +42,9 @@ class ModelSummary:
     validation: dict[str, float] = field(default_factory=dict)  # task -> accuracy % (final validation)
     validation_method: str | None = None  # the preset the validation accuracy was measured with
     validation_n: int | None = None  # problems per task
-    # the block size its decoders use unless one is given (None: an AR model); = for_model's rule
-    block_size: int | None = None
+    block_size: int | None = None  # the block size its decoders use unless one is given (None: an AR model)
+    # the presets it is compared with (`d3llm demo`): its provenance's `methods`, else every preset of its family
+    methods: tuple[str, ...] = ()
 
     def accuracy_text(self) -> str:
         if not self.validation:
@@ -86,20 +88,21 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     config, provenance = _read(folder / "config.json"), _read(folder / "provenance.json")
     model_type = str(config.get("model_type", "?")).lower()  # official layouts; plain Llama/Qwen2 load as AR
     family = config.get("d3llm_family") or {"llama": "ar", "qwen2": "ar"}.get(model_type, model_type)
-    # = d3llm.decode.config.default_method and validation_method (no torch here; a test checks)
-    default_method = {"ar": "ar", "block": "d3llm-block"}.get(family, "d3llm")
     parameters = provenance.get("parameters") or parameters_from_weights(folder)
     final = provenance.get("final_validation") or {}
     validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()
                   if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}
     recipe = provenance.get("config") or {}
-    method = recipe.get("eval_method") or {"ar": "ar", "block": "block"}.get(family, "vanilla")
-    # = d3llm.decode.config.for_model's rule (a test checks): the trained blocks, the stored decode
-    # block size, or the presets' 32
-    blocks = (config.get("d3llm_block_size") if family == "block" else
-              config.get("d3llm_decode_block_size") or 32 if family in ("llada", "dream") else None)
-    return ModelSummary(name or folder.name, folder, family, parameters, default_method, validation,
-                        method if validation else None, recipe.get("eval_n") if validation else None, blocks)
+    method = recipe.get("eval_method") or validation_method(family)
+    known = family in ("llada", "dream", "block", "ar")
+    blocks = model_block_size(family, config.get("d3llm_block_size"), config.get("d3llm_decode_block_size")) \
+        if known else None
+    methods = provenance.get("methods")
+    if not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
+        methods = methods_for(family) if known else []
+    return ModelSummary(name or folder.name, folder, family, parameters, default_method(family), validation,
+                        method if validation else None, recipe.get("eval_n") if validation else None, blocks,
+                        tuple(methods))
 
 
 def models_table(summaries: list[ModelSummary]) -> list[str]:

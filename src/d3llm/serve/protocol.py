@@ -11,7 +11,8 @@ commonly send with neutral values (`n`=1, `top_p`=1, zero penalties, `user`) are
 only at those values. Types are strict: `true` is not an integer, `"16"` is not a number,
 `1` is not a boolean (422). Text must be valid Unicode: a lone surrogate (`"\\ud800"` in
 JSON), which no tokenizer can encode, is a 400 naming the field. The ranges of `seed`,
-`temperature` and `threshold` are checked by the service (400), with the method they apply to.
+`temperature` and `threshold` are d3llm.decode.config's (400 naming the field), with the method
+they apply to.
 
 Usage in every answer: `prompt_tokens`, `completion_tokens` (generated tokens up to and
 including the end-of-sequence token, as TPF counts them), `total_tokens`, and a `d3llm`
@@ -62,8 +63,8 @@ class DecodeRequest(BaseModel):
     model_config = STRICT
     model: Text | None = None  # must name the served model when given
     max_tokens: int | None = Field(None, ge=1)  # response canvas (max_new_tokens)
-    temperature: float | None = None  # 0 or absent: greedy (range: `ModelService.decode_config`)
-    seed: int | None = None  # sampling seed (temperature > 0); range checked by the service
+    temperature: float | None = None  # 0 or absent: greedy (range: d3llm.decode.config.DecodeConfig)
+    seed: int | None = None  # sampling seed (temperature > 0; range: DecodeConfig)
     stop: Text | list[Text] | None = None  # cut the answer at the first of these strings
     stream: bool = False
     stream_options: StreamOptions | None = None

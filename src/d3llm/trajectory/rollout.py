@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -128,7 +127,7 @@ def run(
         "format": store.FORMAT, "version": store.VERSION, "teacher": str(teacher),
         "teacher_fingerprint": store.fingerprint(lm.path), "tokenizer_fingerprint": store.tokenizer_fingerprint(lm.tokenizer),
         "family": lm.facts.family, "work": {"tasks": tasks, "split": split, "seed": seed},
-        "num_records": len(problems), "chunk_size": chunk_size, "decode_config": asdict(config),
+        "num_records": len(problems), "chunk_size": chunk_size, "decode_config": config.settings(),
         "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if rank == 0:
