@@ -165,3 +165,42 @@ def test_bad_settings_fail_before_any_forward():
             preset("d3llm-cache", **bad)
     with pytest.raises(D3llmError, match="must be in \\(0, 1\\] for confidence"):
         preset("fast-dllm", threshold=2.0)
+
+
+def test_a_new_strategy_is_one_class_and_one_preset(monkeypatch):
+    """docs/design.md, "Adding a decoding policy": a registered `ThresholdStrategy` subclass and
+    a preset line decode through the one loop, take flat settings, and are validated like the
+    built-in ones. This one restates the entropy rule by its own code, so it must decode what
+    `dparallel` decodes."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from d3llm.decode.config import PRESETS, DecodeConfig, parse_overrides, resolve_config
+    from d3llm.decode.strategies import STRATEGIES, ThresholdStrategy
+    from d3llm.errors import DecodeSettingError
+
+    @dataclass(frozen=True)
+    class Sharp(ThresholdStrategy):  # "sharp" predictions: minus the entropy above -threshold
+        name: ClassVar[str] = "sharp"
+        threshold_range: ClassVar[tuple[float, float]] = (0.0, 10.0)
+
+        def goodness(self, scores):
+            return -scores.entropy
+
+        def passes(self, scores):
+            return -scores.entropy >= -self.threshold
+
+    monkeypatch.setitem(STRATEGIES, Sharp.name, Sharp)
+    monkeypatch.setitem(PRESETS, "sharp", DecodeConfig(method="sharp", strategy=Sharp(0.5)))
+    config = resolve_config("sharp", "llada", **parse_overrides([f"threshold={MIXED['llada']}", "max_new_tokens=12",
+                                                                 "block_size=4"]))
+    assert config.strategy == Sharp(MIXED["llada"]) and config.method == "sharp"
+    model = toy_model("llada", seed=2)
+    ours = generate(model, PROMPTS, config, PAD)
+    reference = generate(model, PROMPTS, preset("dparallel", threshold=MIXED["llada"], max_new_tokens=12,
+                                                block_size=4), PAD)
+    assert ours.sequences == reference.sequences and torch.equal(ours.trace, reference.trace)
+    assert len(set(ours.trace.flatten().tolist())) < ours.trace.numel()  # several tokens per forward
+    assert resolve_config("vanilla", "llada", strategy="sharp").strategy == Sharp()
+    with pytest.raises(DecodeSettingError, match=r"`threshold` must be in \(0, 10\] for sharp selection"):
+        resolve_config("sharp", "llada", threshold=11)
