@@ -66,8 +66,8 @@ def test_decode_options_are_first_class_and_set_wins(monkeypatch, capsys):
     from d3llm.cli import _decode_config
 
     config = _decode_config(None, "llada", None, [], temperature=0.7, threshold=0.8, block_size=16)
-    assert (config.temperature, config.threshold, config.block_size) == (0.7, 0.8, 16)
-    assert _decode_config(None, "llada", None, ["threshold=0.3"], threshold=0.8).threshold == 0.3
+    assert (config.temperature, config.strategy.threshold, config.block_size) == (0.7, 0.8, 16)
+    assert _decode_config(None, "llada", None, ["threshold=0.3"], threshold=0.8).strategy.threshold == 0.3
     code, out, err = run_cli(monkeypatch, capsys, "generate", "-m", "tiny-d3llm", "--threshold", "0.3",
                              "--block-size", "16", "--stats", QUESTION)
     assert code in (0, None) and out.strip().endswith("#### 47"), (out, err)

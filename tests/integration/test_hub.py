@@ -217,7 +217,7 @@ def test_the_server_defaults_to_a_published_recipe(tmp_path, monkeypatch, offici
     lm = load_model("d3LLM/d3LLM_LLaDA", device="cpu")
     service = ModelService(lm, None, None, _limits(), "m")
     config = service.decode_config(max_tokens=16)
-    assert (config.method, config.threshold, config.max_new_tokens) == ("d3llm", 0.5, 16)
+    assert (config.method, config.strategy.threshold, config.max_new_tokens) == ("d3llm", 0.5, 16)
     assert ModelService(lm, None, "vanilla", _limits(), "m").decode_config(max_tokens=16).method == "vanilla"
     assert load_model("d3LLM/d3LLM_Dream", device="cpu").recipe is None  # a Dream recipe is not applied to LLaDA
 
@@ -246,7 +246,7 @@ def test_lm_eval_model_args_take_a_hub_id_and_its_recipe(tmp_path, monkeypatch, 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = D3llmLM(model="d3LLM/d3LLM_LLaDA", device="cpu")
-    assert (model.config.method, model.config.threshold, model.config.block_size) == ("d3llm", 0.5, 32)
+    assert (model.config.method, model.config.strategy.threshold, model.config.block_size) == ("d3llm", 0.5, 32)
     assert D3llmLM(model="d3LLM/d3LLM_LLaDA", method="vanilla", device="cpu").config.method == "vanilla"
 
 
