@@ -152,7 +152,7 @@ def demo(
     for table in terminal_tables(report.board, n, seed):
         console.print(table)
     for line in demo_lines([c.sentence() for c in report.comparisons], report.files, out, plots):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)  # "d3llm[plot]" as written
 
 
 def sweep(
