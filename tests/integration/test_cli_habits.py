@@ -13,7 +13,7 @@ import pytest
 import typer.main
 
 from d3llm.cli import app
-from d3llm.cli_help import METHOD_CHOICES, SUMMARIES, tidy
+from d3llm.cli.help import METHOD_CHOICES, SUMMARIES, tidy
 from tests.conftest import run_cli
 
 QUESTION = "Omar has 88 books. Omar sells 27 books. Omar sells 14 books. How many books does Omar have now?"
@@ -43,7 +43,7 @@ def test_help_names_what_to_type_and_shows_an_example(monkeypatch, capsys):
 def test_method_help_lists_the_methods_there_are():
     from d3llm.decode import METHODS
 
-    assert METHOD_CHOICES == METHODS  # spelled in cli_help (no torch for -h); must not drift
+    assert METHOD_CHOICES == METHODS  # spelled in cli/help.py (no torch for -h); must not drift
     command = typer.main.get_command(app)
     tidy(command)
     method = next(p for p in command.commands["eval"].params if p.name == "method")
@@ -63,11 +63,11 @@ def test_the_command_list_is_not_cut(monkeypatch, capsys):
 
 
 def test_decode_options_are_first_class_and_set_wins(monkeypatch, capsys):
-    from d3llm.cli import _decode_config
+    from d3llm.cli.common import decode_config
 
-    config = _decode_config(None, "llada", None, [], temperature=0.7, threshold=0.8, block_size=16)
+    config = decode_config(None, "llada", None, [], temperature=0.7, threshold=0.8, block_size=16)
     assert (config.temperature, config.strategy.threshold, config.block_size) == (0.7, 0.8, 16)
-    assert _decode_config(None, "llada", None, ["threshold=0.3"], threshold=0.8).strategy.threshold == 0.3
+    assert decode_config(None, "llada", None, ["threshold=0.3"], threshold=0.8).strategy.threshold == 0.3
     code, out, err = run_cli(monkeypatch, capsys, "generate", "-m", "tiny-d3llm", "--threshold", "0.3",
                              "--block-size", "16", "--stats", QUESTION)
     assert code in (0, None) and out.strip().endswith("#### 47"), (out, err)

@@ -79,14 +79,14 @@ def test_model_is_required_everywhere(monkeypatch, capsys, command):
 
 
 def test_one_max_new_tokens_default_the_presets(monkeypatch, capsys, toys):
-    from d3llm.cli import _decode_config
+    from d3llm.cli.common import decode_config
     from d3llm.decode.config import DecodeConfig
 
     for command in ("generate", "eval", "sweep", "chat"):
         _, out, _ = run_cli(monkeypatch, capsys, command, "-h")
         assert "[default: the preset's max_new_tokens, 64]" in " ".join(out.split()), command
-    assert _decode_config(None, "llada", None, []).max_new_tokens == DecodeConfig.max_new_tokens == 64
-    assert _decode_config("vanilla", "llada", 8, ["max_new_tokens=6"]).max_new_tokens == 6  # --set wins
+    assert decode_config(None, "llada", None, []).max_new_tokens == DecodeConfig.max_new_tokens == 64
+    assert decode_config("vanilla", "llada", 8, ["max_new_tokens=6"]).max_new_tokens == 6  # --set wins
 
 
 # --- d3llm models -------------------------------------------------------------------------

@@ -1,8 +1,12 @@
-"""A leaderboard's files: Markdown, JSON and (matplotlib permitting) the two PNG plots.
+"""What evaluations report: a leaderboard's files (Markdown, JSON and, matplotlib permitting, the
+two PNG plots), and the lines and tables `d3llm eval`, `aup` and `demo` print.
 
     files = write_leaderboard(build_leaderboard(load_results(paths)), Path("runs/leaderboard"))
+    print(result_line(evaluate(lm, task, config)))
 
 Above both `leaderboard` (the board) and `plots` (its drawings), so neither imports the other.
+`plots` (which imports torch, through `d3llm.decode`) is imported only to draw: `d3llm aup`
+prints its table without torch. The tables are rich tables, for a rich console to print.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.table import Table
+
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard
-from d3llm.eval.plots import plot_aup, plot_curves
+from d3llm.eval.results import EvalResult
 from d3llm.files import claim_folder, read_json, write_atomic
 
 
@@ -41,16 +47,16 @@ def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preambl
     write_atomic(files[0], board.to_markdown(preamble))
     write_atomic(files[1], json.dumps(board.to_dict(), indent=2))
     if plots:
+        from d3llm.eval.plots import plot_aup, plot_curves
+
         files += [plot_curves(board, out / "accuracy_vs_tpf.png"), plot_aup(board, out / "aup.png")]
     return files
 
 
-def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
+def terminal_tables(board: Leaderboard, n: int, seed: int) -> list[Table]:
     """One rich table per task for `d3llm demo` (the task in the title, not in every row); model
     and method names are never cut with an ellipsis (a name wider than the terminal allows folds
     onto a second line) and the number columns keep their width."""
-    from rich.table import Table
-
     tables = []
     for task in board.tasks:
         table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; best accuracy {task.y_max:.1f}%",
@@ -64,3 +70,50 @@ def terminal_tables(board: Leaderboard, n: int, seed: int) -> list:
             table.add_row(row.model, row.method, *(cells[c] for c in ("accuracy %", "TPF", "tokens/s", "AUP")))
         tables.append(table)
     return tables
+
+
+def demo_lines(comparisons: list[str], files: list[Path], out: Path, plots: bool) -> list[str]:
+    """What `d3llm demo` prints below its tables: each AR baseline comparison (`comparisons`,
+    sentences), that the plots were skipped (without `plots`), and where the files are."""
+    lines = list(comparisons) or ["no AR baseline to compare with (the bundled models are all of one kind)"]
+    if not plots:
+        lines.append("plots skipped: matplotlib is not installed (pip install 'd3llm[plot]')")
+    return [*lines, f"results in {out / 'results'}; leaderboard: " + ", ".join(str(f) for f in files)]
+
+
+def result_line(result: EvalResult) -> str:
+    """`d3llm eval`'s line for one task: model, task, method, accuracy (n), TPF and tokens/s."""
+    return (f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
+            f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
+
+
+def _mean_column(tasks: list[str], common: list[str]) -> tuple[str, str]:
+    """The AUP table's mean column: its header, and the note that says what it averages."""
+    if len(common) == len(tasks):
+        return "mean", f"mean over all {len(tasks)} tasks"
+    if common:
+        return (f"mean ({', '.join(common)})",
+                f"mean over the tasks every method has ({', '.join(common)}), so means compare alike")
+    return "mean", "no task has every method, so no mean"
+
+
+def aup_report(result: dict, alpha: float) -> tuple[str, Table, str]:
+    """`d3llm aup`'s view of `aup_table(...)` (`d3llm.metrics.aup`): the line above the table
+    (alpha, each task's y_max), the rich table (a row per method, a column per task, then the
+    mean over the tasks every method has, named in its header) and the lines below it (what AUP
+    measures, what n/a and the mean stand for)."""
+    tasks = list(result["aup"])
+    mean_header, mean_note = _mean_column(tasks, result["mean_tasks"])
+    title = (f"AUP (alpha={alpha:g}) per method and task; y_max per task: "
+             + ", ".join(f"{t} {result['y_max'][t]:g}%" for t in tasks))
+    view = Table()
+    view.add_column("method")
+    for task in tasks:
+        view.add_column(task, justify="right")
+    view.add_column(mean_header, justify="right")
+    for method, mean in result["mean"].items():
+        cells = [f"{result['aup'][t][method]:.1f}" if method in result["aup"][t] else "n/a" for t in tasks]
+        view.add_row(method, *cells, "n/a" if mean is None else f"{mean:.1f}")
+    notes = ("AUP integrates accuracy % (weighted against y_max, the task's best accuracy) over tokens "
+             "per forward, so it exceeds 100 when TPF > 1.\n" f"n/a: not scored; {mean_note}.")
+    return title, view, notes

@@ -4,7 +4,7 @@
 runs, gives every option a metavar that says what to type (`--model MODEL`, `--set NAME=VALUE`)
 instead of a Python type (`<str>`, `<list[str]>`), every subcommand a one-line summary that
 fits the command list, `--method` its choices, and every `-h` an example that runs. No torch
-import: `-h` stays fast (the method names are spelled here; tests/integration/test_cli_help.py
+import: `-h` stays fast (the method names are spelled here; tests/integration/test_cli_habits.py
 checks them against `d3llm.decode.METHODS`).
 """
 
