@@ -95,7 +95,7 @@ def test_eval_writes_a_complete_results_record(monkeypatch, capsys, model_dir, t
     assert record["nfe"] == 3 * 8 and record["forward_calls"] == 8  # one batch of 3 rows, 8 positions
     assert "accuracy" in stdout and "TPF" in stdout
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "arith", "--n", 0)
-    assert_one_line_error(code, err, "`--n` must be >= 1 (problems per task), got 0")
+    assert_one_line_error(code, err, "`--n` must be >= 1 and at most 1000000 (problems), got 0")
     code, _, err = run_cli(monkeypatch, capsys, "eval", "--model", model_dir, "--task", "poetry")
     assert_one_line_error(code, err, "unknown task 'poetry'")
 

@@ -52,7 +52,7 @@ def test_n_larger_than_a_file_is_clamped_with_one_note(monkeypatch, capsys, mode
 
 def test_n_must_be_at_least_one(monkeypatch, capsys, model_dir):
     code, _, err = run_cli(monkeypatch, capsys, *eval_args(model_dir, "--task", "arith", "--n", 0))
-    one_line_error(code, err, "`--n` must be >= 1 (problems per task), got 0")
+    one_line_error(code, err, "`--n` must be >= 1 and at most 1000000 (problems), got 0")
     with pytest.raises(D3llmError, match="`n` must be >= 1"):
         evaluate(load_model(model_dir), get_task("arith"), preset("vanilla", max_new_tokens=8), n=0)
 

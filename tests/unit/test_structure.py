@@ -27,7 +27,6 @@ LAZY = {
     "d3llm.models": "names on first use, so `d3llm models` (models/catalog.py) does not import torch",
     "d3llm.serve": "the web modules need the optional `serve` extra; `d3llm chat` does not",
     "d3llm.eval.lm_eval_cli": "the adapter needs the optional `eval` extra (lm-eval)",
-    "d3llm.eval.report": "plots (torch, through d3llm.decode) only to draw, so `d3llm aup` prints its table without",
 }
 
 

@@ -104,8 +104,8 @@ def chat(
     from d3llm.serve.chat import ChatSession, banner, repl
 
     model = _one_model(model_arg, model)
-    if max_new_tokens is not None and max_new_tokens < 1:
-        fail(f"`--max-new-tokens` must be >= 1, got {max_new_tokens}")
+    if max_new_tokens is not None:  # a bad value fails before the model loads
+        DecodeConfig(max_new_tokens=max_new_tokens)
     first_class = {"temperature": temperature, "threshold": threshold, "block_size": block_size}
     overrides = {**{k: v for k, v in first_class.items() if v is not None}, **parse_overrides(settings)}  # --set wins
     interactive = sys.stdin.isatty()  # piped questions get answers only
@@ -124,15 +124,15 @@ def _check_serve_options(method: str | None, port: int, log_level: str, max_wait
                          counts: dict[str, int]) -> None:
     """Refuse a bad `d3llm serve` option (`counts`: option -> a value that must be >= 1) in one
     line, before anything is bound or loaded."""
-    from d3llm.decode.config import METHODS
+    from d3llm.decode.config import preset
 
     levels = ("debug", "info", "warning", "error")
     if log_level.lower() not in levels:
         raise D3llmError(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
     if not 1 <= port <= 65535:
         raise D3llmError(f"--port must be in 1..65535, got {port}")
-    if method is not None and method not in METHODS:
-        raise D3llmError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if method is not None:  # an unknown name fails before the model loads
+        preset(method)
     for option, value in counts.items():
         if value < 1:
             raise D3llmError(f"{option} must be >= 1, got {value}")

@@ -38,15 +38,13 @@ def _eval_tasks(tasks: list[str], n: int, batch_size: int, json_out: Path | None
                 overwrite: bool) -> list:
     """The tasks `d3llm eval` scores, once every input and output is checked (before the model loads)."""
     from d3llm.eval.results import written_as_samples, written_by_eval
+    from d3llm.eval.runner import check_batch_size
     from d3llm.files import check_out_file
     from d3llm.tasks import get_task
     from d3llm.tasks.base import check_count
 
-    if n < 1:
-        fail(f"`--n` must be >= 1 (problems per task), got {n}")
     check_count(n, "`--n`", low=1)
-    if batch_size < 1:
-        fail(f"`--batch-size` must be >= 1 (problems decoded together), got {batch_size}")
+    check_batch_size(batch_size, "`--batch-size`")
     the_tasks = [get_task(t) for t in dict.fromkeys(tasks)]  # unknown tasks fail before the model loads
     names = [t.name for t in the_tasks]
     if len(set(names)) < len(names):
@@ -136,6 +134,7 @@ def demo(
     from d3llm.eval.demo import demo_plan, run_demo, write_demo
     from d3llm.eval.plots import matplotlib_available
     from d3llm.eval.report import demo_lines, terminal_tables
+    from d3llm.eval.runner import check_batch_size
     from d3llm.files import check_out_folder
     from d3llm.progress import progress_bar
     from d3llm.tasks.base import check_count
@@ -183,11 +182,11 @@ def sweep(
     from d3llm.files import check_out_folder
     from d3llm.progress import progress_bar
     from d3llm.tasks import get_task
+    from d3llm.eval.runner import check_batch_size
     from d3llm.tasks.base import check_count
 
     check_count(n, "`--n`", low=1)
-    if batch_size < 1:
-        fail(f"`--batch-size` must be >= 1, got {batch_size}")
+    check_batch_size(batch_size, "`--batch-size`")
     check_out_folder(out)
     if len(task) > 1:  # click keeps the last of a repeated option; a sweep is of one task
         fail(f"--task given {len(task)} times ({', '.join(task)}); a sweep covers one task: run one sweep "

@@ -4,9 +4,9 @@ two PNG plots), and the lines and tables `d3llm eval`, `aup` and `demo` print.
     files = write_leaderboard(build_leaderboard(load_results(paths)), Path("runs/leaderboard"))
     print(result_line(evaluate(lm, task, config)))
 
-Above both `leaderboard` (the board) and `plots` (its drawings), so neither imports the other.
-`plots` (which imports torch, through `d3llm.decode`) is imported only to draw: `d3llm aup`
-prints its table without torch. The tables are rich tables, for a rich console to print.
+Above both `leaderboard` (the board) and `plots` (its drawings), so neither imports the other;
+none of them imports torch (`d3llm aup` prints its table without it). The tables are rich
+tables, for a rich console to print.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.table import Table
 
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard
+from d3llm.eval.plots import plot_aup, plot_curves
 from d3llm.eval.results import EvalResult
 from d3llm.files import claim_folder, read_json, write_atomic
 
@@ -47,8 +48,6 @@ def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preambl
     write_atomic(files[0], board.to_markdown(preamble))
     write_atomic(files[1], json.dumps(board.to_dict(), indent=2))
     if plots:
-        from d3llm.eval.plots import plot_aup, plot_curves
-
         files += [plot_curves(board, out / "accuracy_vs_tpf.png"), plot_aup(board, out / "aup.png")]
     return files
 

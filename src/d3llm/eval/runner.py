@@ -45,6 +45,13 @@ def clamp_n(task: Task, split: str, n: int) -> tuple[int, str | None]:
     return n, None
 
 
+def check_batch_size(batch_size: object, what: str = "`batch_size`") -> int:
+    """`batch_size` as a count of problems decoded together (>= 1), else an error naming `what`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise D3llmError(f"{what} must be >= 1 (problems decoded together), got {batch_size!r}")
+    return batch_size
+
+
 def evaluate(
     lm: LoadedModel,
     task: Task,
@@ -62,8 +69,7 @@ def evaluate(
     the result's `n` says how many were evaluated. With a list as `samples`, one record per
     problem is appended to it, in problem order (`sample_record`)."""
     n, _ = clamp_n(task, split, n)
-    if batch_size <= 0:
-        raise D3llmError(f"`batch_size` must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     problems = task.problems(split, n, seed)
     correct = nfe = calls = tokens = 0
     seconds = forward_seconds = 0.0
