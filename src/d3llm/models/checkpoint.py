@@ -103,7 +103,7 @@ def _layout_problem(layout: str, family: str, dtype: torch.dtype | None = None) 
     return None
 
 
-# Files a trained model folder carries beside its weights (see d3llm.train.trainer).
+# Files a trained model folder carries beside its weights (see d3llm.train.run_folder).
 RECORD_FILES = ("provenance.json", "curve.jsonl", "runs.jsonl", "train_config.yaml")
 # Every file name an export may write (the tokenizer's own file names are added per export):
 # a folder holding only such files, with a config and weights, is a previous export.
