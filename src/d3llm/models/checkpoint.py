@@ -1,4 +1,4 @@
-"""Writing model folders: safetensors only, single file or sharded, in any layout.
+"""Writing model folders: safetensors only, single file or sharded.
 
     write_checkpoint(net, folder, layout="llada", shards=2)          # a network as it is
     export_model("runs/teacher", "models/teacher", dtype=torch.int8)  # `d3llm export`
