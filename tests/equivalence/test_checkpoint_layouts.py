@@ -108,7 +108,8 @@ def test_export_to_half_precision_and_official_layout(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("family", ["llada", "dream", "block"])
 def test_int8_export_halves_the_weights_and_predicts_like_the_source(tmp_path, tiny_tokenizer, family):
     from d3llm.models.catalog import parameters_from_weights
-    from d3llm.models.checkpoint import INT8_SCALE, export_model, read_tensors
+    from d3llm.models.checkpoint import INT8_SCALE, export_model
+    from d3llm.models.reading import read_tensors
 
     model = toy_model(family, vocab_size=len(tiny_tokenizer), **({"block_size": 4} if family == "block" else {}))
     model.net.config.mask_token_id = tiny_tokenizer.mask_token_id

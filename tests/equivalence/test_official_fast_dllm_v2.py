@@ -24,7 +24,7 @@ import torch
 
 from d3llm.decode import generate, resolve_config
 from d3llm.models import DiffusionLM
-from d3llm.models.checkpoint import load_network
+from d3llm.models.reading import load_network
 
 HERE = Path(__file__).parent / "official"
 FIXTURES = json.loads((HERE / "fast_dllm_v2_fixtures.json").read_text())

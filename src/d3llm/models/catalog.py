@@ -62,8 +62,9 @@ def _read(file: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-# The suffix of an int8 matrix's row scales (`d3llm export --storage-dtype int8`; d3llm.models.checkpoint),
-# here because this module reads weights headers without importing torch.
+# The suffix of an int8 matrix's row scales (`d3llm export --storage-dtype int8`: written by
+# d3llm.models.checkpoint, read by d3llm.models.reading), here because this module reads weights
+# headers without importing torch.
 INT8_SCALE = ".d3llm_int8_scale"
 
 

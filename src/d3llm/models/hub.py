@@ -31,7 +31,7 @@ from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNo
 
 from d3llm.errors import ModelLoadError
 
-# What d3llm reads from a model repo (d3llm.models.checkpoint and .tokenizer); nothing else.
+# What d3llm reads from a model repo (d3llm.models.reading and .tokenizer); nothing else.
 MODEL_FILES = (
     "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

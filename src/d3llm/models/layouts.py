@@ -2,7 +2,7 @@
 
 A layout knows how to turn a folder's config.json into a transformers config for one of our
 families, and how its tensor names map to transformers' names. Reading and writing the
-weights themselves is shared (`d3llm.models.checkpoint`). See
+weights themselves is shared (`d3llm.models.reading`, `d3llm.models.checkpoint`). See
 docs/checkpoint-layouts.md for the official formats.
 
 | layout         | recognised by                | network                | tensor names                   |

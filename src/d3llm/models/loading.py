@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from d3llm.errors import D3llmError, ModelLoadError
 from d3llm.models.catalog import BUNDLED_DIR, bundled_models, parameters_from_weights  # noqa: F401  (re-exported)
-from d3llm.models.checkpoint import load_network, read_json
+from d3llm.models.reading import load_network, read_json
 from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
 from d3llm.models.published import PublishedModel, published

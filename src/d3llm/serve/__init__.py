@@ -6,13 +6,17 @@
 
 Modules, from the model outwards:
 
-    scheduler.py  dynamic batching: jobs (prompt ids + DecodeConfig) -> batched decode -> events
-    text.py       chat prompts; final token prefixes -> text pieces cut at stop strings
-    service.py    per-request settings and limits checked, jobs submitted, answers read back
-    protocol.py   OpenAI request and response bodies
-    app.py        the FastAPI app (routes, API key, errors, server-sent events)
-    server.py     uvicorn in the foreground (`d3llm serve`) or in a background thread
-    chat.py       `d3llm chat`: a conversation in the terminal through the same scheduler
+    scheduler.py     dynamic batching: jobs (prompt ids + DecodeConfig) -> batched decode -> events
+    text.py          chat prompts; final token prefixes -> text pieces cut at stop strings
+    service.py       per-request settings and limits checked, jobs submitted, answers read back
+    protocol.py      OpenAI request and response bodies
+    streaming.py     one answer's usage, and its server-sent events
+    http_errors.py   every error as OpenAI's error object, naming the field at fault
+    body_limit.py    413 for a request body over the limit, before it is parsed
+    request_log.py   one log line per request, metrics, throughput lines
+    app.py           the FastAPI app: its routes and API key, over the modules above
+    server.py        uvicorn in the foreground (`d3llm serve`) or in a background thread
+    chat.py          `d3llm chat`: a conversation in the terminal through the same scheduler
 
 The web pieces need the `serve` extra (fastapi, uvicorn); `scheduler`, `text`, `service` and
 `chat` do not, so names are imported lazily.

@@ -10,9 +10,10 @@ Every run gets a fresh working directory, a cleared environment (`PATH=/usr/bin:
 `python -I -S -B` (the standard library only), its own session and process group, and a
 wall-clock deadline after which the whole group is killed with SIGKILL. Its output is read
 with a byte cap (`max_output_bytes` per stream; more kills it and the run fails) and the
-deadline holds even if something keeps the pipes open. The child's trusted first part,
-`d3llm.tasks.sandbox_child`, builds the kernel layers before the code runs and signals
-readiness; if a layer it was asked for fails, the run raises `TaskError` instead.
+deadline holds even if something keeps the pipes open (`d3llm.tasks.sandbox_output`). The
+child's trusted first part, `d3llm.tasks.sandbox_child`, builds the kernel layers before the
+code runs and signals readiness; if a layer it was asked for fails, the run raises `TaskError`
+instead.
 
 What is guaranteed, by platform (`isolation()` probes it once per process):
 
@@ -52,19 +53,17 @@ import functools
 import json
 import marshal
 import os
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from d3llm.errors import TaskError
+from d3llm.tasks.sandbox_output import collect
 
 OPT_IN_VARIABLE = "D3LLM_ALLOW_UNSAFE_CODE_EXEC"
 SANDBOX_UID = 65534  # nobody / nogroup
@@ -286,7 +285,7 @@ def _run(code: str, calls: Sequence[str] | None, timeout_s: float, memory_mb: in
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
             start_new_session=True,  # own session and process group: the kill reaches all of it
         )
-        out, err, timed_out, overflow = _collect(proc, time.monotonic() + timeout_s, max_output_bytes + 1)
+        out, err, timed_out, overflow = collect(proc, time.monotonic() + timeout_s, max_output_bytes + 1)
     finally:
         _remove(workdir)
     ready = out.startswith(_READY)
@@ -302,126 +301,3 @@ def _run(code: str, calls: Sequence[str] | None, timeout_s: float, memory_mb: in
         stderr=err[:max_output_bytes].decode(errors="replace")[-4000:],
         output_overflow=overflow,
     )
-
-
-def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
-    """Read both pipes up to `cap` bytes each until the child exits or `deadline`; then kill
-    the child's process group. Returns (stdout, stderr, timed_out, overflow)."""
-    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    timed_out = overflow = False
-    try:
-        if os.name == "posix":
-            timed_out, overflow = _read_posix(proc, bufs, deadline, cap)
-        else:
-            timed_out, overflow = _read_threads(bufs, deadline, cap)
-        if not (timed_out or overflow):  # pipes closed or the child gone
-            timed_out = not _wait_exit(proc, deadline)
-    finally:
-        _kill(proc)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        for pipe in bufs:
-            pipe.close()
-    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, overflow
-
-
-def _read_posix(proc: subprocess.Popen, bufs: dict, deadline: float, cap: int) -> tuple[bool, bool]:
-    """Read until EOF on both pipes or the child's exit, whichever is first (a descendant that
-    escaped the process group may hold the pipes open), the deadline or the byte cap."""
-    pidfd = None
-    if hasattr(os, "pidfd_open"):
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except OSError:
-            pass
-    with selectors.DefaultSelector() as sel:
-        for pipe in bufs:
-            sel.register(pipe, selectors.EVENT_READ)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ)
-        exited = False
-        try:
-            while len(sel.get_map()) > (pidfd is not None):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return True, False
-                events = sel.select(0 if exited else remaining if pidfd is not None else min(remaining, 0.05))
-                if exited and not events:
-                    break  # the child is gone and the pipes are drained
-                for key, _ in events:
-                    if key.fileobj == pidfd:
-                        exited = True
-                        sel.unregister(pidfd)
-                        continue
-                    chunk = os.read(key.fd, 1 << 16)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                        continue
-                    buf = bufs[key.fileobj]
-                    buf += chunk[: cap - len(buf)]
-                    if len(buf) >= cap:
-                        return False, True
-                if pidfd is None and not exited:
-                    exited = _has_exited(proc)
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-    return False, False
-
-
-def _read_threads(bufs: dict, deadline: float, cap: int) -> tuple[bool, bool]:
-    # Windows: no select() on pipes. Readers are daemon threads, abandoned at the deadline.
-    overflow = threading.Event()
-
-    def reader(pipe, buf):
-        while len(buf) < cap:
-            chunk = pipe.read1(1 << 16) if hasattr(pipe, "read1") else pipe.read(1 << 16)
-            if not chunk:
-                return
-            buf += chunk[: cap - len(buf)]
-        overflow.set()
-
-    threads = [threading.Thread(target=reader, args=item, daemon=True) for item in bufs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-        if overflow.is_set():
-            return False, True
-    return any(t.is_alive() for t in threads), overflow.is_set()
-
-
-def _has_exited(proc: subprocess.Popen) -> bool:
-    """Whether the child has exited, without reaping it: its pid, which is also its process
-    group id, stays reserved until the group has been killed."""
-    if not hasattr(os, "waitid"):  # macOS: poll() reaps, which is the best there is
-        return proc.poll() is not None
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:
-    """Wait (without reaping) until the child has exited; False at the deadline."""
-    pause = 0.0005
-    while not _has_exited(proc):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 0.02)
-    return True
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.returncode is None and os.name == "posix":
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.kill()
-    except OSError:
-        pass

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from d3llm.decode.config import default_method
 from d3llm.errors import D3llmError
 from d3llm.models import DiffusionLM, resolve_model
-from d3llm.models.checkpoint import read_json
+from d3llm.models.reading import read_json
 from d3llm.tensors import first_index
 from d3llm.train.config import MASKINGS, DistillSettings, TrainConfig  # noqa: F401  (re-exported)
 from d3llm.train.data import collate

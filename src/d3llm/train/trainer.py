@@ -3,24 +3,8 @@
 The Trainer supplies the loop, AdamW, the schedule, gradient clipping, checkpoints with
 optimizer and RNG state, and data parallelism under `torchrun` / `accelerate launch` (gloo on
 CPU). We supply the objective (`objectives.py`), length-grouped batches, a validation-accuracy
-callback and the output folder:
-
-    OUT/
-      config.json, model.safetensors, tokenizer.json ...   final model (a loadable folder)
-      train_config.yaml     the resolved recipe
-      provenance.json       command, seed, code version, training time, final metrics, and
-                            `started_from`: the provenance of the `init_from` model (earlier stages)
-      started_from.json     that provenance, read when the run first started
-      curve.jsonl           validation accuracy against step and training seconds
-      runs.jsonl            one line per invocation (start step, processes): resumes are visible
-      checkpoints/          Trainer checkpoints (resume: run the same command again)
-
-Crash safety (docs/files.md): every file a resume reads is written atomically (temp + fsync +
-rename, `d3llm.files`), so a kill -9 at any moment leaves the old file or the new one; the
-Trainer's own checkpoint files are checked on resume (trainer_state.json parses, the weights'
-sizes match their header, the torch files are whole archives) and a damaged checkpoint is
-removed in favour of the one before it. A folder that holds files but no train_config.yaml is
-not a run of ours and is refused unless `overwrite`.
+callback and the output folder (`run_folder.py`: what it holds, how a resume reads it, and why
+a kill at any moment loses nothing).
 
 `stop_at` (`d3llm train --stop-at STEP`) ends a run early at a step of its recipe, with the
 recipe's learning-rate schedule unchanged: for a run that cannot finish in the time there is.
@@ -33,45 +17,36 @@ import json
 import logging
 import os
 import random
-import re
-import shutil
 import sys
-import tempfile
-import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from d3llm.decode import preset
 from d3llm.decode.config import validation_method
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
-from d3llm.files import (
-    TEMP_MARK, append_line, claim_folder, read_json, read_jsonl, read_text, remove_leftovers, safetensors_header,
-    write_atomic,
-)
+from d3llm.files import append_line, read_jsonl, remove_leftovers
 from d3llm.models import DiffusionLM, LoadedModel, load_network, load_tokenizer, make_config, resolve_model
 from d3llm.models.convert import ar_to_block, ar_to_dream, ar_to_llada
 from d3llm.models.lm import DECODE_BLOCK_KEY
 from d3llm.models.tokenizer import build_tokenizer
 from d3llm.tasks import get_task
-from d3llm.train.config import TrainConfig, load_yaml
+from d3llm.train.config import TrainConfig
 from d3llm.train.data import build_examples, collate
 from d3llm.train.distill import collate_distill, distill_examples, distill_loss, with_lora
 from d3llm.train.objectives import block_diffusion_loss, masked_diffusion_loss, next_token_loss
+from d3llm.train.run_folder import (
+    CHECKPOINTS, Clock, check_same_recipe, claim_out, last_complete_checkpoint, log_invocation, save_atomically,
+    start_run, step_of, write_provenance,
+)
 from d3llm.version import code_version
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # TrainConfig.precision -> weights
-STARTED_FROM = "started_from.json"
-SAVED_CONFIG = "train_config.yaml"
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def batches_by_length(examples: list[dict], batch_size: int, seed: int) -> list[list[dict]]:
@@ -104,7 +79,7 @@ class _DiffusionTrainer(Trainer):
 class _ValidationCallback(TrainerCallback):
     """Every `eval_every` steps (rank 0): validation accuracy per task -> curve.jsonl."""
 
-    def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: "_Clock",
+    def __init__(self, config: TrainConfig, net, tokenizer, out: Path, clock: Clock,
                  progress: Progress | None = None):
         self.config, self.net, self.tokenizer, self.out, self.clock = config, net, tokenizer, out, clock
         self.progress = progress
@@ -154,32 +129,8 @@ class _StopAt(TrainerCallback):
             control.should_save = control.should_training_stop = True
 
 
-class _Clock:
-    """Training seconds summed over runs (resumes), kept in OUT/train_seconds."""
-
-    def __init__(self, out: Path):
-        self.file = out / "train_seconds"
-        self.before = self._read(out)
-        self.start = time.perf_counter()
-
-    def _read(self, out: Path) -> float:
-        """The seconds so far; a damaged file (an older version's crash) falls back to the curve's."""
-        try:
-            return float(read_text(self.file)) if self.file.is_file() else 0.0
-        except (D3llmError, ValueError):
-            rows = read_jsonl(out / "curve.jsonl", "delete the damaged line and run again")
-            log.info("%s is damaged; training time restarts from the curve's last record", self.file)
-            return float(rows[-1].get("train_seconds", 0.0)) if rows else 0.0
-
-    def total(self) -> float:
-        return self.before + time.perf_counter() - self.start
-
-    def save(self) -> None:
-        write_atomic(self.file, f"{self.total():.1f}")
-
-
 class _ClockCallback(TrainerCallback):
-    def __init__(self, clock: _Clock):
+    def __init__(self, clock: Clock):
         self.clock = clock
 
     def on_save(self, args, state, control, **kwargs):
@@ -214,44 +165,6 @@ def validation_accuracy(net, tokenizer, config: TrainConfig, out: Path,
         metrics[f"{name}_tpf"] = round(result.tokens_per_forward, 3)
     net.train(was_training)
     return metrics
-
-
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest Trainer checkpoint that was fully written; a kill can leave a partial or
-    damaged one behind: those are removed (they are ours), so the one before them is used."""
-    found = []
-    for ckpt in folder.glob("checkpoint-*"):
-        if not _CHECKPOINT_NAME.fullmatch(ckpt.name):
-            continue  # not the Trainer's (checkpoint-final, a user's copy): left alone
-        problem = checkpoint_problem(ckpt)
-        if problem:
-            log.info("removing the damaged checkpoint %s (%s)", ckpt, problem)
-            shutil.rmtree(ckpt, ignore_errors=True)
-            continue
-        found.append((_step_of(ckpt), ckpt))
-    return max(found)[1] if found else None
-
-
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """What is missing or damaged in a Trainer checkpoint, or None when a resume can read it."""
-    try:
-        state = read_json(ckpt / "trainer_state.json")
-        if not isinstance(state, dict) or state.get("global_step") != _step_of(ckpt):
-            return "trainer_state.json does not hold this step"
-        weights = [ckpt / n for n in ("model.safetensors", "adapter_model.safetensors") if (ckpt / n).is_file()]
-        if not weights:
-            return "no weights"
-        for file in weights:
-            safetensors_header(file)
-    except D3llmError as exc:
-        return str(exc)
-    for name in ("optimizer.pt", "scheduler.pt"):
-        if not (ckpt / name).is_file():
-            return f"no {name}"
-    for file in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
-        if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a cut one has no directory
-            return f"{file.name} is truncated"
-    return None
 
 
 def tokenizer_for(config: TrainConfig, out: Path):
@@ -317,13 +230,6 @@ def _ddp_backend() -> str | None:
     return None
 
 
-def claim_out(out: Path, overwrite: bool = False) -> None:
-    """Refuse (unless `overwrite`) an output folder holding files but no run of ours: the
-    trainer writes config.json, weights and tokenizer files there, which could be a user's."""
-    claim_folder(Path(out), "--out", overwrite, lambda folder: (folder / SAVED_CONFIG).is_file(), None,
-                 "`d3llm train`")
-
-
 def train(config: TrainConfig, out: str | Path, command: list[str] | None = None,
           stop_at: int | None = None, progress: Progress | None = None, overwrite: bool = False) -> Path:
     """Train (or resume) into `out`; returns the folder of the final model. `stop_at`: end at
@@ -340,9 +246,7 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     if _is_first_process():
         remove_leftovers(out)  # what a kill during a write left (ours by name)
     version = code_version()  # the code this process runs, read before anything can change it
-    saved = out / SAVED_CONFIG
-    if saved.is_file() and _recipe(_saved_config(saved)) != _recipe(config.to_dict()):
-        raise D3llmError(f"{out} holds a run with a different config ({saved}); use another --out")
+    check_same_recipe(out, config)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -351,34 +255,12 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     tokenizer = tokenizer_for(config, out)  # deterministic: every rank builds the same one
     net = network_for(config, tokenizer)
     trained = with_lora(net, config.distill.lora_rank) if config.distill and config.distill.lora_rank else net
-    if config.distill:
-        examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
-        collate_fn = collate_distill
-    else:
-        gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
-        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
-                                  distinct=config.examples == "distinct")
-        collate_fn = collate
-    dataset = batches_by_length(examples, config.batch_size, config.seed)
+    dataset, collate_fn = _dataset(config, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     if _is_first_process():
-        write_atomic(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))  # first: the run's marker
-        if not (out / STARTED_FROM).is_file() and last_complete_checkpoint(out / CHECKPOINTS) is None:
-            _record_origin(config, out)  # read now: a bundled name may later mean another model
-        save_atomically(tokenizer.save_pretrained, out, last="tokenizer.json")  # what `tokenizer_for` looks for
-    args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
-        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed,
-        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
-        logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), ddp_find_unused_parameters=False,
-        **({"disable_tqdm": True} if progress else {}),  # the caller draws the one bar
-        bf16=config.precision == "bfloat16", activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings (LoRA) still get gradients
-        gradient_accumulation_steps=config.gradient_accumulation_steps, deepspeed=config.deepspeed,
-    )
-    clock = _Clock(out)
+        start_run(out, config, tokenizer)
+    args = _arguments(config, out, progress)
+    clock = Clock(out)
     validation = _ValidationCallback(config, net, tokenizer, out, clock, progress)
     trainer = _DiffusionTrainer(
         model=trained, args=args, train_dataset=dataset, facts=DiffusionLM(net).facts, distill=config.distill,
@@ -390,13 +272,13 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
     if progress:
         trainer.remove_callback(PrinterCallback)  # its loss dicts on stdout: the bar shows the loss
     resume = last_complete_checkpoint(out / CHECKPOINTS)
-    at = _step_of(resume) if resume else 0
+    at = step_of(resume) if resume else 0
     if at > end:
         raise D3llmError(f"{out} is already at step {at}, past `--stop-at` {end}")
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_world_process_zero():
-        _log_invocation(out, resume, trainer.args.world_size, command or sys.argv, version)
+        log_invocation(out, resume, trainer.args.world_size, command or sys.argv, version)
     if at == end:  # already there (a stop before the end): load that step's weights, finish
         trainer._load_from_checkpoint(str(resume))  # the Trainer's own loader (plain or LoRA)
     else:
@@ -409,9 +291,38 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
         if trained is not net:  # LoRA: fold the adapters into the weights, save a plain model
             net = trained.merge_and_unload()
         save_atomically(net.save_pretrained, out, last="model.safetensors")
-        _write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
+        write_provenance(out, config, command or sys.argv, final, clock.total(), net, version, stop_at)
     _leave_process_group()
     return out
+
+
+def _dataset(config: TrainConfig, tokenizer) -> tuple[list[list[dict]], Callable]:
+    """The recipe's batches (distillation's or a task's examples) and the collate function for them."""
+    if config.distill:
+        examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
+        collate_fn = collate_distill
+    else:
+        gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
+        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
+                                  distinct=config.examples == "distinct")
+        collate_fn = collate
+    return batches_by_length(examples, config.batch_size, config.seed), collate_fn
+
+
+def _arguments(config: TrainConfig, out: Path, progress: Progress | None) -> TrainingArguments:
+    """The Trainer's settings for the recipe: checkpoints in OUT/checkpoints, a cosine schedule."""
+    return TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), max_steps=config.steps, per_device_train_batch_size=1,
+        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed,
+        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
+        logging_steps=10, report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), ddp_find_unused_parameters=False,
+        **({"disable_tqdm": True} if progress else {}),  # the caller draws the one bar
+        bf16=config.precision == "bfloat16", activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings (LoRA) still get gradients
+        gradient_accumulation_steps=config.gradient_accumulation_steps, deepspeed=config.deepspeed,
+    )
 
 
 def _leave_process_group() -> None:
@@ -421,85 +332,3 @@ def _leave_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def save_atomically(save, out: Path, last: str) -> None:
-    """`save(folder)` (a `save_pretrained`) into a temporary folder inside `out`, then each file
-    written into `out` atomically, `last` at the end: a kill leaves every file old or new, never
-    cut short, and `last` (the file whose presence says the set is there) only once all are in."""
-    staging = Path(tempfile.mkdtemp(prefix=f".save{TEMP_MARK}", dir=out))
-    try:
-        save(staging)
-        for file in sorted(staging.iterdir(), key=lambda f: (f.name == last, f.name)):
-            write_atomic(out / file.name, file.read_bytes())
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.split("-")[1])
-
-
-def _saved_config(path: Path) -> dict:
-    """A run's saved recipe with today's defaults filled in (a field added since compares equal
-    when the run used its default). An empty or unreadable file (an older version's crash)
-    raises, saying what to do."""
-    try:
-        data = load_yaml(read_text(path))
-    except (D3llmError, yaml.YAMLError) as exc:
-        data = exc
-    if not isinstance(data, dict) or not data:
-        raise D3llmError(f"{path} is damaged (empty or not a YAML mapping); restore it, or write the recipe you "
-                         f"ran there (`d3llm train --config` of that run) and run again")
-    try:
-        return TrainConfig.from_dict(data, source=str(path)).to_dict()
-    except D3llmError:
-        return data
-
-
-def _recipe(config: dict) -> dict:
-    """What defines a run: everything but how many threads it happens to use (a run resumed
-    with another `--threads` is the same run; runs.jsonl records each invocation's)."""
-    return {k: v for k, v in config.items() if k != "threads"}
-
-
-def _log_invocation(out: Path, resume: Path | None, world_size: int, command: list[str], version: str) -> None:
-    """One line per run of the command in OUT/runs.jsonl: where it started, on how many processes."""
-    row = {"start_step": _step_of(resume) if resume else 0, "world_size": world_size,
-           "torch_threads": torch.get_num_threads(),
-           "code_version": version, "command": " ".join(command),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    append_line(out / "runs.jsonl", json.dumps(row))
-
-
-def _record_origin(config: TrainConfig, out: Path) -> None:
-    """OUT/started_from.json: the provenance of the trained model `init_from` names, so a model
-    trained in stages carries the records of every stage (nothing when it starts from scratch or
-    from a model without records)."""
-    if not config.init_from:
-        return
-    source = resolve_model(config.init_from) / "provenance.json"
-    if source.is_file():
-        write_atomic(out / STARTED_FROM, source.read_bytes())
-
-
-def _write_provenance(
-    out: Path, config: TrainConfig, command: list[str], final: dict, seconds: float, net, version: str,
-    stop_at: int | None = None,
-) -> None:
-    runs = out / "runs.jsonl"
-    provenance = {
-        "command": " ".join(command),
-        "seed": config.seed,
-        "code_version": version,  # of the invocation that finished; every one is in runs.jsonl
-        "invocations": read_jsonl(runs, "delete the damaged line (runs.jsonl is a log) and run again"),
-        "train_seconds": round(seconds, 1),
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "torch_threads": torch.get_num_threads(),
-        "final_validation": final,
-        "stopped_at": stop_at,  # a step before the recipe's last, or null
-        "config": config.to_dict(),
-    }
-    if (out / STARTED_FROM).is_file():  # the earlier stages, nested
-        provenance["started_from"] = json.loads((out / STARTED_FROM).read_text())
-    write_atomic(out / "provenance.json", json.dumps(provenance, indent=2))

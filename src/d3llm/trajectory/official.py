@@ -45,7 +45,7 @@ from datasets.utils import logging as ds_logging
 from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from d3llm.errors import D3llmError
-from d3llm.models.checkpoint import load_config
+from d3llm.models.reading import load_config
 from d3llm.models.hub import parse_hub_id, snapshot
 from d3llm.models.lm import ModelFacts
 from d3llm.models.loading import resolve_model
