@@ -60,7 +60,8 @@ def train(
     from d3llm.progress import progress_bar
     from d3llm.train.config import TrainConfig
     from d3llm.train.recipes import check_sources
-    from d3llm.train.trainer import claim_out, train as run
+    from d3llm.train.run_folder import claim_out
+    from d3llm.train.trainer import train as run
 
     check_out_folder(out)
     claim_out(out, overwrite)
@@ -175,7 +176,8 @@ def distill(
     from d3llm.progress import progress_bar
     from d3llm.train.config import read_yaml_mapping
     from d3llm.train.distill import distill_config
-    from d3llm.train.trainer import claim_out, train as run
+    from d3llm.train.run_folder import claim_out
+    from d3llm.train.trainer import train as run
 
     check_out_folder(out)
     claim_out(out, overwrite)
