@@ -29,6 +29,7 @@ from d3llm.models.reading import load_network, read_json
 from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
 from d3llm.models.published import PublishedModel, published
+from d3llm.models.recipe import RECIPE_FILE, read_recipe
 from d3llm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -150,12 +151,14 @@ class LoadedModel:
 
     @property
     def recipe(self) -> tuple[str, dict] | None:
-        """(method, settings) this model decodes with unless a method is named (published
-        checkpoints; `d3llm.decode.config.resolve_config`'s `recipe`); None: its family's default."""
+        """(method, settings) this model decodes with unless a method is named: a published
+        checkpoint's paper settings, else the folder's decode recipe (d3llm.models.recipe;
+        `d3llm.decode.config.resolve_config`'s `recipe`); None: its family's default."""
         entry = self.published
-        if entry is None or entry.family != self.facts.family:  # a repo we describe, loaded as another family
-            return None
-        return entry.method, dict(entry.settings)
+        if entry is not None and entry.family == self.facts.family:  # (not a repo we describe, loaded as another family)
+            return entry.method, dict(entry.settings)
+        recipe = read_recipe(self.path)
+        return None if recipe is None else recipe.pair()
 
     def provenance(self) -> dict:
         """provenance.json of a bundled or trained model ({} when absent)."""
@@ -208,11 +211,15 @@ def load_model(
     """Load a bundled model by name, or a folder in our or an official layout, onto `device`
     in `dtype` (see `resolve_device_dtype`: by default the best device, and float32 on a CPU:
     exact, and the fastest for forwards of a few columns; bf16 pays from about 8 columns on a CPU
-    with bf16 instructions, docs/platform-notes.md; a model too large for float32 in this
-    machine's memory loads in bfloat16 under "auto")."""
+    with bf16 instructions, docs/platform-notes.md; "auto" on a CPU takes the dtype of the
+    model's decode recipe when it names one, d3llm.models.recipe; a model too large for float32
+    in this machine's memory loads in bfloat16 under "auto")."""
     auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
+    recipe = read_recipe(folder)
+    if auto and device.type == "cpu" and recipe is not None and recipe.dtype:  # chosen with the recipe
+        dtype = _dtype(recipe.dtype, device, f"{folder / RECIPE_FILE}: `dtype`")
     dtype = _fitting_dtype(folder, device, dtype, auto)
     net = load_network(folder, dtype=dtype).to(device)  # cast on the host, then move: less to copy
     model = DiffusionLM(net)
