@@ -1,4 +1,4 @@
-"""One spelling of each option across commands (issue 27).
+"""One spelling of each option across commands.
 
 - `--set` is a decode setting everywhere; distill's training settings are `--train-set`, and
   `distill --set` is refused in one line that names `--train-set`.
