@@ -1,13 +1,17 @@
-"""Shared fixtures: toy models of each family, a tiny tokenizer, one torch thread.
+"""Shared fixtures: toy models of each family, a tiny tokenizer, one torch thread; the `e2e` tier.
 
 Tests run with one torch thread: two processes with several threads each on 2 cores slow
 torch 30-50x (docs/platform-notes.md), and a background training job may share
 the machine.
+
+Tiers: every test under tests/integration/ is marked `e2e` here (whole commands, servers,
+training runs, subprocesses); unit/ and equivalence/ form the fast tier (`make test-fast`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,14 @@ from d3llm.models.tokenizer import build_tokenizer  # noqa: E402
 from d3llm.tasks import get_task  # noqa: E402
 
 VOCAB = 64
+E2E_DIR = Path(__file__).parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
 
 
 def toy_model(family: str, seed: int = 0, vocab_size: int = VOCAB, **shape) -> DiffusionLM:

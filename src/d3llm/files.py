@@ -13,8 +13,8 @@ Three promises (docs/files.md):
 * **Crash-safe.** `write_atomic` writes a temporary file beside the target, fsyncs it, renames
   it over the target and fsyncs the folder: a kill at any point leaves the old file or the whole
   new one. `append_line` rewrites the file that way (our append-only logs are small).
-  `read_jsonl` drops a last line cut short by a crash of an older version, and names the file
-  in one line for any other damage.
+  `read_jsonl` drops a last line cut short by a crash of a plain append (a log not written
+  this way), and names the file in one line for any other damage.
 
 Every failure is a `D3llmError` naming the option and the path.
 """

@@ -1,4 +1,4 @@
-"""Bad inputs to every command and every input file format (issue 14, item 5).
+"""Bad inputs to every command and every input file format.
 
 Each case runs `d3llm ARGS` in-process and must end with exit code 2 and exactly one line on
 stderr that names the argument or file (`expect`: any of its `|`-separated parts), with no
@@ -137,7 +137,7 @@ for setting, expect in {
     f"seed={HUGE}": "seed", "seed=-1": "seed",
 }.items():
     case(f"generate--set-{setting}", *DLLM_GEN, "--set", setting, expect=expect)
-# The issue's own: sampling with a seed that overflows, and NaN temperature.
+# Sampling with a seed that overflows, and a NaN temperature.
 case("generate-sampling-seed-overflow", "generate", "--model", "tiny-teacher", "--set", "temperature=0.5",
      "--set", f"seed={HUGE}", "hi", expect="seed")
 case("eval--set-temperature=nan", *EVAL, "--set", "temperature=nan", expect="temperature")

@@ -1,4 +1,4 @@
-"""The hostile inputs of issue 25, every class a table: huge numbers, outputs that cannot be
+"""Hostile inputs, every class a table: huge numbers, outputs that cannot be
 written (devices, /proc, symlink loops), outputs that are a user's files, input files that
 would hang or blow up (YAML alias bombs, FIFOs, deep JSON, 5001-digit ints, a safetensors
 header of 2**62 bytes, a config claiming 100000 layers), AUP tables of the wrong types, and

@@ -24,12 +24,8 @@ def own_method(name: str) -> str:
     return describe(bundled_models()[name], name).methods[0]
 
 
-# (model, task) -> minimum accuracy % on the first SAMPLE test problems (seed 0). Measured when
-# bundled: tiny-ar 95.8 / 91.7 / 95.8 (arith / arith-long / code); tiny-teacher 87.5 / 87.5 / 87.5;
-# tiny-d3llm 95.8 / 87.5 / 91.7 (its blocks of 16); tiny-dparallel 95.8 / 91.7 / 91.7;
-# tiny-block 95.8 / 95.8 / 95.8; tiny-block-d3llm 95.8 / 91.7 / 95.8;
-# tiny-dream 91.7 / 66.7 / 70.8.
-# The floors sit one problem under what was reached.
+# (model, task) -> minimum accuracy % on the first SAMPLE test problems (seed 0): one problem
+# under what the bundled model reaches on them (the figures: docs/notebook/2026-12-07-test-history.md).
 FLOORS: dict[tuple[str, str], float] = {
     ("tiny-ar", "arith"): 91.0, ("tiny-ar", "arith-long"): 87.0, ("tiny-ar", "code"): 91.0,
     ("tiny-teacher", "arith"): 83.0, ("tiny-teacher", "arith-long"): 83.0, ("tiny-teacher", "code"): 83.0,
@@ -40,8 +36,7 @@ FLOORS: dict[tuple[str, str], float] = {
     ("tiny-dream", "arith"): 87.0, ("tiny-dream", "arith-long"): 62.0, ("tiny-dream", "code"): 66.0,
 }
 # Students are distilled for parallelism: tokens per forward on arith with their decoder stays
-# above a floor (measured on the same sample when bundled: tiny-d3llm 7.61, tiny-dparallel 6.00,
-# tiny-block-d3llm 5.57).
+# above a floor, below what each reaches on the same sample (the same notebook entry).
 TPF_FLOORS: dict[str, float] = {"tiny-d3llm": 6.5, "tiny-dparallel": 5.0, "tiny-block-d3llm": 5.0}
 EXPECTED_MODELS = sorted({name for name, _ in FLOORS} | set(TPF_FLOORS))
 
@@ -55,8 +50,8 @@ def test_every_expected_model_is_bundled_with_its_records():
         assert provenance["code_version"] and provenance["train_seconds"] > 0
 
 
-# ~85 s on 2 cores beside another job (vanilla decoding commits one token per forward over
-# arith-long's long prompts; arith and code take ~13 s): `make test-all` runs it.
+# The slowest pairs (vanilla decoding commits one token per forward over arith-long's long
+# prompts; timings in the same notebook entry): `make test-all` runs them.
 SLOW = {("tiny-teacher", "arith-long"), ("tiny-dream", "arith-long")}
 
 

@@ -1,4 +1,4 @@
-"""The `d3llm` command's habits (issue 27): help that says what to type, with an example and
+"""The `d3llm` command's habits: help that says what to type, with an example and
 the method choices; first-class decode options and `-` for stdin; one task per sweep; a recipe
 that needs another's output says which; MODEL positional for serve and chat; chat that keeps
 going after Ctrl-C and answers single-turn models one message at a time; output that fits."""

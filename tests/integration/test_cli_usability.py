@@ -1,5 +1,4 @@
-"""The `d3llm` command's help, version, model listing, and sweeps that refuse stale folders
-(issue 15, items 3-4)."""
+"""The `d3llm` command's help, version, model listing, and sweeps that refuse stale folders."""
 
 from __future__ import annotations
 

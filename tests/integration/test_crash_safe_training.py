@@ -1,7 +1,7 @@
-"""A training run survives a crash at any write (issue 25): kill -9 at each file write, or a
-file damaged by a crash of an older version, and the rerun of the same command ends with
-weights identical to an uninterrupted run; a damaged file that cannot be recovered is named in
-one line with what to do.
+"""A training run survives a crash at any write: kill -9 at each file write, or a file left
+empty or cut short (what a crash of a non-atomic write leaves), and the rerun of the same
+command ends with weights identical to an uninterrupted run; a damaged file that cannot be
+recovered is named in one line with what to do.
 
 The kill points: the run's every atomic rename (os.replace: 13 in this recipe, counted by the
 driver), and the Trainer writing half of trainer_state.json. Two run by default, every one
@@ -120,7 +120,7 @@ def _copy_of(reference: Path, tmp_path: Path) -> Path:
     return out
 
 
-DAMAGE = {  # what an older version's crash left: (path under the run, bytes or a cut)
+DAMAGE = {  # what a crash of a non-atomic write leaves: (path under the run, bytes or a cut)
     "empty-trainer_state": ("checkpoints/checkpoint-6/trainer_state.json", b""),
     "cut-trainer_state": ("checkpoints/checkpoint-6/trainer_state.json", 0.5),
     "cut-weights": ("checkpoints/checkpoint-6/model.safetensors", 0.5),
@@ -163,8 +163,8 @@ def test_a_damaged_train_config_is_named_in_one_line(content, reference, tmp_pat
 
 
 def test_a_cut_curve_line_is_dropped(tmp_path):
-    """With validation on, curve.jsonl is read back on resume: a last line cut by a crash of an
-    older version is dropped, not a traceback."""
+    """With validation on, curve.jsonl is read back on resume: a last line cut short by a crash
+    (of a plain append) is dropped, not a traceback."""
     recipe = {**RECIPE, "steps": 2, "save_every": 2, "eval_every": 2, "eval_n": 2}
     out = train(TrainConfig.from_dict(recipe), tmp_path / "run")
     rows = (out / "curve.jsonl").read_text()

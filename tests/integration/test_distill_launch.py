@@ -58,9 +58,9 @@ def _accelerate_distill(teacher, trajectories, out: Path, steps: int) -> subproc
                             start_new_session=True, cwd=ROOT)
 
 
-# slow (make test-all): on a loaded 2-core machine the resumed launch has twice failed or hung in the
-# gloo teardown after training finished (rank 0 exit 1; both ranks idle after writing the model),
-# while it passes alone; the teardown race is open work (docs/notebook/2026-12-07-official-decoders.md)
+# slow (make test-all): on a loaded 2-core machine the resumed launch can fail or hang in the gloo
+# teardown after training finished (rank 0 exit 1; both ranks idle after writing the model), while
+# it passes alone: an open teardown race (docs/notebook/2026-12-07-official-decoders.md)
 @pytest.mark.slow
 def test_accelerate_launch_two_processes_killed_and_resumed(tmp_path, teacher, trajectories):
     out, steps = tmp_path / "student", 200

@@ -66,8 +66,10 @@ def test_two_process_rollouts_killed_and_resumed_lose_and_repeat_nothing(tmp_pat
     out, n = tmp_path / "sharded", 96
     proc = _torchrun(teacher, out, n)
     deadline = time.monotonic() + 180  # not time.time(): this machine's wall clock can step
-    while time.monotonic() < deadline and len(list((out / "chunks").glob("*.parquet"))) < 2:
+    chunks = out / "chunks"
+    while time.monotonic() < deadline and proc.poll() is None and len(list(chunks.glob("*.parquet"))) < 2:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: the kill interrupts it
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(list((out / "chunks").glob("*.parquet")))

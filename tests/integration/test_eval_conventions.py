@@ -131,7 +131,7 @@ def test_sweep_prints_a_table_and_stores_typed_settings(monkeypatch, capsys, mod
     point = json.loads((out_dir / "point-000.json").read_text())
     assert point["sweep_point"] == {"threshold": 0.5, "block_size": 4, "early_stop": True}
 
-    # A folder written when values were stored as text still resumes: nothing is decoded again.
+    # A folder whose sweep values are stored as text resumes too: nothing is decoded again.
     for file in out_dir.glob("point-*.json"):
         record = json.loads(file.read_text())
         record["sweep_point"] = {k: str(v).lower() if isinstance(v, bool) else str(v)

@@ -1,4 +1,4 @@
-"""No command deletes or overwrites a user's data (issue 14): `export` checks everything before
+"""No command deletes or overwrites a user's data: `export` checks everything before
 it touches `--out`, never removes files it did not write, and a failed `train` start leaves
 nothing that blocks the corrected command."""
 

@@ -1,5 +1,5 @@
 """No command replaces a user's file unless it is the command's own earlier output or
---overwrite is given (issue 25); a killed export's hidden folders are recovered on rerun.
+--overwrite is given; a killed export's hidden folders are recovered on rerun.
 The refusals themselves are cases of test_bad_inputs_hostile.py (`user-files-*`); these tests
 show the other side: a command's own output is replaced without --overwrite, a user's with it."""
 

@@ -1,4 +1,4 @@
-"""A decode prints no warning (issue 15): the CLI on the bundled models, in a fresh process.
+"""A decode prints no warning: the CLI on the bundled models, in a fresh process.
 
 Runs as a subprocess (not `conftest.run_cli`, which runs in-process) so that the
 environment's `PYTHONWARNINGS=error::FutureWarning` applies from interpreter start and

@@ -1,4 +1,4 @@
-"""One spelling of each option across commands (issue 27).
+"""One spelling of each option across commands.
 
 - `--set` is a decode setting everywhere; distill's training settings are `--train-set`, and
   `distill --set` is refused in one line that names `--train-set`.
@@ -7,8 +7,8 @@
 - The commands whose model is a teacher take `--model`/`-m` beside `--teacher`/`-t`.
 - `--batch-size` defaults to the same 16 wherever a batch of prompts is decoded (the lm-eval
   adapter's default and `auto` too).
-- The benchmark scripts take `--task a --task b` (and `--method`) as the CLI does; the older
-  `--tasks a,b` / `--methods a,b` still work.
+- The benchmark scripts take `--task a --task b` (and `--method`) as the CLI does, and
+  `--tasks a,b` / `--methods a,b` too.
 """
 
 from __future__ import annotations
@@ -118,14 +118,14 @@ def test_a_bad_storage_dtype_names_the_option(monkeypatch, capsys, tmp_path):
     one_line_error(code, err, "--storage-dtype", "float8")
 
 
-@pytest.mark.parametrize("command, old", [("distill", "--set"), ("export", "--dtype")])
-def test_old_spellings_are_hidden_from_help(monkeypatch, capsys, command, old):
+@pytest.mark.parametrize("command, refused", [("distill", "--set"), ("export", "--dtype")])
+def test_refused_spellings_are_hidden_from_help(monkeypatch, capsys, command, refused):
     code, out, _ = run_cli(monkeypatch, capsys, command, "-h")
     assert code in (0, None)
     options = [line.split()[0] for line in out.splitlines() if line.startswith("  -")]
-    assert old not in options and old + "," not in options
-    new = {"distill": "--train-set", "export": "--storage-dtype"}[command]
-    assert new in out
+    assert refused not in options and refused + "," not in options
+    spelling = {"distill": "--train-set", "export": "--storage-dtype"}[command]
+    assert spelling in out
 
 
 # --- --model / -m beside --teacher / -t -----------------------------------------------------------
@@ -217,7 +217,7 @@ def test_eval_decodes_16_problems_together_by_default(monkeypatch, capsys):
     assert seen == {"batch_size": 16}
 
 
-# --- benchmark scripts: --task repeated, --tasks a,b still accepted -------------------------------
+# --- benchmark scripts: --task repeated, or --tasks a,b -------------------------------------------
 
 
 def script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -237,16 +237,16 @@ def table_rows(stdout: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_decode_presets_takes_task_and_method_repeated_and_the_old_lists():
+def test_decode_presets_takes_task_and_method_repeated_or_as_comma_lists():
     common = ["benchmarks/decode_presets.py", "--model", "tiny-ar", "--n", "1", "--batch-sizes", "1",
               "--no-ceiling", "--threads", "1"]
-    new = script(*common, "--task", "arith", "--task", "code", "--method", "ar")
-    old = script(*common, "--tasks", "arith,code", "--methods", "ar")
-    assert new.returncode == 0, new.stderr
-    assert old.returncode == 0, old.stderr
+    repeated = script(*common, "--task", "arith", "--task", "code", "--method", "ar")
+    lists = script(*common, "--tasks", "arith,code", "--methods", "ar")
+    assert repeated.returncode == 0, repeated.stderr
+    assert lists.returncode == 0, lists.stderr
     expected = [("tiny-ar", "arith", "ar"), ("tiny-ar", "code", "ar")]
-    assert table_rows(new.stdout) == expected, new.stdout
-    assert table_rows(old.stdout) == expected, old.stdout
+    assert table_rows(repeated.stdout) == expected, repeated.stdout
+    assert table_rows(lists.stdout) == expected, lists.stdout
 
 
 def test_decode_presets_help_shows_the_repeatable_spelling():

@@ -1,5 +1,5 @@
 """Plots a reader understands at a glance: a title that says what and on how many problems,
-one legend for the curves, page-width figures with text of at least 8 pt (issue 27)."""
+one legend for the curves, page-width figures with text of at least 8 pt."""
 
 import pytest
 

@@ -164,9 +164,9 @@ def test_concurrent_requests_are_batched(client, server, lm):
 
 
 def test_full_queue_is_refused_and_a_gone_client_frees_its_slot(lm):
-    """One waiting request fills the queue (max_queue=1; it waits 1.5 s for company); the next
+    """One waiting request fills the queue (max_queue=1; it waits an hour for company); the next
     gets 503; when the first client disconnects its slot is free again."""
-    app = create_app(lm, max_batch=8, max_wait_ms=1500, max_queue=1)
+    app = create_app(lm, max_batch=8, max_wait_ms=3_600_000, max_queue=1)
     with background_server(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
@@ -178,6 +178,7 @@ def test_full_queue_is_refused_and_a_gone_client_frees_its_slot(lm):
             assert refused.value.status_code == 503
         wait_until(lambda: httpx.get(f"{url}/health").json()["waiting"] == 0)  # the client left
         assert not app.state.scheduler.batch_sizes  # it left before its batch was due
+        app.state.scheduler.max_wait = 0  # the next request need not wait for company
         answer = client.chat.completions.create(model="toy-llada", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=8)
         assert answer.usage.completion_tokens >= 1

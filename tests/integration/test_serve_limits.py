@@ -1,4 +1,4 @@
-"""The server's limits of issue 25: a request body over the limit is a 413 before it is parsed
+"""The server's limits: a request body over the limit is a 413 before it is parsed
 (by Content-Length, or as soon as a chunked body passes it), stop strings are bounded in
 number and length, and tokenizing a prompt runs off the event loop, so /health answers while
 a long request is being prepared (checked by order of events, not by the clock)."""

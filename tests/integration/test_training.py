@@ -95,6 +95,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 
     while time.monotonic() < deadline and proc.poll() is None and not saved_past_step_10():
         time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: the kill interrupts it
+    assert saved_past_step_10(), "no checkpoint past step 10 in 120 s"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "provenance.json").exists()  # it really died before the end

@@ -48,8 +48,8 @@ def test_prefix_rows_keep_a_clean_prefix_of_the_response():
 
 
 def test_default_objective_is_llada_loss_and_token_mean_differs():
-    """The default reproduces LLaDA's CE x 1/t / response length (same random draws as before
-    the settings existed); token_mean is the plain mean over masked tokens."""
+    """The default reproduces LLaDA's CE x 1/t / response length, drawing t and then the mask
+    from the generator, in that order; token_mean is the plain mean over masked tokens."""
     model, batch = toy_model("llada"), _batch()
     torch.manual_seed(0)
     default = masked_diffusion_loss(model, batch, torch.Generator().manual_seed(3))

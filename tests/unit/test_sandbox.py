@@ -1,4 +1,4 @@
-"""The code sandbox against known escapes (issue 14, item 1).
+"""The code sandbox against known escapes.
 
 Each attack is model-written code handed to `run_python`; each test asserts the attack failed
 (the outside file is unchanged, nothing appeared, the listener got no connection, the secret is
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -27,6 +28,10 @@ from d3llm.tasks import sandbox
 from d3llm.tasks.sandbox import run_python
 
 TIMEOUT = 2.0
+# What the scorer may take beyond its deadline (start-up, the kill, clean-up): generous, so that a
+# loaded machine does not fail it, and below what an attack that stretched the deadline would take
+# (its processes sleep 30 s or more, or never end).
+SLACK_S = 15.0
 
 # Switches the audit hook off: swaps the code of the hook function for a no-op.
 HOOK_OFF = '''
@@ -47,7 +52,7 @@ def run_attack(code: str, timeout_s: float = TIMEOUT):
     start = time.monotonic()
     result = run_python(code, timeout_s=timeout_s)
     elapsed = time.monotonic() - start
-    assert elapsed < timeout_s + 1.0, f"the scorer took {elapsed:.1f} s"
+    assert elapsed < timeout_s + SLACK_S, f"the scorer took {elapsed:.1f} s"
     return result
 
 
@@ -149,23 +154,33 @@ def test_process_creation_fails(attack, hook_off, tmp_path):
 @pytest.mark.parametrize("hook_off", [False, True], ids=["hook_on", "hook_off"])
 def test_detached_child_cannot_stretch_the_deadline(hook_off):
     code = (HOOK_OFF if hook_off else "") + (
-        "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(8)\n"
+        "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(60)\n"
         "    os._exit(0)\nwhile True:\n    pass\n")
-    result = run_attack(code)  # asserts < timeout + 1 s
+    result = run_attack(code)  # asserts < timeout + SLACK_S
     assert not result.passed
 
 
 def test_deadline_holds_when_an_escaped_child_keeps_the_pipes(monkeypatch):
     """Even where fork is possible (RLIMIT_NPROC lifted here), the scorer does not wait for
-    EOF: a setsid() grandchild that keeps stdout open cannot stretch the deadline."""
+    EOF: it returns while a setsid() grandchild that keeps stdout open still lives."""
     config = sandbox._config
     monkeypatch.setattr(sandbox, "_config", lambda *a, **k: (lambda c: {
         **c, "hook": False, "limits": [lim for lim in c["limits"] if lim[0] != "RLIMIT_NPROC"]})(
         config(*a, **k)))
-    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(3)\n"
-            "    os._exit(0)\ntime.sleep(0.2)\nprint('FORK' + 'ED')\n")
+    # the child prints the grandchild's pid once the grandchild is in its own session, and exits
+    code = ("import os, time\nr, w = os.pipe()\npid = os.fork()\nif pid == 0:\n    os.setsid()\n"
+            "    os.write(w, b'x')\n    time.sleep(60)\n    os._exit(0)\nos.read(r, 1)\n"
+            "print('FORK' + 'ED', pid)\n")
     result = run_attack(code, timeout_s=1.0)
-    assert "FORKED" in result.stdout  # the fork did happen: this tests the reader, not NPROC
+    assert result.stdout.startswith("FORKED")  # the fork did happen: this tests the reader, not NPROC
+    grandchild = int(result.stdout.split()[1])
+    try:
+        os.kill(grandchild, 0)  # still alive (it sleeps a minute): the scorer did not wait for it
+    finally:
+        try:
+            os.kill(grandchild, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert result.passed  # the child exited 0 in time; only the grandchild lingers
 
 

@@ -1,4 +1,5 @@
-"""Scores a response cannot steer, and the isolation gaps of issue 25 closed.
+"""Scores a response cannot steer, and isolation that holds: no host Unix socket, no System V
+IPC, no setuid program, a root that shows only what Python needs, nothing left after a run.
 
 The code task runs the response as a module in the sandbox, calls the function there and
 compares the returned values here. Each attack below pairs a wrong `bump` with a way to end

@@ -33,8 +33,9 @@ from d3llm.serve.scheduler import Finished
 
 Kind = Literal["text", "chat"]  # /v1/completions or /v1/chat/completions
 MAX_STOP_STRINGS = 8
-# Longest stop string, in characters: each one is searched in the text after every step, so a
-# 300,000-character list held the event loop for a minute (issue 25). OpenAI's stops are short.
+# Longest stop string, in characters: each one is searched in the text after every step, so
+# long stop strings would hold the event loop (the measurement: docs/files.md, limits). OpenAI's
+# stops are short.
 MAX_STOP_CHARS = 256
 UNICODE_ERROR = "unicode_surrogate"  # the validation error type of text that is not valid Unicode
 
