@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 import typer.main
 
-from d3llm.cli import decoding, evaluation, models, training
+from d3llm.cli import decoding, evaluation, models, training, tuning
 from d3llm.cli.help import tidy as tidy_help
 from d3llm.errors import D3llmError
 
@@ -35,7 +35,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 COMMANDS = {
     "generate": decoding.generate, "train": training.train, "distill": training.distill, "eval": evaluation.eval_,
     "demo": evaluation.demo, "export": training.export, "sweep": evaluation.sweep, "aup": evaluation.aup,
-    "leaderboard": evaluation.leaderboard, "serve": decoding.serve, "chat": decoding.chat, "models": models.models,
+    "leaderboard": evaluation.leaderboard, "tune": tuning.tune, "serve": decoding.serve, "chat": decoding.chat,
+    "models": models.models,
 }
 for name, command in COMMANDS.items():
     app.command(name)(command)

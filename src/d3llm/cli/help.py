@@ -28,6 +28,7 @@ SUMMARIES = {
     "sweep": "Evaluate a method over a grid of settings.",
     "leaderboard": "Compare result files: accuracy, TPF, AUP, plots.",
     "aup": "AUP of a table of (TPF, accuracy) points.",
+    "tune": "Choose a model's decode recipe on validation problems.",
     "demo": "Every bundled model on every task, in one table.",
     "models": "List the bundled models.",
     "train": "Train a model from a YAML recipe.",
@@ -52,6 +53,7 @@ EXAMPLES = {
     "aup": ["d3llm aup table.yaml   # table.yaml: arith: {d3llm: [[1.0, 80], [4.0, 78]]}"],
     "demo": ["d3llm demo --n 10 --out runs/demo", "d3llm demo --task arith --method d3llm --n 5"],
     "models": ["d3llm models", "d3llm models --json"],
+    "tune": ["d3llm tune tiny-d3llm --n 100", "d3llm tune runs/my-d3llm --task arith --save"],
     "train": ["d3llm train --config configs/tiny-block-v2.yaml --out runs/tiny-block-v2 --stop-at 100"],
     "trajectories": ["d3llm trajectories --teacher tiny-teacher --task arith=600 --task code=300 --out runs/traj"],
     "distill": ["d3llm distill --teacher tiny-teacher --trajectories runs/traj --config configs/tiny-d3llm.yaml "

@@ -116,3 +116,15 @@ def aup_report(result: dict, alpha: float) -> tuple[str, Table, str]:
     notes = ("AUP integrates accuracy % (weighted against y_max, the task's best accuracy) over tokens "
              "per forward, so it exceeds 100 when TPF > 1.\n" f"n/a: not scored; {mean_note}.")
     return title, view, notes
+
+
+def tune_table(points: list, recipe) -> Table:
+    """`d3llm tune`'s grid (d3llm.eval.tune.Point): method, settings, dtype, accuracy, tokens/s;
+    the chosen row marked."""
+    table = Table("", "method", "settings", "dtype", "accuracy %", "tokens/s")
+    for p in points:
+        chosen = (p.method, p.settings, p.dtype) == (recipe.method, recipe.settings, recipe.dtype or "float32")
+        settings = ", ".join(f"{k}={v}" for k, v in p.settings.items()) or "-"
+        table.add_row("*" if chosen else "", p.method, settings, p.dtype, f"{p.accuracy_pct:.1f}",
+                      f"{p.tokens_per_second:.0f}")
+    return table

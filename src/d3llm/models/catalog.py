@@ -19,6 +19,7 @@ from pathlib import Path
 from d3llm.decode.config import default_method, methods_for, model_block_size, validation_method
 from d3llm.errors import D3llmError
 from d3llm.files import safetensors_header
+from d3llm.models.recipe import RECIPE_FILE, read_recipe
 
 BUNDLED_DIR = Path(str(resources.files("d3llm"))) / "bundled"
 
@@ -38,13 +39,14 @@ class ModelSummary:
     path: Path
     family: str  # llada | dream | ar | the config's model_type when not ours
     parameters: int | None  # None when no record or weights header gives it
-    default_method: str  # what generate / eval / serve decode with unless --method is given
+    default_method: str  # what generate / eval / serve decode with unless --method is given (or a recipe)
     validation: dict[str, float] = field(default_factory=dict)  # task -> accuracy % (final validation)
     validation_method: str | None = None  # the preset the validation accuracy was measured with
     validation_n: int | None = None  # problems per task
     block_size: int | None = None  # the block size its decoders use unless one is given (None: an AR model)
     # the presets it is compared with (`d3llm demo`): its provenance's `methods`, else every preset of its family
     methods: tuple[str, ...] = ()
+    recipe: str | None = None  # its decode recipe (decode_recipe.json), which commands use unless --method is given
 
     def accuracy_text(self) -> str:
         if not self.validation:
@@ -93,8 +95,8 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     final = provenance.get("final_validation") or {}
     validation = {key.removesuffix("_accuracy_pct"): float(value) for key, value in final.items()
                   if key.endswith("_accuracy_pct") and isinstance(value, (int, float))}
-    recipe = provenance.get("config") or {}
-    method = recipe.get("eval_method") or validation_method(family)
+    training = provenance.get("config") or {}
+    method = training.get("eval_method") or validation_method(family)
     known = family in ("llada", "dream", "block", "ar")
     blocks = model_block_size(family, config.get("d3llm_block_size"), config.get("d3llm_decode_block_size")) \
         if known else None
@@ -102,8 +104,17 @@ def describe(folder: Path, name: str | None = None) -> ModelSummary:
     if not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
         methods = methods_for(family) if known else []
     return ModelSummary(name or folder.name, folder, family, parameters, default_method(family), validation,
-                        method if validation else None, recipe.get("eval_n") if validation else None, blocks,
-                        tuple(methods))
+                        method if validation else None, training.get("eval_n") if validation else None, blocks,
+                        tuple(methods), _recipe_text(folder))
+
+
+def _recipe_text(folder: Path) -> str | None:
+    """The folder's decode recipe on one line, or None; a damaged one says so (`load_model` refuses it)."""
+    try:
+        recipe = read_recipe(folder)
+    except D3llmError:
+        return f"damaged {RECIPE_FILE}"
+    return None if recipe is None else recipe.text() + (f" ({recipe.dtype})" if recipe.dtype else "")
 
 
 def models_table(summaries: list[ModelSummary]) -> list[str]:
@@ -115,8 +126,12 @@ def models_table(summaries: list[ModelSummary]) -> list[str]:
     rows = [header]
     for s in summaries:
         how = ", ".join(x for x in (s.validation_method, f"n={s.validation_n}" if s.validation_n else "") if x)
-        rows.append([s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.default_method,
+        method = s.recipe.split()[0] if s.recipe and not s.recipe.startswith("damaged") else s.default_method
+        rows.append([s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", method,
                      str(s.block_size or "-"), *(f"{s.validation[t]:.1f}" if t in s.validation else "-" for t in tasks),
                      how or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    recipes = [f"  {s.name}: {s.recipe}" for s in summaries if s.recipe]
+    return lines + (["", "decode recipes (chosen on validation by `d3llm tune`; used unless --method is given):",
+                     *recipes] if recipes else [])

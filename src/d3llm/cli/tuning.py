@@ -1,0 +1,50 @@
+"""`d3llm tune`: choose a model's decode recipe on the validation split (d3llm.eval.tune) and,
+with --save, store it beside the model's weights (d3llm.models.recipe)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from d3llm.cli.common import MODEL_HELP, Device, Dtype, load
+from d3llm.errors import D3llmError
+
+
+def tune(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    task: Annotated[Optional[list[str]], typer.Option(help="Validation task (repeatable; default: every task).")] = None,
+    n: Annotated[int, typer.Option(help="Validation problems per task and grid point.")] = 100,
+    save: Annotated[bool, typer.Option("--save", help="Write the recipe into the model's folder "
+                                                      "(decode_recipe.json).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --save: replace the model's recipe.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+) -> None:
+    """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
+    validation problems at batch 1, and choose its recipe: the fastest point within 1 accuracy
+    point of the best, then bfloat16 if that stays within and is faster. The test split is
+    never read. With --save, generate / eval / serve / chat / demo then decode the model with
+    it unless --method is given."""
+    from rich.console import Console
+
+    from d3llm.eval.report import tune_table
+    from d3llm.eval.tune import grid_for, tune as choose_recipe
+    from d3llm.models.loading import resolve_model
+    from d3llm.models.recipe import RECIPE_FILE, write_recipe
+    from d3llm.progress import progress_bar
+    from d3llm.tasks import TASK_NAMES, get_task
+    from d3llm.tasks.base import check_count
+
+    check_count(n, "`--n`", low=1)
+    tasks = [get_task(t) for t in dict.fromkeys(task or TASK_NAMES)]
+    folder = resolve_model(model)
+    if save and (folder / RECIPE_FILE).exists() and not overwrite:  # fail before an hour of scoring
+        raise D3llmError(f"--save: {folder / RECIPE_FILE} exists; give --overwrite to replace the model's recipe")
+    lm = load(model, device, dtype)
+    with progress_bar((len(grid_for(lm)) + 1) * len(tasks) * n, "tune") as bar:
+        recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance)
+    Console().print(tune_table(points, recipe))
+    typer.echo(f"recipe: {recipe.text()}" + (f" ({recipe.dtype})" if recipe.dtype else ""))
+    if save:
+        typer.echo(f"wrote {write_recipe(folder, recipe, overwrite)}")
