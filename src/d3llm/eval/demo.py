@@ -3,8 +3,9 @@
 Each bundled model is decoded with the presets its provenance.json lists under `methods`
 (vanilla LLaDA decoding and Fast-dLLM on the teacher, dParallel-style on its student, d3LLM with
 and without its cache on the d3LLM student, `ar` and `ar-spec` on the AR model; a model without
-the list, e.g. your own dropped into bundled/, gets every preset of its family), on the same
-held-out test problems.
+the list, e.g. your own dropped into bundled/, gets every preset of its family; the preset its
+decode recipe names with the recipe's settings, `own_config`), on the same held-out test
+problems, one at a time (`DEMO_BATCH_SIZE`).
 
     results = run_demo(n=20, seed=0)
     report = write_demo(results, Path("runs/demo"))  # result files, leaderboard.md/.json, plots
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from d3llm.decode import preset
+from d3llm.decode import DecodeConfig, preset, resolve_config
 from d3llm.decode.config import AR_METHODS
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
@@ -54,6 +55,11 @@ def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None 
     return plan
 
 
+# One problem at a time: tokens/s is then each answer's speed (latency), as the paper reports it;
+# batches of 16 favour the AR model, whose one-column forwards batch almost for free on a CPU.
+DEMO_BATCH_SIZE = 1
+
+
 def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
              tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
              device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
@@ -70,8 +76,18 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
             lm = load_model(name, device=device, dtype=dtype)
         if progress:
             progress(f"{name} / {task.name} / {method}")
-        results.append(evaluate(lm, task, preset(method), n=n, seed=seed, progress=advance))
+        results.append(evaluate(lm, task, own_config(lm, method), n=n, seed=seed, batch_size=DEMO_BATCH_SIZE,
+                                progress=advance))
     return results
+
+
+def own_config(lm, method: str) -> DecodeConfig:
+    """`method` as `lm` decodes it: with the settings of its decode recipe when the recipe is of
+    that method (d3llm.models.recipe: what users get by default), else the plain preset."""
+    recipe = lm.recipe
+    if recipe is not None and recipe[0] == method:
+        return resolve_config(None, lm.facts.family, recipe)
+    return preset(method)
 
 
 @dataclass
