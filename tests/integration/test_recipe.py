@@ -1,0 +1,84 @@
+"""Decode recipes: chosen on validation problems by `d3llm tune` (a fixed grid, a fixed rule),
+stored beside the weights, and used by default (docs/reference.md, "Decode recipes")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from d3llm.decode import resolve_config
+from d3llm.errors import D3llmError
+from d3llm.eval.tune import TOLERANCE, Point, choose, grid_for
+from d3llm.models import bundled_models, load_model
+from d3llm.models.catalog import describe, models_table
+from d3llm.models.recipe import RECIPE_FILE, Recipe, read_recipe, write_recipe
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A copy of a bundled block student, without a recipe."""
+    copy = tmp_path / "student"
+    shutil.copytree(bundled_models()["tiny-block-d3llm"], copy)
+    (copy / RECIPE_FILE).unlink(missing_ok=True)
+    return copy
+
+
+def point(method, accuracy, speed, **settings):
+    return Point(method, settings, "float32", correct=int(accuracy), n=100, tokens=int(speed), seconds=1.0)
+
+
+def test_the_rule_takes_the_fastest_point_within_the_tolerance_of_the_best():
+    best, close, fast_but_worse = point("d3llm", 90, 100), point("d3llm", 90 - TOLERANCE, 300), point("d3llm", 85, 900)
+    assert choose([best, close, fast_but_worse]) is close
+    assert choose([best]) is best
+
+
+def test_a_stored_recipe_is_what_the_model_decodes_with_unless_a_method_is_named(folder):
+    write_recipe(folder, Recipe("d3llm-block", {"threshold": 0.8}, "bfloat16", {"rule": "test"}))
+    lm = load_model(folder)
+    assert lm.recipe == ("d3llm-block", {"threshold": 0.8}) and lm.model.dtype == torch.bfloat16  # dtype auto
+    assert load_model(folder, dtype="float32").model.dtype == torch.float32  # an explicit dtype wins
+    assert resolve_config(None, "block", lm.recipe).strategy.threshold == 0.8
+    assert resolve_config("block", "block", lm.recipe).method == "block"  # a named method: its preset
+    assert describe(folder).recipe == "d3llm-block threshold=0.8 (bfloat16)"
+    assert any("d3llm-block threshold=0.8" in line for line in models_table([describe(folder, "student")]))
+
+
+def test_recipes_are_never_replaced_silently_and_damage_is_named(folder):
+    write_recipe(folder, Recipe("d3llm-block"))
+    with pytest.raises(D3llmError, match="exists; give --overwrite"):
+        write_recipe(folder, Recipe("block"))
+    write_recipe(folder, Recipe("block"), overwrite=True)
+    assert read_recipe(folder).method == "block"
+    for damaged in ('{"settings": {}}', '{"method": 3}', '{"method": "block", "dtype": 16}', "[1]", "{"):
+        (folder / RECIPE_FILE).write_text(damaged)
+        with pytest.raises(D3llmError, match=RECIPE_FILE):
+            read_recipe(folder)
+    assert describe(folder).recipe == f"damaged {RECIPE_FILE}"
+
+
+def test_the_grid_covers_the_models_presets_and_the_lean_cache_schedule():
+    lm = load_model("tiny-d3llm")
+    grid = grid_for(lm)
+    assert {p.method for p in grid} == set(describe(lm.path).methods)
+    lean = [p for p in grid if p.settings.get("future_masks") == "cached"]
+    assert lean and all(p.method == "d3llm-cache" and p.settings["refresh_while_waiting"] is False for p in lean)
+    assert {p.settings["threshold"] for p in grid} == {0.3, 0.5, 0.8, 1.2}
+
+
+def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsys, folder):
+    code, out, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
+    assert code in (0, None), err
+    recipe = read_recipe(folder)
+    assert recipe.method == "d3llm-block" and recipe.chosen["split"] == "validation"
+    assert len(recipe.chosen["points"]) == 5 and all(p["n"] == 2 for p in recipe.chosen["points"])  # 4 + bf16
+    assert f"recipe: {recipe.text()}" in out and "wrote" in out
+    code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err  # refused before scoring
+    code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--n", "0")
+    assert code == 2 and "`--n` must be >= 1" in err
+    assert json.loads((folder / RECIPE_FILE).read_text())["method"] == "d3llm-block"
