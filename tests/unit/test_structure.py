@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "d3llm"
 LAZY = {
     "d3llm": "`import d3llm` stays cheap: load_model / generate / get_task on first use",
     **dict.fromkeys(("d3llm.cli", "d3llm.cli.common", "d3llm.cli.decoding", "d3llm.cli.evaluation",
-                     "d3llm.cli.models", "d3llm.cli.training"),
+                     "d3llm.cli.models", "d3llm.cli.training", "d3llm.cli.tuning"),
                     "commands import torch-using modules when run, so -h, --version and `d3llm models` stay fast"),
     "d3llm.decode": "the settings import without torch; the loop (generate) on first use",
     "d3llm.models": "names on first use, so `d3llm models` (models/catalog.py) does not import torch",

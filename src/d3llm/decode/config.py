@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from d3llm.decode.parts import MAX_TOKENS, Part, boolean, positive_int
 from d3llm.decode.policies import CACHE_POLICIES, BlockCache, CachePolicy, DelayedCache, KVCache, NoCache, PrefixCache
 from d3llm.decode.strategies import (
-    MAX_TOKENS, STRATEGIES, Confidence, Entropy, NextToken, PromptLookup, Strategy, ThresholdStrategy, TopK, boolean,
-    positive_int,
+    STRATEGIES, Confidence, Entropy, NextToken, PromptLookup, Strategy, ThresholdStrategy, TopK,
 )
 from d3llm.errors import DecodeSettingError
 
@@ -45,7 +45,7 @@ MAX_SEED = 2**63  # torch generators take a signed 64-bit seed
 
 
 @dataclass(frozen=True)
-class EarlyStop:
+class EarlyStop(Part):
     """Stop a row at its first committed EOS. `fill_after_eos`: write EOS over every column
     after it, committed ones too (d3LLM; None: the model's convention, `for_model`: False for
     Fast-dLLM v2 checkpoints, whose generate leaves them and ends a row once every column before
@@ -58,9 +58,6 @@ class EarlyStop:
     def __post_init__(self) -> None:
         boolean("stale_candidates", self.stale_candidates)
         boolean("fill_after_eos", self.fill_after_eos, allow_none=True)
-
-    def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 PARTS = ("strategy", "cache", "early_stop")  # the config's parts; their fields are settings too

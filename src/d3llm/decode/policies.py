@@ -20,31 +20,23 @@ preset) or `skip` (left out of the forward: less work, an approximation for bidi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from d3llm.decode.strategies import MAX_TOKENS, boolean, one_of
+from d3llm.decode.parts import MAX_TOKENS, Part, Registry, boolean, one_of
 from d3llm.errors import DecodeSettingError
 
 FutureMasks = Literal["forward", "cached", "skip"]
-CACHE_POLICIES: dict[str, type[CachePolicy]] = {}
-
-
-def register(cls: type[CachePolicy]) -> type[CachePolicy]:
-    """Class decorator: make a cache policy selectable by its `name` (`--set cache=NAME`)."""
-    CACHE_POLICIES[cls.name] = cls
-    return cls
+CACHE_POLICIES = Registry()  # name -> CachePolicy class
+register = CACHE_POLICIES.register  # class decorator: selectable by its `name` (`--set cache=NAME`)
 
 
 @dataclass(frozen=True)
-class CachePolicy:
+class CachePolicy(Part):
     """A cache policy and its settings (the dataclass fields)."""
 
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...]] = ("llada", "dream")  # the model families it decodes
-
-    def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @register

@@ -21,57 +21,30 @@ config.py (docs/design.md, "Adding a decoding policy").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from d3llm.decode.parts import Part, Registry, boolean, one_of, positive_int
 from d3llm.errors import DecodeSettingError
 
 RankBy = Literal["confidence", "entropy", "position"]
 Forcing = Literal["block", "block+global"]
-MAX_TOKENS = 1 << 20  # a count of tokens above this is a typo (a 10**20 would overflow torch or hang)
 
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy selectable by its `name` (`--set strategy=NAME`)."""
-    STRATEGIES[cls.name] = cls
-    return cls
+STRATEGIES = Registry()  # name -> Strategy class
+register = STRATEGIES.register  # class decorator: selectable by its `name` (`--set strategy=NAME`)
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Strategy(Part):
     """A selection rule and its settings (the dataclass fields; names unique across strategies,
     cache policies and `DecodeConfig`, since users give them flat: `--set threshold=0.4`)."""
 
     name: ClassVar[str]
     autoregressive: ClassVar[bool] = False  # decodes autoregressive models, next token first
 
-    def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
     def commit_window(self) -> int | None:
         """Columns of the current block a strategy commits in, its first ones with masks (None: anywhere)."""
         return None
-
-
-def positive_int(name: str, value, allow_none: bool = False) -> None:
-    """The one check of a count setting: a positive int (not a bool) of at most MAX_TOKENS."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_TOKENS:
-        raise DecodeSettingError(f"`{name}` must be a positive integer, got {value!r} (at most {MAX_TOKENS})", name)
-
-
-def one_of(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise DecodeSettingError(f"`{name}` must be one of {', '.join(map(str, allowed))}, got {value!r}", name)
-
-
-def boolean(name: str, value, allow_none: bool = False) -> None:
-    if not isinstance(value, bool) and not (allow_none and value is None):
-        choices = "true, false or none" if allow_none else "true or false"
-        raise DecodeSettingError(f"`{name}` must be {choices}, got {value!r}", name)
 
 
 @register
