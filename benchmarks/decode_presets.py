@@ -12,8 +12,11 @@ decode time spent outside model forwards. Prints a Markdown table (the source of
 `--methods a,b` are still accepted.
 
 Every row decodes the same test problems (seed 0). Tokens/s is measured after a warm-up, on
-this machine, in one run: compare rows as ratios. This is a benchmark, not a test: it asserts
-nothing and its numbers depend on the machine.
+this machine: compare rows as ratios. The rows run in turn, `--repeats` times (default 3; each
+pass starts one row later, so no row always runs first), and each tokens/s cell is the median
+over the passes with their min-max, so a load that comes and goes on a shared machine shows as
+spread instead of moving one row. Accuracy (with its 95% interval) and TPF do not change between
+passes. This is a benchmark, not a test: it asserts nothing and its numbers depend on the machine.
 
 First it prints the ceiling any batching can reach here: rows per second of one bare model
 forward over a canvas of each task's typical length, at each batch size. Where a forward of 8
@@ -23,6 +26,8 @@ rows costs 8 forwards of one (a compute-bound CPU), no decoder makes batch 8 fas
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 
 import torch
@@ -62,18 +67,24 @@ def main() -> None:
                         help="An extra row: a preset with decode settings changed (repeatable)")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Passes over all rows, in turn; tokens/s is their median and min-max (default 3)")
     parser.add_argument("--no-ceiling", action="store_true", help="Skip the bare-forward lines")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1 (passes over the rows), got {args.repeats}")
     tasks = repeated(args.task, args.tasks) or ["arith", "arith-long"]
     chosen_methods = repeated(args.method, args.methods)
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     variants = [variant(text, parser) for text in args.variant]
-    header = ["model", "task", "method", "accuracy %", "TPF", *[f"tok/s b{b}" for b in batch_sizes], "outside fwd b1"]
+    header = ["model", "task", "method", "accuracy % [95% CI]", "TPF", *[f"tok/s b{b}" for b in batch_sizes],
+              "outside fwd b1"]
     models = [_load(spec, parser) for spec in args.model or ["tiny-teacher"]]
-    print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}\n")
+    print(f"n={args.n} per task, seed 0, torch threads {torch.get_num_threads()}; tokens/s: "
+          + (f"median (min-max) of {args.repeats} passes over the rows\n" if args.repeats > 1 else "one pass\n"))
     for lm in [] if args.no_ceiling else models:
         for task_name in tasks:
             problems = get_task(task_name).problems("test", 8, 0)
@@ -82,21 +93,44 @@ def main() -> None:
             cells = ", ".join(f"b{b} {r:.0f} rows/s" for b, r in zip(batch_sizes, rates))
             print(f"{lm.name}: bare forward, {task_name} canvas ({length} tokens): {cells} -> ceiling "
                   f"b{batch_sizes[-1]}/b{batch_sizes[0]} = {rates[-1] / rates[0]:.2f}x")
+    rows = table_rows(models, tasks, chosen_methods, variants)
+    runs = measure(rows, args.n, batch_sizes, args.repeats)
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    firsts = []  # the result at the first batch size of every row, for the profile
+    firsts = []  # the median pass at the first batch size of every row, for the profile
+    for (lm, task, label, _), by_batch in zip(rows, runs):
+        cells, first = _cells(by_batch)
+        firsts.append((label, first))
+        print("| " + " | ".join([lm.name, task.name, label, *cells]) + " |")
+    print_profile(firsts, batch_sizes[0])
+
+
+def table_rows(models, tasks: list[str], methods: list[str], variants: list) -> list[tuple]:
+    """(model, task, label, config) of every row, in table order: per task, per model, its presets
+    (`methods`, default all of its family) then the variants of its family."""
+    rows = []
     for task_name in tasks:
         task = get_task(task_name)
         for lm in models:
-            methods = chosen_methods or methods_for(lm.facts.family)
-            rows = [(m, preset(m)) for m in methods if m in methods_for(lm.facts.family)] + [
-                (label, config) for label, config in variants if config.method in methods_for(lm.facts.family)]
-            for label, config in rows:
-                cells, first = _measure(lm, task, config, args.n, batch_sizes)
-                firsts.append((label, first))
-                print("| " + " | ".join([lm.name, task_name, label, *cells]) + " |", flush=True)
-    print_profile(firsts, batch_sizes[0])
+            own = methods_for(lm.facts.family)
+            rows += [(lm, task, m, preset(m)) for m in methods or own if m in own]
+            rows += [(lm, task, label, config) for label, config in variants if config.method in own]
+    return rows
+
+
+def measure(rows: list[tuple], n: int, batch_sizes: list[int], repeats: int) -> list[dict[int, list]]:
+    """Per row, per batch size, the result of every pass. Each pass runs every row once, starting
+    one row later than the pass before (round robin), so slow spells spread over all rows."""
+    runs = [{b: [] for b in batch_sizes} for _ in rows]
+    for repeat in range(repeats):
+        start = repeat % max(len(rows), 1)
+        for index in [*range(start, len(rows)), *range(start)]:
+            lm, task, _, config = rows[index]
+            for batch_size in batch_sizes:
+                runs[index][batch_size].append(evaluate(lm, task, config, n=n, seed=0, batch_size=batch_size))
+        print(f"pass {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
+    return runs
 
 
 def repeated(values: list[str], comma_list: str | None) -> list[str]:
@@ -131,16 +165,21 @@ def variant(text: str, parser) -> tuple[str, object]:
     return f"{method} ({settings})", config
 
 
-def _measure(lm, task, config, n: int, batch_sizes: list[int]):
-    """Cells: accuracy, TPF, tokens/s at each batch size, share of time outside forwards at the
-    first; and the result at the first batch size."""
-    cells, first = [], None
-    for batch_size in batch_sizes:
-        result = evaluate(lm, task, config, n=n, seed=0, batch_size=batch_size)
-        cells.append(f"{result.tokens_per_second:.1f}")
-        first = first or result
-    outside = 1 - first.forward_seconds / max(first.seconds, 1e-9)
-    return [f"{first.accuracy_pct:.1f}", f"{first.tokens_per_forward:.2f}", *cells, f"{100 * outside:.0f}%"], first
+def _cells(by_batch: dict[int, list]):
+    """Cells of one row: accuracy with its 95% interval, TPF, tokens/s at each batch size (the
+    median and, over several passes, the min-max), the share of time outside forwards at the
+    first; and the pass at the median tokens/s (the lower middle of an even count) at the first
+    batch size."""
+    speeds = []
+    for results in by_batch.values():
+        rates = [r.tokens_per_second for r in results]
+        spread = f" ({min(rates):.1f}-{max(rates):.1f})" if len(rates) > 1 else ""
+        speeds.append(f"{statistics.median(rates):.1f}{spread}")
+    first = next(iter(by_batch.values()))
+    middle = statistics.median_low(r.tokens_per_second for r in first)
+    typical = next(r for r in first if r.tokens_per_second == middle)
+    outside = 1 - typical.forward_seconds / max(typical.seconds, 1e-9)
+    return [typical.accuracy_text(), f"{typical.tokens_per_forward:.2f}", *speeds, f"{100 * outside:.0f}%"], typical
 
 
 def print_profile(results, batch_size: int) -> None:

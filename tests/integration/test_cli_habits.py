@@ -185,6 +185,7 @@ def test_demo_tables_never_cut_model_or_method_names():
         console.print(table)
     text = console.export_text()
     assert "tiny-block-d3llm" in text and "fast-dllm-v2" in text and "…" not in text
+    assert "90.0 [59.6, 98.2]" in text and max(len(line) for line in text.splitlines()) <= 80
     assert text.count("arith") == 1  # the task is the table's title, not a column repeated per row
 
 

@@ -1,6 +1,7 @@
-"""`d3llm eval` and `d3llm sweep` conventions: --n clamped to a file task (as lm-eval's --limit),
---n >= 1, per-sample logs with each row's NFE and TPF, several --task in one run, a clean
-stdout, and sweeps that print a table and store typed settings."""
+"""`d3llm eval` and `d3llm sweep` conventions: the fixed test set by default, --n clamped to a file
+task (as lm-eval's --limit), --n >= 1, per-sample logs with each row's NFE and TPF, several --task
+in one run, a clean stdout, and sweeps that print a table (accuracy with its 95% interval) and
+store typed settings."""
 
 import json
 
@@ -11,7 +12,7 @@ from d3llm.errors import D3llmError
 from d3llm.eval.runner import clamp_n, evaluate
 from d3llm.eval.sweep import points_table
 from d3llm.models import load_model
-from d3llm.tasks import get_task
+from d3llm.tasks import get_task, problem_set_name
 from tests.conftest import run_cli
 
 GSM8K_ROWS = [
@@ -44,7 +45,7 @@ def test_n_larger_than_a_file_is_clamped_with_one_note(monkeypatch, capsys, mode
                                                              "--json", tmp_path / "r.json"))
     assert code in (0, None), err
     assert err.strip() == "note: gsm8k test: n=50 is more than the 3 problems there; evaluating all 3"
-    assert "(n=3)" in out and json.loads((tmp_path / "r.json").read_text())["n"] == 3
+    assert "(test, seed 0, n=3)" in out and json.loads((tmp_path / "r.json").read_text())["n"] == 3
     task = get_task(f"gsm8k:{gsm8k_file}")
     assert clamp_n(task, "test", 2) == (2, None)
     assert clamp_n(get_task("arith"), "test", 10_000) == (10_000, None)  # a generated task draws any number
@@ -122,7 +123,8 @@ def test_sweep_prints_a_table_and_stores_typed_settings(monkeypatch, capsys, mod
     assert code in (0, None), err
     assert "{" not in out and "'" not in out
     header, first, second = out.splitlines()[:3]
-    assert header.split() == ["threshold", "block_size", "early_stop", "accuracy", "%", "TPF", "tokens/s"]
+    assert header.split() == ["threshold", "block_size", "early_stop", "accuracy", "%", "[95%", "CI]", "TPF",
+                              "tokens/s"]
     assert first.split()[:3] == ["0.5", "4", "true"] and second.split()[:3] == ["3", "4", "true"]
     curve = json.loads((out_dir / "curve.json").read_text())
     assert sorted(p["settings"]["threshold"] for p in curve["points"]) == [0.5, 3.0]
@@ -144,8 +146,28 @@ def test_sweep_prints_a_table_and_stores_typed_settings(monkeypatch, capsys, mod
 
 
 def test_points_table_formats_values():
-    records = [{"sweep_point": {"threshold": 0.25, "refresh_interval": None}, "accuracy_pct": 50.0,
+    records = [{"sweep_point": {"threshold": 0.25, "refresh_interval": None}, "model": "m", "task": "arith",
+                "method": "d3llm", "n": 10, "seed": 0, "split": "test", "accuracy_pct": 50.0,
                 "tokens_per_forward": 2.5, "tokens_per_second": 100.0}]
     assert points_table(records).splitlines() == [
-        "threshold  refresh_interval  accuracy %   TPF  tokens/s",
-        "     0.25              none        50.0  2.50     100.0"]
+        "threshold  refresh_interval  accuracy % [95% CI]   TPF  tokens/s",
+        "     0.25              none    50.0 [23.7, 76.3]  2.50     100.0"]
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+def test_without_n_seed_and_split_the_fixed_test_set_is_scored(monkeypatch, capsys, tmp_path, command):
+    import d3llm.eval.runner as runner
+
+    seen = {}
+
+    def fake_evaluate(lm, task, config, **kwargs):
+        seen.update(n=kwargs["n"], seed=kwargs["seed"], split=kwargs["split"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr("d3llm.eval.sweep.evaluate", fake_evaluate)
+    extra = ["--param", "threshold=0.5", "--out", tmp_path / "s"] if command == "sweep" else []
+    code, _, err = run_cli(monkeypatch, capsys, command, "-m", "tiny-d3llm", "--task", "arith", *extra)
+    assert code in (0, None), err
+    assert seen == {"n": 600, "seed": 0, "split": "test"}
+    assert problem_set_name(**seen) == "fixed test set, n=600"

@@ -14,7 +14,7 @@ from d3llm.eval.demo import ar_comparisons, write_demo
 from d3llm.eval.leaderboard import Result, build_leaderboard, load_results
 from d3llm.eval.runner import evaluate
 from d3llm.eval.sweep import sweep
-from d3llm.metrics import aup
+from d3llm.metrics import aup, wilson_interval_pct
 from d3llm.models import LoadedModel
 from d3llm.tasks import ArithTask
 from tests.conftest import run_cli, save_toy_model, tokenizer_model
@@ -81,9 +81,12 @@ def test_leaderboard_from_eval_and_sweep_files(monkeypatch, capsys, runs, tmp_pa
     assert [r["aup"] for r in task["rows"]] == sorted((r["aup"] for r in task["rows"]), reverse=True)
 
     ar_record = next(r for r in records if r["method"] == "ar")
-    assert f"## parity (y_max {y_max:.1f}%; seed 0, test)" in out
-    assert (f"| toy-ar | ar | {ar_record['accuracy_pct']:.1f} | 1.00 | {ar_record['tokens_per_second']:.1f} | "
-            f"{rows['toy-ar', 'ar']['aup']:.1f} | 6 | 1 |") in out
+    low, high = wilson_interval_pct(ar_record["correct"], 6)
+    assert ar_record["accuracy_ci_pct"] == [low, high] and rows["toy-ar", "ar"]["points"][0]["accuracy_ci_pct"] == [low, high]
+    assert f"## parity (y_max {y_max:.1f}%; test, seed 0, n=6)" in out
+    assert (f"| toy-ar | ar | {ar_record['accuracy_pct']:.1f} [{low:.1f}, {high:.1f}] | 1.00 | "
+            f"{ar_record['tokens_per_second']:.1f} | {rows['toy-ar', 'ar']['aup']:.1f} | 6 | 1 |") in out
+    assert "[low, high] after an accuracy is its 95% interval (Wilson)" in out
     assert out.strip() == (tmp_path / "board" / "leaderboard.md").read_text().strip()
     for name in ("accuracy_vs_tpf.png", "aup.png"):
         width, height = png_size(tmp_path / "board" / name)
@@ -118,16 +121,28 @@ def assert_one_line_error(code, err, *parts):
 
 def test_mixed_problem_sets_are_refused_unless_allowed(monkeypatch, capsys, runs, tmp_path):
     root, files = runs
-    other = json.loads(files[1].read_text()) | {"n": 3}
+    other = {k: v for k, v in json.loads(files[1].read_text()).items() if k != "correct"} | {"n": 3}
     (tmp_path / "ar-n3.json").write_text(json.dumps(other))
     args = ["leaderboard", files[0], tmp_path / "ar-n3.json", "--out", tmp_path / "board", "--no-plots"]
     code, _, err = run_cli(monkeypatch, capsys, *args)
-    assert_one_line_error(code, err, "task 'parity' mixes results of different problem sets", "n=6 seed=0",
-                          "n=3 seed=0", str(files[0]), "ar-n3.json", "--allow-mixed")
+    assert_one_line_error(code, err, "task 'parity' mixes results of different problem sets",
+                          f"test, seed 0, n=6 ({files[0]})", "test, seed 0, n=3 (", "ar-n3.json", "--allow-mixed")
     code, out, err = run_cli(monkeypatch, capsys, *args, "--allow-mixed")
     assert code in (0, None), err
     assert "| toy-ar | ar |" in out and "| 3 | 1 |" in out
     assert not list((tmp_path / "board").glob("*.png"))  # --no-plots
+
+
+def test_the_fixed_test_set_is_named_and_not_mixed_with_drawn_sets():
+    def result(seed, method="d3llm", source="a.json"):
+        return Result("m", "arith", method, 600, seed, "test", 50.0, 2.0, 100.0, source=source)
+
+    board = build_leaderboard([result(0), result(0, "vanilla", source="b.json")])
+    assert "## arith (y_max 50.0%; fixed test set, n=600)" in board.to_markdown()
+    assert "| 50.0 [46.0, 54.0] |" in board.to_markdown()
+    with pytest.raises(D3llmError, match=r"different problem sets: fixed test set, n=600 \(a.json\); "
+                                         r"test, seed 1, n=600 \(c.json\); .*without them: the fixed test set"):
+        build_leaderboard([result(0), result(1, source="c.json")])
 
 
 def test_bad_inputs(monkeypatch, capsys, runs, tmp_path):
@@ -192,6 +207,11 @@ def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys,
                              "--task", "arith:medium", "--method", "vanilla", "--method", "d3llm-cache")
     assert code in (0, None), err
     assert "AUP" in out and "decodes" in out and re.search(r"the AR baseline tiny-ar / ar(-spec)? ", out)
+    flat = " ".join(out.split())  # the console folds long lines
+    assert "n=2 problems per row is small: the 95% interval after each accuracy spans up to 81 points" in flat
+    assert "`d3llm eval` scores the fixed test set (600 problems per task)" in flat
+    assert "accuracy % [95% CI]" in out and re.search(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", out)
+    assert "n=2 problems per row is small" in (tmp_path / "demo" / "leaderboard.md").read_text()
     board = json.loads((tmp_path / "demo" / "leaderboard.json").read_text())
     assert set(board["tasks"]) == {"arith", "arith:medium"}
     for task in board["tasks"].values():  # the AR baselines run whatever --method says

@@ -1,12 +1,13 @@
 """Task generators, splits, answer extraction and scoring."""
 
+import hashlib
 import json
 import re
 
 import pytest
 
 from d3llm.errors import TaskError
-from d3llm.tasks import SPLITS, ArithDifficulty, ArithTask, get_task
+from d3llm.tasks import FIXED_TEST_N, SPLITS, ArithDifficulty, ArithTask, fixed_test_set, get_task, split_of
 from d3llm.tasks.arith import extract_final_number
 
 
@@ -16,6 +17,23 @@ def test_generators_are_deterministic_by_seed(name):
     a = task.problems("test", 20, seed=3)
     assert a == task.problems("test", 20, seed=3)
     assert [p.key for p in a] != [p.key for p in task.problems("test", 20, seed=4)]
+
+
+# A hash of each bundled task's fixed test set (prompts and answers): a change to a generator that
+# changes the set fails here, since results scored on the old set no longer compare with new ones.
+FIXED_TEST_SETS = {"arith": "cd55a224d43d0c60", "arith-long": "afabeb905b5297c4", "code": "cda0059386440b2b"}
+
+
+@pytest.mark.parametrize("name", FIXED_TEST_SETS)
+def test_the_fixed_test_set_is_pinned(name):
+    task = get_task(name)
+    problems = fixed_test_set(task)
+    assert len(problems) == len({p.key for p in problems}) == FIXED_TEST_N == 600
+    assert all(split_of(p.key, "d3llm-v1") == "test" for p in problems)
+    digest = hashlib.sha256("\n".join(f"{p.prompt}\t{p.answer}" for p in problems).encode()).hexdigest()
+    assert digest[:16] == FIXED_TEST_SETS[name], f"the fixed test set of {name} changed"
+    assert problems == task.problems("test", FIXED_TEST_N, seed=0)
+    assert problems[:100] == task.problems("test", 100, seed=0)  # the first n of seed 0 are its first n
 
 
 @pytest.mark.parametrize("name", ["arith", "code"])

@@ -15,6 +15,10 @@ from d3llm.cli.common import (BATCH_HELP, BATCH_SIZE, BLOCK_SIZE_HELP, CANVAS_HE
                               OVERWRITE_HELP, SET_HELP, TEMPERATURE_HELP, THRESHOLD_HELP, Device, Dtype,
                               decode_config, fail, load, placement)
 from d3llm.errors import D3llmError
+from d3llm.tasks.base import FIXED_TEST_N, FIXED_TEST_SEED
+
+N_HELP = (f"Problems per task, >= 1; the default {FIXED_TEST_N} of the test split at seed {FIXED_TEST_SEED} "
+          "is the fixed test set, which results compare on")
 
 
 def _check_alpha(alpha: float) -> None:
@@ -66,8 +70,8 @@ def eval_(
     threshold: Annotated[Optional[float], typer.Option(help=THRESHOLD_HELP)] = None,
     block_size: Annotated[Optional[int], typer.Option(help=BLOCK_SIZE_HELP)] = None,
     settings: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
-    n: Annotated[int, typer.Option(help="Test problems per task, >= 1 (a GSM8K file with fewer is used whole).")] = 100,
-    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    n: Annotated[int, typer.Option(help=N_HELP + " (a GSM8K file with fewer is used whole).")] = FIXED_TEST_N,
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = FIXED_TEST_SEED,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = BATCH_SIZE,
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
@@ -81,7 +85,8 @@ def eval_(
     dtype: Dtype = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
-    """Decode N problems of each task, score them, report accuracy, TPF and tokens/s (one line per task)."""
+    """Decode N problems of each task (by default its fixed test set), score them, report accuracy
+    with its 95% interval, TPF and tokens/s (one line per task)."""
     from d3llm.eval.report import result_line
     from d3llm.eval.runner import clamp_n, evaluate
     from d3llm.files import write_atomic
@@ -118,7 +123,8 @@ def eval_(
 
 
 def demo(
-    n: Annotated[int, typer.Option(help="Test problems per task.")] = 10,
+    n: Annotated[int, typer.Option(help="Test problems per task (few, for speed: the output says how wide "
+                                   "their accuracies' 95% intervals are).")] = 10,
     seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for result files, leaderboard and plots.")] = Path("runs/demo"),
     tasks: Annotated[list[str], typer.Option("--task", help="Only these tasks (repeatable; default: all).")] = [],  # noqa: B006
@@ -150,7 +156,7 @@ def demo(
     console = Console()
     for table in terminal_tables(report.board, n, seed):
         console.print(table)
-    for line in demo_lines([c.sentence() for c in report.comparisons], report.files, out, plots):
+    for line in demo_lines([c.sentence() for c in report.comparisons], report.files, out, plots, n):
         console.print(line, highlight=False, markup=False)  # "d3llm[plot]" as written
 
 
@@ -163,8 +169,8 @@ def sweep(
     method: Annotated[str, typer.Option(help="Decode preset.")] = "d3llm",
     settings: Annotated[list[str], typer.Option("--set", help="Fix a decode setting at every point, e.g. "
                                                 "--set block_size=16 (repeatable).")] = [],  # noqa: B006
-    n: Annotated[int, typer.Option(help="Test problems per point.")] = 100,
-    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = 0,
+    n: Annotated[int, typer.Option(help=N_HELP + ", at every point.")] = FIXED_TEST_N,
+    seed: Annotated[int, typer.Option(help="Which problems are drawn.")] = FIXED_TEST_SEED,
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
     max_new_tokens: Annotated[Optional[int], typer.Option(help=CANVAS_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = BATCH_SIZE,

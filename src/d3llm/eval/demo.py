@@ -14,7 +14,8 @@ problems, one at a time (`DEMO_BATCH_SIZE`).
 `write_demo` stores one results file per (model, task, method) under `OUT/results/` (the
 input format of `d3llm leaderboard`), scores them with `d3llm.eval.leaderboard`, and names
 the AR baseline comparison: on each task, the dLLM row with the best AUP against the best AR
-row, as a tokens/s ratio measured in the same run and the two accuracies.
+row, as a tokens/s ratio measured in the same run and the two accuracies with their 95%
+intervals. Its n is small, for speed, and its leaderboard says so (`report.small_n_note`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from d3llm.decode import DecodeConfig, preset, resolve_config
 from d3llm.decode.config import AR_METHODS
 from d3llm.errors import D3llmError
 from d3llm.eval.leaderboard import Leaderboard, Result, Row, build_leaderboard
-from d3llm.eval.report import write_leaderboard
+from d3llm.eval.report import small_n_note, write_leaderboard
 from d3llm.eval.results import EvalResult
 from d3llm.eval.runner import evaluate
 from d3llm.models import bundled_models, load_model, resolve_device_dtype
@@ -107,7 +108,8 @@ class ArComparison:
         d, a = self.dllm.best_point, self.ar.best_point
         return (f"{self.task}: {self.dllm.label} decodes {self.speedup:.2f}x the tokens/s of the AR baseline "
                 f"{self.ar.label} ({d.tokens_per_second:.1f} vs {a.tokens_per_second:.1f} tokens/s, "
-                f"TPF {d.tokens_per_forward:.2f}), at {d.accuracy_pct:.1f}% vs {a.accuracy_pct:.1f}% accuracy")
+                f"TPF {d.tokens_per_forward:.2f}), at {d.accuracy_text('%')} vs {a.accuracy_text('%')} accuracy "
+                f"(95% intervals)")
 
 
 def _strength(row: Row) -> tuple:
@@ -152,5 +154,7 @@ def write_demo(results: list[EvalResult], out: Path, plots: bool = True) -> Demo
     board = build_leaderboard(records)
     comparisons = ar_comparisons(board)
     preamble = "\n".join(f"- {c.sentence()}" for c in comparisons) or "- no AR baseline to compare with"
-    files = write_leaderboard(board, out, plots=plots, preamble="AR baseline (same run, same machine):\n\n" + preamble)
+    n = min(r.n for r in results)  # one n for every row of a demo run
+    preamble = f"{small_n_note(n)}\n\nAR baseline (same run, same machine):\n\n{preamble}"
+    files = write_leaderboard(board, out, plots=plots, preamble=preamble)
     return DemoReport(board, comparisons, files)

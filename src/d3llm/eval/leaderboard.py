@@ -12,8 +12,9 @@ Rows are grouped by task and (model, method); all points of one (model, method, 
 eval or every point of a sweep, form its (TPF, accuracy) curve. AUP comes from that curve
 through `d3llm.metrics.aup`, against y_max = the best accuracy of *all* rows on the task
 (docs/method.md section 5), so the y_max used is stored with every task.
-Results of one task measured on different problem sets (n, seed or split) are not comparable
-and are refused unless `allow_mixed=True`.
+Results of one task measured on different problem sets (n, seed or split: `problem_set`, e.g.
+the fixed test set) are not comparable and are refused unless `allow_mixed=True`. A single
+point's accuracy shows its 95% interval (`83.0 [77.2, 87.6]`; docs/reference.md).
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ class Result(EvalResult):
             raise D3llmError(f"{source}: `sweep_point` must be an object (a sweep point's settings), "
                              f"got {record['sweep_point']!r}")
         return cls(**values, settings=record.get("sweep_point") or {}, source=source)
-
-    @property
-    def problem_set(self) -> tuple[int, int, str]:
-        """What must agree between results for their accuracies to be comparable."""
-        return (self.n, self.seed, self.split)
 
 
 def _read_json(path: Path) -> object:
@@ -112,13 +108,15 @@ class Row:
         return max(self.points, key=lambda p: (p.accuracy_pct, p.tokens_per_forward))
 
     def cells(self) -> dict[str, str]:
-        """Formatted values for tables: a single point, or `min-max` over a sweep's points."""
+        """Formatted values for tables: a single point (its accuracy with the 95% interval), or
+        `min-max` over a sweep's points (their intervals are in the JSON)."""
         def span(values: Sequence[float], digits: int) -> str:
             low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
             return low if low == high else f"{low}-{high}"
 
         return {
-            "accuracy %": span([p.accuracy_pct for p in self.points], 1),
+            "accuracy %": self.points[0].accuracy_text() if len(self.points) == 1
+            else span([p.accuracy_pct for p in self.points], 1),
             "TPF": span([p.tokens_per_forward for p in self.points], 2),
             "tokens/s": span([p.tokens_per_second for p in self.points], 1),
             "AUP": "undefined" if self.aup is None else f"{self.aup:.1f}",
@@ -153,11 +151,12 @@ class Leaderboard:
         if preamble:
             lines += [preamble.rstrip(), ""]
         lines += [f"AUP (alpha = {self.alpha:g}) of each row's (TPF, accuracy) points against y_max, the best "
-                  "accuracy of all rows on the task; a row with several points (a sweep) shows ranges.", ""]
+                  "accuracy of all rows on the task; [low, high] after an accuracy is its 95% interval "
+                  "(Wilson); a row with several points (a sweep) shows ranges.", ""]
         columns = ("model", "method", "accuracy %", "TPF", "tokens/s", "AUP", "n", "points")
         for t in self.tasks:
-            seeds = "/".join(sorted({f"seed {p.seed}, {p.split}" for r in t.rows for p in r.points}))
-            lines += [f"## {t.task} (y_max {t.y_max:.1f}%; {seeds})", "",
+            sets = "; ".join(sorted({p.problem_set for r in t.rows for p in r.points}))
+            lines += [f"## {t.task} (y_max {t.y_max:.1f}%; {sets})", "",
                       "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
             for r in t.rows:
                 cells = {"model": r.model, "method": r.method, **r.cells()}
@@ -168,16 +167,16 @@ class Leaderboard:
 
 def check_comparable(results: Sequence[Result]) -> None:
     """Refuse one task's results measured on different problem sets (n, seed, split)."""
-    by_task: dict[str, dict[tuple, list[str]]] = {}
+    by_task: dict[str, dict[str, list[str]]] = {}
     for r in results:
         by_task.setdefault(r.task, {}).setdefault(r.problem_set, []).append(r.source or "<memory>")
     for task, groups in by_task.items():
         if len(groups) > 1:
-            described = "; ".join(
-                f"n={n} seed={seed} split={split} ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})"
-                for (n, seed, split), files in groups.items())
-            raise D3llmError(f"task {task!r} mixes results of different problem sets: {described}; "
-                             "evaluate them with the same --n, --seed and --split, or pass --allow-mixed")
+            described = "; ".join(f"{problems} ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})"
+                                  for problems, files in groups.items())
+            raise D3llmError(f"task {task!r} mixes results of different problem sets: {described}; evaluate "
+                             "them with the same --n, --seed and --split (without them: the fixed test set), or "
+                             "pass --allow-mixed")
 
 
 def task_order(names: Iterable[str]) -> list[str]:

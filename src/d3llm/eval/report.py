@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from d3llm.errors import D3llmError
@@ -21,6 +22,8 @@ from d3llm.eval.leaderboard import Leaderboard
 from d3llm.eval.plots import plot_aup, plot_curves
 from d3llm.eval.results import EvalResult
 from d3llm.files import claim_folder, read_json, write_atomic
+from d3llm.metrics.interval import wilson_interval_pct
+from d3llm.tasks.base import FIXED_TEST_N
 
 
 LEADERBOARD_FILES = ("leaderboard.md", "leaderboard.json", "accuracy_vs_tpf.png", "aup.png")
@@ -55,35 +58,49 @@ def write_leaderboard(board: Leaderboard, out: Path, plots: bool = True, preambl
 def terminal_tables(board: Leaderboard, n: int, seed: int) -> list[Table]:
     """One rich table per task for `d3llm demo` (the task in the title, not in every row); model
     and method names are never cut with an ellipsis (a name wider than the terminal allows folds
-    onto a second line) and the number columns keep their width."""
+    onto a second line) and the number columns keep their width. Rules under the header only,
+    so that the bundled names and the accuracy's interval fit 80 columns."""
     tables = []
+    columns = {"accuracy % [95% CI]": "accuracy %", "TPF": "TPF", "tokens/s": "tokens/s", "AUP": "AUP"}
     for task in board.tasks:
         table = Table(title=f"{task.task}: n={n} test problems, seed {seed}; best accuracy {task.y_max:.1f}%",
-                      title_justify="left")
+                      title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for column in ("model", "method"):
             table.add_column(column, overflow="fold", ratio=1)
-        for column in ("accuracy %", "TPF", "tokens/s", "AUP"):
+        for column in columns:
             table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
         for row in task.rows:
             cells = row.cells()
-            table.add_row(row.model, row.method, *(cells[c] for c in ("accuracy %", "TPF", "tokens/s", "AUP")))
+            table.add_row(row.model, row.method, *(cells[c] for c in columns.values()))
         tables.append(table)
     return tables
 
 
-def demo_lines(comparisons: list[str], files: list[Path], out: Path, plots: bool) -> list[str]:
-    """What `d3llm demo` prints below its tables: each AR baseline comparison (`comparisons`,
-    sentences), that the plots were skipped (without `plots`), and where the files are."""
-    lines = list(comparisons) or ["no AR baseline to compare with (the bundled models are all of one kind)"]
+def small_n_note(n: int) -> str:
+    """What the demo says of its `n`: few problems per row, so wide intervals, and where the
+    numbers to compare come from."""
+    low, high = wilson_interval_pct(n // 2, n)
+    return (f"n={n} problems per row is small: the 95% interval after each accuracy spans up to "
+            f"{high - low:.0f} points ({n // 2} of {n} correct: [{low:.1f}, {high:.1f}]); "
+            f"`d3llm eval` scores the fixed test set ({FIXED_TEST_N} problems per task).")
+
+
+def demo_lines(comparisons: list[str], files: list[Path], out: Path, plots: bool, n: int) -> list[str]:
+    """What `d3llm demo` prints below its tables: that its `n` is small, each AR baseline
+    comparison (`comparisons`, sentences), that the plots were skipped (without `plots`), and
+    where the files are."""
+    lines = [small_n_note(n),
+             *(comparisons or ["no AR baseline to compare with (the bundled models are all of one kind)"])]
     if not plots:
         lines.append("plots skipped: matplotlib is not installed (pip install 'd3llm[plot]')")
     return [*lines, f"results in {out / 'results'}; leaderboard: " + ", ".join(str(f) for f in files)]
 
 
 def result_line(result: EvalResult) -> str:
-    """`d3llm eval`'s line for one task: model, task, method, accuracy (n), TPF and tokens/s."""
-    return (f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_pct:.1f}% "
-            f"(n={result.n}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
+    """`d3llm eval`'s line for one task: model, task, method, accuracy with its 95% interval (on
+    which problems), TPF and tokens/s."""
+    return (f"{result.model} {result.task} {result.method}: accuracy {result.accuracy_text('%')} "
+            f"({result.problem_set}), TPF {result.tokens_per_forward:.2f}, {result.tokens_per_second:.1f} tokens/s")
 
 
 def _mean_column(tasks: list[str], common: list[str]) -> tuple[str, str]:

@@ -1,11 +1,12 @@
 """Evaluate a model on a task with a decode config: accuracy, TPF, tokens/s.
 
-    result = evaluate(lm, get_task("arith"), preset("vanilla"), n=200, seed=0)
-    result.accuracy_pct, result.tokens_per_forward, result.tokens_per_second
+    result = evaluate(lm, get_task("arith"), preset("vanilla"))  # the fixed test set: 600 problems
+    result.accuracy_pct, result.accuracy_ci_pct, result.tokens_per_forward, result.tokens_per_second
 
-`n` must be >= 1; asking a GSM8K file task for more problems than its file holds evaluates
-all of them (as lm-eval's `--limit` does), and `samples=[]` collects one record per problem
-(prompt, response, extracted and reference answer, correct, the row's NFE and TPF).
+By default it scores the task's fixed test set (`d3llm.tasks.fixed_test_set`). `n` must be >=
+1; asking a GSM8K file task for more problems than its file holds evaluates all of them (as
+lm-eval's `--limit` does), and `samples=[]` collects one record per problem (prompt, response,
+extracted and reference answer, correct, the row's NFE and TPF).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from d3llm.eval.results import EvalResult  # the record (one definition; re-expo
 from d3llm.models import LoadedModel
 from d3llm.models.tokenizer import prompt_ids
 from d3llm.tasks import Gsm8kJsonlTask, Problem, Task
-from d3llm.tasks.base import check_count
+from d3llm.tasks.base import FIXED_TEST_N, FIXED_TEST_SEED, check_count
 from d3llm.version import code_version
 
 
@@ -56,14 +57,15 @@ def evaluate(
     lm: LoadedModel,
     task: Task,
     config: DecodeConfig,
-    n: int,
-    seed: int = 0,
+    n: int = FIXED_TEST_N,
+    seed: int = FIXED_TEST_SEED,
     split: str = "test",
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     samples: list[dict] | None = None,
 ) -> EvalResult:
-    """Decode `n` problems of `split` in batches, score them, and total the counts.
+    """Decode `n` problems of `split` in batches, score them, and total the counts (by default
+    the fixed test set).
 
     `n` must be >= 1; more than a file task holds is clamped to all of them (`clamp_n`), and
     the result's `n` says how many were evaluated. With a list as `samples`, one record per
@@ -105,7 +107,7 @@ def evaluate(
         samples.extend(per_problem[i] for i in range(len(problems)))
     return EvalResult(
         model=lm.name, task=task.name, method=config.method, n=len(problems), seed=seed, split=split,
-        accuracy_pct=100.0 * correct / max(len(problems), 1),
+        accuracy_pct=100.0 * correct / max(len(problems), 1), correct=correct,
         tokens_per_forward=tokens / max(nfe, 1), tokens_per_second=tokens / max(seconds, 1e-9),
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds,
         forward_profile=profile, decode_config=for_facts(config, lm.facts).settings(),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from d3llm.decode.config import parse_overrides, resolve_config
 from d3llm.errors import D3llmError
+from d3llm.eval.results import EvalResult
 from d3llm.eval.runner import evaluate
 from d3llm.files import read_json, write_atomic
 from d3llm.models import LoadedModel
@@ -72,12 +73,13 @@ def _typed_record(values: object) -> object:
 
 
 def points_table(records: list[dict]) -> str:
-    """A sweep's points as an aligned text table: one column per swept setting, then accuracy %,
-    TPF and tokens/s, one row per point in grid order."""
+    """A sweep's points as an aligned text table: one column per swept setting, then accuracy %
+    with its 95% interval, TPF and tokens/s, one row per point in grid order."""
     names = list(dict.fromkeys(k for r in records for k in r["sweep_point"]))
-    header = [*names, "accuracy %", "TPF", "tokens/s"]
+    header = [*names, "accuracy % [95% CI]", "TPF", "tokens/s"]
     rows = [[_cell(r["sweep_point"].get(k)) for k in names]
-            + [f"{r['accuracy_pct']:.1f}", f"{r['tokens_per_forward']:.2f}", f"{r['tokens_per_second']:.1f}"]
+            + [EvalResult.from_record(r, "sweep point").accuracy_text(), f"{r['tokens_per_forward']:.2f}",
+               f"{r['tokens_per_second']:.1f}"]
             for r in records]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in [header, *rows])
@@ -164,8 +166,8 @@ def sweep(
         file = out / f"point-{index:03d}.json"
         if file.is_file():
             record = json.loads(file.read_text())
-            if _typed_record(record.get("sweep_point")) == point:
-                records.append({**record, "sweep_point": point})
+            if _typed_record(record.get("sweep_point")) == point:  # with the fields an older file lacks
+                records.append({**record, **EvalResult.from_record(record, str(file)).to_dict(), "sweep_point": point})
                 if advance:
                     advance(n)
                 continue

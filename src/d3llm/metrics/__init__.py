@@ -1,5 +1,6 @@
-"""Metrics: AUP (and, with the evaluation work, TPF/TPS aggregation). No model code here."""
+"""Metrics: AUP and the 95% interval of an accuracy. No model code here."""
 
 from d3llm.metrics.aup import ALPHA, aup, aup_table, weight
+from d3llm.metrics.interval import wilson_interval, wilson_interval_pct
 
-__all__ = ["ALPHA", "aup", "aup_table", "weight"]
+__all__ = ["ALPHA", "aup", "aup_table", "weight", "wilson_interval", "wilson_interval_pct"]

@@ -3,6 +3,7 @@
     from d3llm.tasks import get_task
     task = get_task("arith")                      # or "arith-long", "code", "arith:medium"
     problems = task.problems("test", n=200, seed=0)
+    problems = fixed_test_set(task)               # the fixed test set: 600 test problems, seed 0
     task.score(problems[0], response_text)
 
 `get_task` also accepts a GSM8K-format JSONL path (`gsm8k:PATH`, used for every split).
@@ -12,16 +13,17 @@ from __future__ import annotations
 
 from d3llm.errors import TaskError
 from d3llm.tasks.arith import ArithDifficulty, ArithLongTask, ArithTask
-from d3llm.tasks.base import SPLITS, GeneratedTask, Problem, Split, Task, split_of
+from d3llm.tasks.base import (FIXED_TEST_N, FIXED_TEST_SEED, SPLITS, GeneratedTask, Problem, Split, Task,
+                              fixed_test_set, problem_set_name, split_of)
 from d3llm.tasks.code import CodeTask
 from d3llm.tasks.gsm8k import Gsm8kJsonlTask, read_gsm8k_jsonl
 
 TASK_NAMES = ("arith", "arith-long", "code")
 
 __all__ = [
-    "ArithDifficulty", "ArithLongTask", "ArithTask", "CodeTask", "GeneratedTask",
-    "Gsm8kJsonlTask", "Problem", "SPLITS", "Split", "TASK_NAMES", "Task", "get_task",
-    "read_gsm8k_jsonl", "split_of",
+    "ArithDifficulty", "ArithLongTask", "ArithTask", "CodeTask", "FIXED_TEST_N", "FIXED_TEST_SEED",
+    "GeneratedTask", "Gsm8kJsonlTask", "Problem", "SPLITS", "Split", "TASK_NAMES", "Task",
+    "fixed_test_set", "get_task", "problem_set_name", "read_gsm8k_jsonl", "split_of",
 ]
 
 

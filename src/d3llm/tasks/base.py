@@ -66,6 +66,27 @@ def check_count(n: object, what: str = "`n`", low: int = 0) -> int:
     return n
 
 
+# The fixed test set (docs/reference.md, "Tasks"): each task's first FIXED_TEST_N test problems
+# of seed FIXED_TEST_SEED, what `d3llm eval` and `d3llm sweep` score by default. 600 problems
+# put a 95% interval within about -/+4 points of any accuracy (-/+3 near 85%), where 100 leave
+# -/+10; the bundled tasks hold more distinct test problems than that (code: about 1550).
+FIXED_TEST_N = 600
+FIXED_TEST_SEED = 0
+
+
+def is_fixed_test_set(split: str, n: int, seed: int) -> bool:
+    """Whether (`split`, `n`, `seed`) draws the fixed test set."""
+    return (split, n, seed) == ("test", FIXED_TEST_N, FIXED_TEST_SEED)
+
+
+def problem_set_name(split: str, n: int, seed: int) -> str:
+    """How a result names the problems it was scored on: `fixed test set, n=600`, else
+    `test, seed 3, n=100` (one name per problem set: results compare when it agrees)."""
+    if is_fixed_test_set(split, n, seed):
+        return f"fixed test set, n={n}"
+    return f"{split}, seed {seed}, n={n}"
+
+
 class Task(ABC):
     """A family of problems with a scorer."""
 
@@ -154,3 +175,10 @@ class GeneratedTask(Task):
             seen.add(problem.key)
             out.append(problem)
         return out
+
+
+def fixed_test_set(task: Task) -> list[Problem]:
+    """`task`'s fixed test set: its first FIXED_TEST_N test problems of seed FIXED_TEST_SEED, the
+    same list on every machine (string seeds and the generators are platform-independent; the
+    tests pin each bundled task's set by a hash of its questions)."""
+    return task.problems("test", FIXED_TEST_N, FIXED_TEST_SEED)
