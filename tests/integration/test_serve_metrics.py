@@ -78,7 +78,7 @@ def test_every_request_is_logged_in_one_format(url, caplog):
     assert re.search(r'"POST /v1/chat/completions" 200 prompt_tokens=\d+ completion_tokens=\d+ nfe=\d+ '
                      r'tpf=[0-9.]+ latency=[0-9.]+s$', streamed), streamed
     refused = next(line for line in lines if " 400 " in line)
-    assert re.search(r'" 400 latency=[0-9.]+s error=".*`seed` must be in', refused), refused
+    assert re.search(r'" 400 latency=[0-9.]+s error=".*`seed` must be an integer in', refused), refused
 
 
 def test_a_list_of_prompts_gets_one_choice_each(url):
