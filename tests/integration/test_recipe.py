@@ -28,13 +28,14 @@ def folder(tmp_path):
 
 
 def point(method, accuracy, speed, **settings):
-    return Point(method, settings, "float32", correct=int(accuracy), n=100, tokens=int(speed), seconds=1.0)
+    return Point(method, settings, "float32", correct=int(accuracy), n=100, speeds=[speed, speed + 5, speed - 5])
 
 
 def test_the_rule_takes_the_fastest_point_within_the_tolerance_of_the_best():
     best, close, fast_but_worse = point("d3llm", 90, 100), point("d3llm", 90 - TOLERANCE, 300), point("d3llm", 85, 900)
     assert choose([best, close, fast_but_worse]) is close
     assert choose([best]) is best
+    assert point("d3llm", 90, 100).tokens_per_second == 100  # the median of the rounds
 
 
 def test_a_stored_recipe_is_what_the_model_decodes_with_unless_a_method_is_named(folder):

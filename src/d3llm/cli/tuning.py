@@ -22,8 +22,9 @@ def tune(
     dtype: Dtype = "float32",
 ) -> None:
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
-    validation problems at batch 1, and choose its recipe: the fastest point within 1 accuracy
-    point of the best, then bfloat16 if that stays within and is faster. The test split is
+    validation problems, and choose its recipe: of the points within 1 accuracy point of the
+    best, the fastest at batch 1 (median of interleaved timing rounds), then bfloat16 if that
+    stays within and is faster. The test split is
     never read. With --save, generate / eval / serve / chat / demo then decode the model with
     it unless --method is given."""
     from rich.console import Console

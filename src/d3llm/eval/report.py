@@ -136,12 +136,12 @@ def aup_report(result: dict, alpha: float) -> tuple[str, Table, str]:
 
 
 def tune_table(points: list, recipe) -> Table:
-    """`d3llm tune`'s grid (d3llm.eval.tune.Point): method, settings, dtype, accuracy, tokens/s;
-    the chosen row marked."""
-    table = Table("", "method", "settings", "dtype", "accuracy %", "tokens/s")
+    """`d3llm tune`'s grid (d3llm.eval.tune.Point): method, settings, dtype, accuracy, median
+    tokens/s of the timing rounds with their range (timed: the eligible points); the chosen row marked."""
+    table = Table("", "method", "settings", "dtype", "accuracy %", "tokens/s (range)")
     for p in points:
         chosen = (p.method, p.settings, p.dtype) == (recipe.method, recipe.settings, recipe.dtype or "float32")
         settings = ", ".join(f"{k}={v}" for k, v in p.settings.items()) or "-"
-        table.add_row("*" if chosen else "", p.method, settings, p.dtype, f"{p.accuracy_pct:.1f}",
-                      f"{p.tokens_per_second:.0f}")
+        speed = f"{p.tokens_per_second:.0f} ({min(p.speeds):.0f}-{max(p.speeds):.0f})" if p.speeds else "-"
+        table.add_row("*" if chosen else "", p.method, settings, p.dtype, f"{p.accuracy_pct:.1f}", speed)
     return table
