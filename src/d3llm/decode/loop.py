@@ -45,7 +45,7 @@ from d3llm.decode.config import DecodeConfig, for_facts
 from d3llm.decode.select import current_block, score, select
 from d3llm.decode.speculative import generate_ar_spec
 from d3llm.decode.strategies import PromptLookup
-from d3llm.decode.state import NOT_YET, DecodeState
+from d3llm.decode.state import NOT_YET, DecodeState, without_finished
 from d3llm.errors import D3llmError
 from d3llm.tensors import first_index
 
@@ -203,7 +203,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
     while True:
         if config.early_stop is not None:
             state.apply_early_stop()
-        state = _without_finished(batch, state, cache, unwanted)
+        state = without_finished(batch, state, cache, unwanted)
         if state is None:
             return batch
         state.update_blocks(config)
@@ -255,20 +255,6 @@ def _scatter(into: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torc
     the response are dropped)."""
     spare = torch.cat([into, into.new_zeros(len(into), 1)], 1)
     return spare.scatter_(1, at, values)[:, :-1]
-
-
-def _without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
-    """Write the rows of `state` that are finished (or `unwanted`) back into `batch`; return
-    the state of the others (dropped from the cache too), or None when no row is left."""
-    done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
-    if not done.any():
-        return state
-    batch.write_back(state.select(done))
-    keep = (~done).nonzero().flatten()
-    if len(keep) == 0:
-        return None
-    cache.select_rows(keep)
-    return state.select(keep)
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:
