@@ -142,7 +142,8 @@ def test_bad_names_and_values_name_the_setting():
     assert error.value.setting == "future_masks"
     with pytest.raises(DecodeSettingError, match="`refresh_while_waiting` must be true or false, got 'yes'"):
         resolve_config("d3llm-cache", "llada", refresh_while_waiting="yes")
-    with pytest.raises(DecodeSettingError, match="`cache` must be one of none, prefix, delayed, block, kv, got 'dual'"):
+    with pytest.raises(DecodeSettingError,
+                       match="`cache` must be one of none, prefix, delayed, block, kv, causal, got 'dual'"):
         resolve_config("d3llm", "llada", cache="dual")
 
 

@@ -11,7 +11,7 @@ checks them against `d3llm.decode.METHODS`).
 from __future__ import annotations
 
 METHOD_CHOICES = ("vanilla", "fast-dllm", "fast-dllm-dual", "dparallel", "d3llm", "d3llm-cache", "ar", "ar-spec",
-                  "block", "fast-dllm-v2", "d3llm-block")
+                  "block", "fast-dllm-v2", "d3llm-block", "d3llm-exact")
 
 # Option name -> what to type; anything not listed shows its own name in capitals.
 METAVARS = {

@@ -108,7 +108,7 @@ class RowCaches:
         return RowCaches(self.kv, self.visible[index], self.prefix[index], self.boundary[index])
 
 
-def _gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
+def gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
     """Keep, for each row, the slots `source` (B, T) of `kv`, in that order."""
     for layer in kv.layers:
         index = source[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
@@ -254,7 +254,7 @@ class PrefixCacheRun(PerRowCacheRun):
             rows.kv.crop(width - rows.kv.get_seq_length())
         else:  # each row's cached slots, then the window's
             j = _span(0, width, len(end), end.device)
-            _gather_slots(rows.kv, torch.where(j < end.unsqueeze(1), j, slots + j - lo))
+            gather_slots(rows.kv, torch.where(j < end.unsqueeze(1), j, slots + j - lo))
         return logits, torch.where(uncached, window, -1), self._rows(state, rows.kv, target, logits, lo)
 
     @staticmethod

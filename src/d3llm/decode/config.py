@@ -17,6 +17,7 @@ the block schedule; every method of the comparison is a preset, decoded by the s
 | `block`          | `TopK()`                         | the model's, in order | `BlockCache()`          | yes        |
 | `fast-dllm-v2`   | `Confidence(0.9, sub-blocks of 8, p > 0.9)` | as `block` | `BlockCache()`          | yes        |
 | `d3llm-block`    | `Entropy(0.5)`                   | as `block`            | `BlockCache()`          | yes        |
+| `d3llm-exact`    | `SelfSpeculative()`: verified drafts | the model's, drafted | `CausalCache()`       | at EOS     |
 
 Users name settings flat (`--set threshold=0.4`, `preset("d3llm", cache_delay=2)`, a request's
 `threshold`): each name belongs to the config or to one of its parts, and a name the config's
@@ -33,9 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from d3llm.decode.parts import MAX_TOKENS, Part, boolean, positive_int
-from d3llm.decode.policies import CACHE_POLICIES, BlockCache, CachePolicy, DelayedCache, KVCache, NoCache, PrefixCache
+from d3llm.decode.policies import (
+    CACHE_POLICIES, BlockCache, CachePolicy, CausalCache, DelayedCache, KVCache, NoCache, PrefixCache,
+)
 from d3llm.decode.strategies import (
-    STRATEGIES, Confidence, Entropy, NextToken, PromptLookup, Strategy, ThresholdStrategy, TopK,
+    STRATEGIES, Confidence, Entropy, NextToken, PromptLookup, SelfSpeculative, Strategy, ThresholdStrategy, TopK,
 )
 from d3llm.errors import DecodeSettingError
 
@@ -96,9 +99,9 @@ class DecodeConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise DecodeSettingError(f"`seed` must be an integer in [0, 2**63) (torch's seed range), got "
                                      f"{self.seed!r}", "seed")
-        if isinstance(self.strategy, PromptLookup) and t > 0:
-            raise DecodeSettingError(f"`temperature` must be 0 with method {self.method!r} (greedy verification of "
-                                     "the drafts); sample with method 'ar'", "temperature")
+        if self.strategy.greedy_only and t > 0:
+            raise DecodeSettingError(f"`temperature` must be 0 with method {self.method!r} (it verifies drafts against "
+                                     "the greedy choice, so it decodes exactly the greedy output)", "temperature")
 
     @property
     def is_autoregressive(self) -> bool:
@@ -209,6 +212,7 @@ PRESETS: dict[str, DecodeConfig] = {
     "fast-dllm-v2": DecodeConfig(method="fast-dllm-v2", strategy=Confidence(0.9, sub_block_size=8,
                                                                             strict_threshold=True), **_IN_ORDER),
     "d3llm-block": DecodeConfig(method="d3llm-block", strategy=Entropy(0.5), **_IN_ORDER),
+    "d3llm-exact": DecodeConfig(method="d3llm-exact", strategy=SelfSpeculative(), cache=CausalCache()),
 }
 METHODS: tuple[str, ...] = tuple(PRESETS)
 AR_METHODS: tuple[str, ...] = tuple(name for name, c in PRESETS.items() if c.is_autoregressive)
@@ -241,19 +245,27 @@ def model_block_size(family: str, trained: int | None, recorded: int | None) -> 
     return None if family == "ar" else recorded or DEFAULT_BLOCK_SIZE
 
 
+_BLOCK_METHODS = "block, fast-dllm-v2, d3llm-block or d3llm-exact"  # a block model's presets (`methods_for`)
+
+
 def check_model_kind(config: DecodeConfig, family: str) -> None:
     """The strategy and the cache policy decode models of `family`: next-token strategies
-    autoregressive models only, the others diffusion models; each policy its `families`."""
+    autoregressive models only, the others diffusion models; each policy its `families`; strategy
+    self-speculative and cache causal only together (`d3llm-exact`, its own algorithm)."""
     method, cache = config.method, config.cache
     if config.is_autoregressive != (family == "ar"):
         raise DecodeSettingError(
             f"`method` {method!r} cannot decode a diffusion model ({family}): it needs an autoregressive model"
             if config.is_autoregressive else
             f"`method` {method!r} cannot decode an autoregressive model: it needs a diffusion model (use 'ar')", "method")
+    own = method in PRESETS and PRESETS[method].cache.name == cache.name  # the method's, not --set
     if family == "block" and family not in cache.families:
-        own = method in PRESETS and PRESETS[method].cache.name == cache.name  # the method's, not --set
-        raise DecodeSettingError(f"a block model decodes with methods block, fast-dllm-v2 or d3llm-block (cache block, "
-                                 f"or none), not {method!r} with cache {cache.name!r}", "method" if own else "cache")
+        raise DecodeSettingError(f"a block model decodes with methods {_BLOCK_METHODS} (cache block or causal, or "
+                                 f"none), not {method!r} with cache {cache.name!r}", "method" if own else "cache")
+    if isinstance(config.strategy, SelfSpeculative) != isinstance(cache, CausalCache):
+        raise DecodeSettingError(f"strategy self-speculative decodes with cache causal and cache causal serves no "
+                                 f"other strategy (method d3llm-exact), not strategy {config.strategy.name} with "
+                                 f"cache {cache.name}", "strategy" if own else "cache")
     if family not in cache.families:
         kinds = {"block": "block-diffusion models", "ar": "autoregressive models"}.get(cache.families[0], "dLLMs")
         raise DecodeSettingError(f"`method` {method!r} (cache {cache.name}) decodes {kinds} only, not a {family} "
@@ -264,14 +276,14 @@ def check_model_kind(config: DecodeConfig, family: str) -> None:
 
 
 def methods_for(family: str) -> tuple[str, ...]:
-    """The presets that decode a model of `family` as they are (a block model: its three, which
-    use its exact cache; the uncached presets would decode it too, as references)."""
+    """The presets that decode a model of `family` as they are (a block model: its four, which
+    use its exact caches; the uncached presets would decode it too, as references)."""
     def fits(config: DecodeConfig) -> bool:
         try:
             check_model_kind(config, family)
         except DecodeSettingError:
             return False
-        return family != "block" or isinstance(config.cache, BlockCache)
+        return family != "block" or isinstance(config.cache, (BlockCache, CausalCache))
 
     return tuple(name for name, config in PRESETS.items() if fits(config))
 
@@ -298,8 +310,8 @@ def for_model(config: DecodeConfig, family: str, trained_block_size: int | None,
         return config if config.block_size else replace(config, block_size=blocks)
     if config.block_size not in (None, trained_block_size):
         raise DecodeSettingError(f"this block model was trained with blocks of {trained_block_size} tokens, not "
-                                 f"`block_size` {config.block_size}: decode it with method block, fast-dllm-v2 or "
-                                 "d3llm-block and no block_size", "block_size")
+                                 f"`block_size` {config.block_size}: decode it with method {_BLOCK_METHODS} "
+                                 "and no block_size", "block_size")
     return config if trained_block_size is None else replace(config, block_size=trained_block_size)
 
 
@@ -308,18 +320,15 @@ def for_facts(config: DecodeConfig, facts) -> DecodeConfig:
     return for_model(config, facts.family, facts.block_size, facts.decode_block_size, facts.block_alignment)
 
 
-# An autoregressive decoder takes these settings only; `seed` matters only when sampling.
-_AR_SETTINGS = ("max_new_tokens", "temperature", "seed")
-
-
 def inapplicable(config: DecodeConfig, names) -> dict[str, str]:
     """Setting name -> message, for each setting in `names` that `config` would ignore (the
     parts refuse settings they do not hold already, in `override`)."""
-    problems = {}
+    problems, strategy = {}, config.strategy
+    takes = strategy.config_settings
     for name in names:
-        if config.is_autoregressive and name not in _AR_SETTINGS:
-            problems[name] = (f"`{name}` has no effect with method {config.method!r} (next-token decoding with a "
-                              f"KV cache takes only {', '.join(_AR_SETTINGS)})")
+        if takes is not None and name not in takes and name not in strategy.settings():
+            problems[name] = (f"`{name}` has no effect with method {config.method!r} (strategy {strategy.name} takes "
+                              f"only {', '.join(takes)})")
         elif name == "seed" and config.temperature == 0:
             problems[name] = (f"`seed` has no effect with method {config.method!r} (temperature 0): it seeds "
                               "sampling; set temperature > 0")

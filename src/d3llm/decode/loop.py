@@ -14,7 +14,8 @@ decisions.
 
 Autoregressive models take `_generate_ar` (next token, KV cache): a different algorithm, not a
 variant of this loop, on the same `DecodeState`, so streaming and counts work the same; `ar-spec`
-(prompt-lookup speculation, `speculative.py`) fills the same state from transformers' `generate`.
+(prompt-lookup speculation, `speculative.py`) fills the same state from transformers' `generate`;
+`d3llm-exact` (a block model's lossless self-speculation, `exact.py`) is another such algorithm.
 
 Finished rows leave the batch: each iteration forwards only the rows that still have masks
 (with their cache entries), so a batch whose rows stop at different lengths does not pay for
@@ -42,10 +43,11 @@ from transformers import DynamicCache
 
 from d3llm.decode.cache import open_cache
 from d3llm.decode.config import DecodeConfig, for_facts
+from d3llm.decode.exact import generate_exact
 from d3llm.decode.select import current_block, score, select
 from d3llm.decode.speculative import generate_ar_spec
-from d3llm.decode.strategies import PromptLookup
-from d3llm.decode.state import NOT_YET, DecodeState
+from d3llm.decode.strategies import PromptLookup, SelfSpeculative
+from d3llm.decode.state import NOT_YET, DecodeState, without_finished
 from d3llm.errors import D3llmError
 from d3llm.tensors import first_index
 
@@ -142,6 +144,8 @@ def generate(
     if isinstance(config.strategy, PromptLookup):  # transformers' generate: its forwards are timed by hooks
         state, timed.seconds = generate_ar_spec(model, prompts, config, pad_token_id, on_step)
         states = [state]
+    elif isinstance(config.strategy, SelfSpeculative):
+        states = [generate_exact(timed, prompts, config, pad_token_id, on_step)]
     elif model.facts.block_alignment == "absolute":
         states = _generate_each_alone(timed, prompts, config, pad_token_id, on_step)
     else:
@@ -203,7 +207,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
     while True:
         if config.early_stop is not None:
             state.apply_early_stop()
-        state = _without_finished(batch, state, cache, unwanted)
+        state = without_finished(batch, state, cache, unwanted)
         if state is None:
             return batch
         state.update_blocks(config)
@@ -255,20 +259,6 @@ def _scatter(into: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torc
     the response are dropped)."""
     spare = torch.cat([into, into.new_zeros(len(into), 1)], 1)
     return spare.scatter_(1, at, values)[:, :-1]
-
-
-def _without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
-    """Write the rows of `state` that are finished (or `unwanted`) back into `batch`; return
-    the state of the others (dropped from the cache too), or None when no row is left."""
-    done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
-    if not done.any():
-        return state
-    batch.write_back(state.select(done))
-    keep = (~done).nonzero().flatten()
-    if len(keep) == 0:
-        return None
-    cache.select_rows(keep)
-    return state.select(keep)
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:

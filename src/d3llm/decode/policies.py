@@ -11,6 +11,7 @@ policy's class. No torch here.
 | `delayed` | `DelayedCache` | completed blocks, `cache_delay` iterations after (d3LLM)     |
 | `block`   | `BlockCache`   | finished blocks of block-diffusion models (exact)            |
 | `kv`      | `KVCache`      | every column, for next-token decoding (autoregressive models)|
+| `causal`  | `CausalCache`  | every committed column, causal keys (block models, `d3llm-exact`) |
 
 `future_masks` (none, prefix, delayed) says what happens to the masked blocks after a row's last
 created block: `forward` (the authors' code: in every forward, attended to), `cached` (read from
@@ -108,3 +109,14 @@ class KVCache(CachePolicy):
 
     name: ClassVar[str] = "kv"
     families: ClassVar[tuple[str, ...]] = ("ar",)
+
+
+@register
+@dataclass(frozen=True)
+class CausalCache(CachePolicy):
+    """Block models decoded exactly (`d3llm-exact`, exact.py): every committed column with the
+    keys of a causal forward, as the AR model's cache holds them; the keys of drafts and masks
+    never stay. The cache of strategy `self-speculative`, and of no other."""
+
+    name: ClassVar[str] = "causal"
+    families: ClassVar[tuple[str, ...]] = ("block",)

@@ -234,3 +234,18 @@ class DecodeState:
         self.trace = torch.where(where, self.step, self.trace)
         now_complete = self.progress() >= 1
         self.completed_at = torch.where(now_complete & ~was_complete, self.step, self.completed_at)
+
+
+def without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
+    """Write the rows of `state` that are finished (or `unwanted`) back into `batch`; return
+    the state of the others (dropped from `cache` too, by its `select_rows`), or None when no
+    row is left."""
+    done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
+    if not done.any():
+        return state
+    batch.write_back(state.select(done))
+    keep = (~done).nonzero().flatten()
+    if len(keep) == 0:
+        return None
+    cache.select_rows(keep)
+    return state.select(keep)

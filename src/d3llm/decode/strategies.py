@@ -9,6 +9,7 @@ A strategy is a small frozen settings object, registered by name (`STRATEGIES`, 
 | `entropy`       | `Entropy`    | every candidate whose distribution has H <= `threshold` nats|
 | `next-token`    | `NextToken`  | the next column (autoregressive models, `ar`)               |
 | `prompt-lookup` | `PromptLookup` | as `next-token`, drafts verified in one forward (`ar-spec`) |
+| `self-speculative` | `SelfSpeculative` | block models: its drafts the causal argmax agrees with (`d3llm-exact`) |
 
 The threshold strategies share `ThresholdStrategy`'s settings (forced progress, sub-blocks,
 strict comparison) and declare their own `goodness` and `passes`; `select.select` applies them
@@ -41,6 +42,9 @@ class Strategy(Part):
 
     name: ClassVar[str]
     autoregressive: ClassVar[bool] = False  # decodes autoregressive models, next token first
+    # the config's own settings it reads, when it decodes by its own algorithm (None: all, the diffusion loop)
+    config_settings: ClassVar[tuple[str, ...] | None] = None
+    greedy_only: ClassVar[bool] = False  # verifies drafts against the argmax: temperature 0 only
 
     def commit_window(self) -> int | None:
         """Columns of the current block a strategy commits in, its first ones with masks (None: anywhere)."""
@@ -151,6 +155,7 @@ class NextToken(Strategy):
 
     name: ClassVar[str] = "next-token"
     autoregressive: ClassVar[bool] = True
+    config_settings: ClassVar[tuple[str, ...]] = ("max_new_tokens", "temperature", "seed")
 
 
 @register
@@ -160,3 +165,17 @@ class PromptLookup(NextToken):
     the `next-token` output, in fewer forwards."""
 
     name: ClassVar[str] = "prompt-lookup"
+    greedy_only: ClassVar[bool] = True
+
+
+@register
+@dataclass(frozen=True)
+class SelfSpeculative(Strategy):
+    """Block models, lossless (`exact.py`, docs/block-diffusion.md, "Exact decoding"): each
+    forward drafts the model's next block by its masked prediction and verifies the drafts of
+    the forward before causally, so the output is the model's greedy causal decode. Its drafts
+    are the model's blocks: no setting of its own."""
+
+    name: ClassVar[str] = "self-speculative"
+    config_settings: ClassVar[tuple[str, ...]] = ("max_new_tokens", "block_size", "temperature")
+    greedy_only: ClassVar[bool] = True

@@ -11,8 +11,10 @@ Four families share the `DiffusionLM` interface:
 
 A `block` model (block diffusion, `d3llm.models.block`) stores its block size in config.json
 (`d3llm_block_size`); its forward needs `block_start`, the canvas column where the response's
-blocks begin, and builds the block-causal mask from it. A LLaDA/Dream-style model may store the
-block size its decoders use by default (`d3llm_decode_block_size`, docs/method.md section 3).
+blocks begin, and builds the block-causal mask from it (or takes every column's block id,
+`column_blocks`: `d3llm-exact` lays out causal columns and a block of masks in one forward). A
+LLaDA/Dream-style model may store the block size its decoders use by default
+(`d3llm_decode_block_size`, docs/method.md section 3).
 
 Bidirectional attention is transformers' own `is_causal=False` config switch, so the networks
 stay stock: a folder we save loads with `AutoModelForCausalLM.from_pretrained` as well. Our
@@ -198,10 +200,15 @@ class DiffusionLM(nn.Module):
         prev_logits: torch.Tensor | None = None,  # (B, V) shifted families, see docstring
         logits_to_keep: int = 0,  # > 0: logits of the last k positions only (0 = all)
         block_start: int | torch.Tensor | None = None,  # `block` family: the response's first column (or (B,))
+        # `block` family: (B, past + L) the block id of every key column, cached ones first
+        # (`d3llm.models.block`), instead of the layout `block_start` makes (d3llm-exact's forwards)
+        column_blocks: torch.Tensor | None = None,
     ) -> LMOutput:
         length = input_ids.shape[1]
+        if column_blocks is not None and self.facts.family != "block":
+            raise ValueError(f"`column_blocks` lays out a block model's attention; this model is {self.facts.family}")
         if self.facts.family == "block":
-            attention_mask = self._block_mask(input_ids, attention_mask, past_key_values, block_start)
+            attention_mask = self._block_mask(input_ids, attention_mask, past_key_values, block_start, column_blocks)
         keep = length if logits_to_keep <= 0 else min(logits_to_keep, length)
         # A shifted family needs the output of the position before the first kept one.
         raw_keep = min(keep + self.facts.logit_shift, length)
@@ -224,15 +231,18 @@ class DiffusionLM(nn.Module):
         aligned = torch.cat([first, raw[:, :-1]], dim=1)
         return LMOutput(aligned, raw[:, -1], out.cache)
 
-    def _block_mask(self, input_ids, attention_mask, cache, block_start) -> torch.Tensor:
-        """The 4D block-causal mask of a window that starts after `cache`'s columns."""
-        if block_start is None and self.facts.block_alignment == "response":
+    def _block_mask(self, input_ids, attention_mask, cache, block_start, column_blocks=None) -> torch.Tensor:
+        """The 4D block-causal mask of a window that starts after `cache`'s columns: of the
+        blocks `column_blocks` gives, else of the model's layout from `block_start`."""
+        if block_start is None and column_blocks is None and self.facts.block_alignment == "response":
             raise ValueError("a block model's forward needs `block_start` (the response's first column)")
         past = cache.get_seq_length() if cache is not None else 0
         total = past + input_ids.shape[1]
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape[0], total, dtype=torch.long, device=input_ids.device)
-        if self.facts.block_alignment == "absolute":  # blocks of positions, counted from each row's first token
+        if column_blocks is not None:
+            ids = column_blocks
+        elif self.facts.block_alignment == "absolute":  # blocks of positions, counted from each row's first token
             ids = (attention_mask[:, :total].cumsum(1) - 1).clamp(min=0) // self.facts.block_size
         else:
             ids = block_ids(total, block_start, self.facts.block_size, input_ids.device)
