@@ -93,12 +93,14 @@ def test_one_max_new_tokens_default_the_presets(monkeypatch, capsys, toys):
 
 def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys):
     from d3llm.models import bundled_models
+    from d3llm.models.recipe import read_recipe
 
     code, out, _ = run_cli(monkeypatch, capsys, "models")
     assert code in (0, None)
-    lines = out.strip().splitlines()
+    table, _, recipes = out.strip().partition("\n\n")
+    lines = table.splitlines()
     assert lines[0].split()[:8] == ["model", "family", "params", "method", "blocks", "arith", "arith-long", "code"]
-    assert max(map(len, lines)) <= 100, out  # fits a terminal (paths: --json)
+    assert max(map(len, out.splitlines())) <= 100, out  # fits a terminal (paths: --json)
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert set(by_name) == set(bundled_models())
     assert by_name["tiny-ar"].split()[1:4] == ["ar", "2.85M", "ar"]
@@ -111,6 +113,9 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     assert listing["tiny-block"]["family"] == "block" and listing["tiny-block"]["parameters"] == 2853312
     assert listing["tiny-block"]["default_method"] == "d3llm-block"
     assert listing["tiny-d3llm"]["validation_method"] == "d3llm"
+    recipe = read_recipe(bundled_models()["tiny-d3llm"])  # its decode recipe: the method column, and listed
+    assert by_name["tiny-d3llm"].split()[3] == recipe.method and f"tiny-d3llm: {recipe.text()}" in recipes
+    assert listing["tiny-d3llm"]["recipe"].startswith(recipe.text())
 
 
 def test_models_does_not_import_torch():
