@@ -5,7 +5,7 @@ Each bundled model is decoded with the presets its provenance.json lists under `
 and without its cache on the d3LLM student, `ar` and `ar-spec` on the AR model; a model without
 the list, e.g. your own dropped into bundled/, gets every preset of its family; the preset its
 decode recipe names with the recipe's settings, `own_config`), on the same held-out test
-problems, one at a time (`DEMO_BATCH_SIZE`).
+problems.
 
     results = run_demo(n=20, seed=0)
     report = write_demo(results, Path("runs/demo"))  # result files, leaderboard.md/.json, plots
@@ -56,11 +56,6 @@ def demo_plan(tasks: Sequence[str] | None = None, methods: Sequence[str] | None 
     return plan
 
 
-# One problem at a time: tokens/s is then each answer's speed (latency), as the paper reports it;
-# batches of 16 favour the AR model, whose one-column forwards batch almost for free on a CPU.
-DEMO_BATCH_SIZE = 1
-
-
 def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None = None,
              tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
              device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
@@ -77,8 +72,7 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
             lm = load_model(name, device=device, dtype=dtype)
         if progress:
             progress(f"{name} / {task.name} / {method}")
-        results.append(evaluate(lm, task, own_config(lm, method), n=n, seed=seed, batch_size=DEMO_BATCH_SIZE,
-                                progress=advance))
+        results.append(evaluate(lm, task, own_config(lm, method), n=n, seed=seed, progress=advance))
     return results
 
 
