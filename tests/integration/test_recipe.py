@@ -74,12 +74,12 @@ def test_the_grid_covers_the_models_presets_and_the_lean_cache_schedule():
 def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsys, folder):
     code, out, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
     assert code in (0, None), err
-    recipe = read_recipe(folder)
-    assert recipe.method == "d3llm-block" and recipe.chosen["split"] == "validation"
-    assert len(recipe.chosen["points"]) == 5 and all(p["n"] == 2 for p in recipe.chosen["points"])  # 4 + bf16
+    recipe, grid = read_recipe(folder), grid_for(load_model(folder))
+    assert recipe.method in describe(folder).methods and recipe.chosen["split"] == "validation"
+    assert len(recipe.chosen["points"]) == len(grid) + 1 and all(p["n"] == 2 for p in recipe.chosen["points"])  # + bf16
     assert f"recipe: {recipe.text()}" in out and "wrote" in out
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err  # refused before scoring
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--n", "0")
     assert code == 2 and "`--n` must be >= 1" in err
-    assert json.loads((folder / RECIPE_FILE).read_text())["method"] == "d3llm-block"
+    assert json.loads((folder / RECIPE_FILE).read_text())["method"] == recipe.method
