@@ -49,6 +49,7 @@ class EvalResult:
     decode_config: dict = field(default_factory=dict)
     code_version: str = ""
     machine: str = ""
+    dtype: str = ""  # the model's compute dtype (float32, bfloat16, ...)
     correct: int | None = None  # problems scored correct (None: round(accuracy_pct * n / 100))
     # derived from the fields above (a record's own values are not read back)
     problem_set: str = field(init=False)  # e.g. "fixed test set, n=600"

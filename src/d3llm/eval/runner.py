@@ -112,6 +112,7 @@ def evaluate(
         nfe=nfe, forward_calls=calls, num_tokens=tokens, seconds=seconds, forward_seconds=forward_seconds,
         forward_profile=profile, decode_config=for_facts(config, lm.facts).settings(),
         code_version=code_version(), machine=machine_description(lm.model.device),
+        dtype=str(lm.model.dtype).removeprefix("torch."),
     )
 
 
