@@ -106,15 +106,16 @@ def eval_(
     samples: list[dict] | None = [] if log_samples else None
     results = []
     with progress_bar(sum(counts.values()), "eval") as bar:  # on stderr: stdout holds only the results
-        for the_task in the_tasks:
+        for the_task in the_tasks:  # each task's record written as it finishes: a crash later loses none
             bar.describe(f"{the_task.name} / {config.method}")
-            results.append(evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
-                                    batch_size=batch_size, progress=bar.advance, samples=samples))
+            result = evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
+                              batch_size=batch_size, progress=bar.advance, samples=samples)
+            results.append(result)
+            if json_out:
+                path = _per_task_json(json_out, result.task, len(the_tasks) > 1)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, json.dumps(result.to_dict(), indent=2))
     for result in results:
-        if json_out:
-            path = _per_task_json(json_out, result.task, len(results) > 1)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(result.to_dict(), indent=2))
         typer.echo(result_line(result))
     if log_samples:
         log_samples.parent.mkdir(parents=True, exist_ok=True)
