@@ -24,9 +24,8 @@ def tune(
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
     validation problems, and choose its recipe: of the points within 1 accuracy point of the
     best, the fastest at batch 1 (median of interleaved timing rounds), then bfloat16 if that
-    stays within and is faster. The test split is
-    never read. With --save, generate / eval / serve / chat / demo then decode the model with
-    it unless --method is given."""
+    stays within and is faster. The test split is never read. With --save, generate / eval /
+    serve / chat / demo then decode the model with it unless --method is given."""
     from rich.console import Console
 
     from d3llm.eval.report import tune_table
@@ -46,6 +45,6 @@ def tune(
     with progress_bar((len(grid_for(lm)) + 1) * len(tasks) * n, "tune") as bar:
         recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance)
     Console().print(tune_table(points, recipe))
-    typer.echo(f"recipe: {recipe.text()}" + (f" ({recipe.dtype})" if recipe.dtype else ""))
+    typer.echo(f"recipe: {recipe.text()}")
     if save:
         typer.echo(f"wrote {write_recipe(folder, recipe, overwrite)}")

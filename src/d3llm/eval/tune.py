@@ -21,8 +21,8 @@ choice can be checked; the test split is never read here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from d3llm.decode.config import PRESETS, resolve_config
@@ -62,7 +62,7 @@ class Point:
         return statistics.median(self.speeds) if self.speeds else 0.0
 
     def label(self) -> str:
-        return " ".join([self.method, *(f"{k}={v}" for k, v in self.settings.items()), f"({self.dtype})"])
+        return Recipe(self.method, self.settings, self.dtype).text()
 
     def record(self) -> dict:
         return {"method": self.method, "settings": self.settings, "dtype": self.dtype,
@@ -109,8 +109,13 @@ def time_in_rounds(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Ta
             point.speeds.append(tokens / max(seconds, 1e-9))
 
 
+def within(point: Point, best: float) -> bool:
+    """The rule's accuracy band: at most TOLERANCE points under the best."""
+    return point.accuracy_pct >= best - TOLERANCE
+
+
 def eligible(points: Sequence[Point], best: float) -> list[Point]:
-    return [p for p in points if p.accuracy_pct >= best - TOLERANCE]
+    return [p for p in points if within(p, best)]
 
 
 def choose(points: Sequence[Point]) -> Point:
@@ -137,7 +142,7 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
     if progress:
         progress(in_bf16.label())
     points.append(score(lm_bf16, in_bf16, tasks, n, advance))
-    if in_bf16.accuracy_pct >= best - TOLERANCE:
+    if within(in_bf16, best):
         twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
         time_in_rounds([(lm, twin), (lm_bf16, in_bf16)], tasks)
         chosen = in_bf16 if in_bf16.tokens_per_second > twin.tokens_per_second else chosen

@@ -114,7 +114,7 @@ def _recipe_text(folder: Path) -> str | None:
         recipe = read_recipe(folder)
     except D3llmError:
         return f"damaged {RECIPE_FILE}"
-    return None if recipe is None else recipe.text() + (f" ({recipe.dtype})" if recipe.dtype else "")
+    return None if recipe is None else recipe.text()
 
 
 def models_table(summaries: list[ModelSummary]) -> list[str]:

@@ -30,8 +30,9 @@ class Recipe:
     chosen: dict = field(default_factory=dict)  # how: rule, split, n, the grid's scores, command, code version
 
     def text(self) -> str:
-        """`d3llm-cache threshold=0.8` (the method and its settings, one line)."""
-        return " ".join([self.method, *(f"{k}={v}" for k, v in self.settings.items())])
+        """`d3llm-cache threshold=0.8 (bfloat16)`: the method, its settings and dtype, one line."""
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.settings.items()),
+                         *([f"({self.dtype})"] if self.dtype else [])])
 
     def pair(self) -> tuple[str, dict]:
         """(method, settings), as `resolve_config` takes a recipe."""
