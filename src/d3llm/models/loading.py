@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -149,7 +150,7 @@ class LoadedModel:
         folder), with the decode settings its paper used; None for other models."""
         return published(self.name) or published(hub_id_of_folder(self.path))
 
-    @property
+    @cached_property  # the folder's file is read once per loaded model
     def recipe(self) -> tuple[str, dict] | None:
         """(method, settings) this model decodes with unless a method is named: a published
         checkpoint's paper settings, else the folder's decode recipe (d3llm.models.recipe;
