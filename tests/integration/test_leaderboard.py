@@ -11,6 +11,7 @@ import pytest
 from d3llm.decode import preset
 from d3llm.errors import D3llmError
 from d3llm.eval.demo import ar_comparisons, write_demo
+from d3llm.eval.timing import Speed, time_in_rounds
 from d3llm.eval.leaderboard import Result, build_leaderboard, load_results
 from d3llm.eval.runner import evaluate
 from d3llm.eval.sweep import sweep
@@ -193,6 +194,54 @@ def test_demo_report_names_the_ar_comparison(runs, tiny_tokenizer, tmp_path):
     assert comparison.sentence() in markdown and f"the AR baseline toy-ar / {fastest_ar} " in markdown
     without_ar = [p for r in report.board.tasks[0].rows if not r.method.startswith("ar") for p in r.points]
     assert ar_comparisons(build_leaderboard(without_ar)) == []
+    (record,) = json.loads((tmp_path / "demo" / "ar_comparison.json").read_text())
+    assert record["ar"] == f"toy-ar / {fastest_ar}" and record["batch1_tokens_per_second_rounds"] == {}
+
+
+def test_the_ar_comparison_is_timed_one_request_at_a_time(runs, tiny_tokenizer, tmp_path):
+    """With batch-1 timings, the AR baseline is the fastest AR row at batch 1 (not in the run's
+    batches), the speed-up is the ratio of the medians, and the run's batched ratio is given beside it;
+    the compared dLLM row is one a model decodes by default where there is one."""
+    dllm, ar, task = loaded("llada", tiny_tokenizer, "toy-llada"), loaded("ar", tiny_tokenizer, "toy-ar"), ParityTask()
+    results = [evaluate(lm, task, preset(method, max_new_tokens=16, block_size=8), n=4, seed=1)
+               for lm, method in ((dllm, "vanilla"), (dllm, "d3llm"), (ar, "ar"), (ar, "ar-spec"))]
+    by_method = {r.method: r for r in results}
+    slow_in_batches = min(("ar", "ar-spec"), key=lambda m: by_method[m].tokens_per_second)
+    fast = "ar-spec" if slow_in_batches == "ar" else "ar"
+    latency = {("parity", "toy-llada / vanilla"): Speed((30.0, 10.0, 20.0)),
+               ("parity", f"toy-ar / {slow_in_batches}"): Speed((8.0, 9.0, 7.0)),
+               ("parity", f"toy-ar / {fast}"): Speed((6.0, 5.0, 4.0))}
+    defaults = {("toy-llada", "vanilla")}  # vanilla's AUP is the lower one: chosen for being the default
+    (comparison,) = ar_comparisons(write_demo(results, tmp_path / "demo", plots=False).board, latency, defaults)
+
+    assert comparison.dllm.method == "vanilla" and comparison.ar.method == slow_in_batches
+    assert comparison.speedup == pytest.approx(20.0 / 8.0)
+    assert comparison.batched_speedup == pytest.approx(
+        by_method["vanilla"].tokens_per_second / by_method[fast].tokens_per_second)
+    sentence = comparison.sentence()
+    assert "2.50x the tokens/s of the AR baseline" in sentence and "one request at a time (20.0 vs 8.0 tokens/s" in sentence
+    assert f"{comparison.batched_speedup:.2f}x in the run's batches" in sentence and f"toy-ar / {fast})" in sentence
+    assert comparison.record()["batch1_tokens_per_second_rounds"]["toy-ar / ar"] in ([8.0, 9.0, 7.0], [6.0, 5.0, 4.0])
+
+
+def test_rounds_take_turns_and_time_each_contender_alone(monkeypatch, tiny_tokenizer):
+    """`time_in_rounds`: every contender is timed `rounds` times at batch 1 on the same problems,
+    and each round starts with the next contender."""
+    dllm, ar, task = loaded("llada", tiny_tokenizer, "toy-llada"), loaded("ar", tiny_tokenizer, "toy-ar"), ParityTask()
+    calls = []
+    real = evaluate
+
+    def recording(lm, task, config, **kwargs):
+        calls.append((lm.name, kwargs["batch_size"], kwargs["n"], kwargs["split"]))
+        return real(lm, task, config, **kwargs)
+
+    monkeypatch.setattr("d3llm.eval.timing.evaluate", recording)
+    speeds = time_in_rounds([(dllm, preset("d3llm", max_new_tokens=16, block_size=8)), (ar, preset("ar", max_new_tokens=16))],
+                            [task], n=3, seed=1, split="test", rounds=3)
+    assert [c[0] for c in calls] == ["toy-llada", "toy-ar", "toy-ar", "toy-llada", "toy-llada", "toy-ar"]
+    assert {c[1:] for c in calls} == {(1, 3, "test")}
+    assert all(len(s.rounds) == 3 and min(s.rounds) > 0 for s in speeds)
+    assert speeds[0].median == sorted(speeds[0].rounds)[1]
 
 
 def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys, tiny_tokenizer, tmp_path):
@@ -218,6 +267,10 @@ def test_demo_command_prints_aup_and_writes_the_leaderboard(monkeypatch, capsys,
         assert sorted(r["method"] for r in task["rows"]) == ["ar", "ar-spec", "d3llm-cache", "vanilla"]
         assert all(p["n"] == 2 for r in task["rows"] for p in r["points"])
     assert len(list((tmp_path / "demo" / "results").glob("*.json"))) == 2 * 4
+    assert "one request at a time" in flat and "in the run's batches" in flat
+    for record in json.loads((tmp_path / "demo" / "ar_comparison.json").read_text()):  # timed: each row 3 rounds
+        rounds = record["batch1_tokens_per_second_rounds"]
+        assert {record["dllm"], record["ar"]} <= set(rounds) and {len(v) for v in rounds.values()} == {3}
     assert png_size(tmp_path / "demo" / "aup.png")[0] > 300
 
     code, _, err = run_cli(monkeypatch, capsys, "demo", "--out", tmp_path / "demo", "--method", "turbo")

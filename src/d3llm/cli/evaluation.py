@@ -135,10 +135,11 @@ def demo(
     dtype: Dtype = "auto",
 ) -> None:
     """Every bundled model on every task: accuracy, TPF, tokens/s and AUP in one table, the AR
-    baseline comparison, and the result files, leaderboard and plots written to OUT."""
+    baseline comparison (timed one request at a time and in batches), and the result files,
+    leaderboard and plots written to OUT."""
     from rich.console import Console
 
-    from d3llm.eval.demo import demo_plan, run_demo, write_demo
+    from d3llm.eval.demo import demo_plan, latency_problems, run_demo, time_ar_comparisons, write_demo
     from d3llm.eval.plots import matplotlib_available
     from d3llm.eval.report import demo_lines, terminal_tables
     from d3llm.eval.runner import check_batch_size
@@ -149,11 +150,14 @@ def demo(
     check_count(n, "`--n`", low=1)
     check_out_folder(out)
     where, precision = placement(device, dtype)
-    with progress_bar(len(demo_plan(tasks, methods)) * n, "demo") as bar:  # problems, all rows
+    total = len(demo_plan(tasks, methods)) * n + latency_problems(tasks, methods, n)  # problems decoded
+    with progress_bar(total, "demo") as bar:
         results = run_demo(n=n, seed=seed, progress=bar.describe, advance=bar.advance,
                            tasks=tasks, methods=methods, device=where, dtype=precision)
+        latency = time_ar_comparisons(results, seed=seed, device=where, dtype=precision, progress=bar.describe,
+                                      advance=bar.advance)
     plots = matplotlib_available()
-    report = write_demo(results, out, plots=plots)
+    report = write_demo(results, out, plots=plots, latency=latency)
     console = Console()
     for table in terminal_tables(report.board, n, seed):
         console.print(table)

@@ -29,6 +29,7 @@ from d3llm.decode.config import PRESETS, resolve_config
 from d3llm.decode.policies import DelayedCache
 from d3llm.decode.strategies import ThresholdStrategy
 from d3llm.eval.runner import evaluate
+from d3llm.eval.timing import ROUNDS, time_in_rounds
 from d3llm.models.catalog import describe
 from d3llm.models.loading import LoadedModel, load_model
 from d3llm.models.recipe import Recipe
@@ -39,7 +40,7 @@ THRESHOLDS = {"entropy": (0.3, 0.5, 0.8, 1.2), "confidence": (0.7, 0.8, 0.9, 0.9
 LEAN = {"refresh_while_waiting": False, "future_masks": "cached"}
 TOLERANCE = 1.0  # accuracy points under the best that a faster point may give up
 SEED = 0  # which validation problems
-TIMING_N, ROUNDS = 10, 3  # problems per task and rounds of the timing pass
+TIMING_N = 10  # problems per task of the timing pass
 SCORING_BATCH = 16
 
 
@@ -96,17 +97,12 @@ def score(lm: LoadedModel, point: Point, tasks: Sequence[Task], n: int,
     return point
 
 
-def time_in_rounds(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Task]) -> None:
-    """Each point's tokens/s at batch 1 on the first TIMING_N problems of each task, ROUNDS
-    times, the points visited in turn (appended to `Point.speeds`)."""
-    for _ in range(ROUNDS):
-        for lm, point in runs:
-            config = resolve_config(point.method, lm.facts.family, **point.settings)
-            tokens = seconds = 0.0
-            for task in tasks:
-                result = evaluate(lm, task, config, n=TIMING_N, seed=SEED, split="validation", batch_size=1)
-                tokens, seconds = tokens + result.num_tokens, seconds + result.seconds
-            point.speeds.append(tokens / max(seconds, 1e-9))
+def time_points(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Task]) -> None:
+    """Each point's tokens/s at batch 1 on the first TIMING_N validation problems of each task,
+    in interleaved rounds (`d3llm.eval.timing`), appended to `Point.speeds`."""
+    configs = [(lm, resolve_config(p.method, lm.facts.family, **p.settings)) for lm, p in runs]
+    for (_, point), speed in zip(runs, time_in_rounds(configs, tasks, n=TIMING_N, seed=SEED, split="validation")):
+        point.speeds.extend(speed.rounds)
 
 
 def within(point: Point, best: float) -> bool:
@@ -135,7 +131,7 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
     best = max(p.accuracy_pct for p in points)
     if progress:
         progress("timing the eligible points")
-    time_in_rounds([(lm, p) for p in eligible(points, best)], tasks)
+    time_points([(lm, p) for p in eligible(points, best)], tasks)
     chosen = choose(points)
     in_bf16 = Point(chosen.method, chosen.settings, "bfloat16")
     lm_bf16 = load_model(lm.path, dtype="bfloat16", device=lm.model.device)
@@ -144,7 +140,7 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
     points.append(score(lm_bf16, in_bf16, tasks, n, advance))
     if within(in_bf16, best):
         twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
-        time_in_rounds([(lm, twin), (lm_bf16, in_bf16)], tasks)
+        time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
         chosen = in_bf16 if in_bf16.tokens_per_second > twin.tokens_per_second else chosen
     record = {"rule": f"fastest (median tokens/s at batch 1, {ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "

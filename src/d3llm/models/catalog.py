@@ -48,6 +48,11 @@ class ModelSummary:
     methods: tuple[str, ...] = ()
     recipe: str | None = None  # its decode recipe (decode_recipe.json), which commands use unless --method is given
 
+    @property
+    def method(self) -> str:
+        """The preset commands decode it with unless --method is given: its recipe's, else the family's."""
+        return self.recipe.split()[0] if self.recipe and not self.recipe.startswith("damaged") else self.default_method
+
     def accuracy_text(self) -> str:
         if not self.validation:
             return "-"
@@ -126,8 +131,7 @@ def models_table(summaries: list[ModelSummary]) -> list[str]:
     rows = [header]
     for s in summaries:
         how = ", ".join(x for x in (s.validation_method, f"n={s.validation_n}" if s.validation_n else "") if x)
-        method = s.recipe.split()[0] if s.recipe and not s.recipe.startswith("damaged") else s.default_method
-        rows.append([s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", method,
+        rows.append([s.name, s.family, f"{s.parameters / 1e6:.2f}M" if s.parameters else "?", s.method,
                      str(s.block_size or "-"), *(f"{s.validation[t]:.1f}" if t in s.validation else "-" for t in tasks),
                      how or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
