@@ -71,7 +71,8 @@ def test_the_grid_covers_the_models_presets_and_the_lean_cache_schedule():
     assert {p.settings["threshold"] for p in grid} == {0.3, 0.5, 0.8, 1.2}
 
 
-def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsys, folder):
+def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsys, folder, tmp_path):
+    monkeypatch.chdir(tmp_path)  # its scores go to runs/tune-student here
     code, out, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
     assert code in (0, None), err
     recipe, grid = read_recipe(folder), grid_for(load_model(folder))
@@ -83,3 +84,35 @@ def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsy
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--n", "0")
     assert code == 2 and "`--n` must be >= 1" in err
     assert json.loads((folder / RECIPE_FILE).read_text())["method"] == recipe.method
+
+
+def test_a_killed_tune_resumes_from_the_scores_it_kept(monkeypatch, capsys, folder, tmp_path):
+    """Each point's score is written as it finishes; run again, only the missing points are scored."""
+    import d3llm.eval.tune as tune_module
+
+    real, calls = tune_module.score, []
+
+    def dies_on_the_third(lm, point, tasks, n, advance=None):
+        calls.append(point.label())
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while scoring the third point
+        return real(lm, point, tasks, n, advance)
+
+    monkeypatch.setattr(tune_module, "score", dies_on_the_third)
+    args = ("tune", str(folder), "--task", "arith", "--n", "2", "--out", tmp_path / "t")
+    code, _, _ = run_cli(monkeypatch, capsys, *args)
+    assert code == 130  # interrupted
+    kept = json.loads((tmp_path / "t" / "scores.json").read_text())
+    assert len(kept["scores"]) == 2 and kept["settings"]["n_per_task"] == 2
+
+    calls.clear()
+    monkeypatch.setattr(tune_module, "score", lambda *a, **k: (calls.append(a[1].label()), real(*a, **k))[1])
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code in (0, None), err
+    grid = grid_for(load_model(folder))
+    assert len(calls) == len(grid) - 2 + 1  # the grid less the two kept, and the bfloat16 point
+    assert len(json.loads((tmp_path / "t" / "scores.json").read_text())["scores"]) == len(grid) + 1
+
+    code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "3", "--out", tmp_path / "t")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "holds the scores of another tune (n_per_task 2 there, 3 now)" in err

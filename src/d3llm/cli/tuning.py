@@ -3,6 +3,7 @@ with --save, store it beside the model's weights (d3llm.models.recipe)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -18,18 +19,23 @@ def tune(
     save: Annotated[bool, typer.Option("--save", help="Write the recipe into the model's folder "
                                                       "(decode_recipe.json).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="With --save: replace the model's recipe.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
+        "Folder for the scores of the points done so far (scores.json; default runs/tune-MODEL): a killed "
+        "tune run again with the same settings scores only the points it lacks."))] = None,
     device: Device = "auto",
     dtype: Dtype = "float32",
 ) -> None:
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
     validation problems, and choose its recipe: of the points within 1 accuracy point of the
     best, the fastest at batch 1 (median of interleaved timing rounds), then bfloat16 if that
-    stays within and is faster. The test split is never read. With --save, generate / eval /
-    serve / chat / demo then decode the model with it unless --method is given."""
+    stays within and is faster. The test split is never read. Each point's score is kept in
+    OUT as it finishes, so a killed tune resumes. With --save, generate / eval / serve / chat /
+    demo then decode the model with it unless --method is given."""
     from rich.console import Console
 
     from d3llm.eval.report import tune_table
     from d3llm.eval.tune import grid_for, tune as choose_recipe
+    from d3llm.files import check_out_folder
     from d3llm.models.loading import resolve_model
     from d3llm.models.recipe import RECIPE_FILE, write_recipe
     from d3llm.progress import progress_bar
@@ -41,9 +47,11 @@ def tune(
     folder = resolve_model(model)
     if save and (folder / RECIPE_FILE).exists() and not overwrite:  # fail before an hour of scoring
         raise D3llmError(f"--save: {folder / RECIPE_FILE} exists; give --overwrite to replace the model's recipe")
+    scores = (out or Path("runs") / f"tune-{folder.name}") / "scores.json"
+    check_out_folder(scores.parent)
     lm = load(model, device, dtype)
     with progress_bar((len(grid_for(lm)) + 1) * len(tasks) * n, "tune") as bar:
-        recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance)
+        recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance, progress_file=scores)
     Console().print(tune_table(points, recipe))
     typer.echo(f"recipe: {recipe.text()}")
     if save:

@@ -17,23 +17,33 @@ point with the highest median tokens/s. Then the same point in bfloat16: its dty
 recipe's if its accuracy stays within `TOLERANCE` of the best and its median (timed in rounds
 beside the float32 point) is higher. The recipe keeps every point's scores (`chosen`), so the
 choice can be checked; the test split is never read here.
+
+Scoring is the long part (hours on a real model): with `progress_file`, each point's score is
+written there as soon as it is done (`ScoredPoints`), and a tune run again with the same file
+and settings scores only the points it lacks. Timing is never reused: the eligible points are
+timed together, in one run, so that they compare.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from d3llm.decode.config import PRESETS, resolve_config
 from d3llm.decode.policies import DelayedCache
 from d3llm.decode.strategies import ThresholdStrategy
 from d3llm.eval.runner import evaluate
+from d3llm.errors import D3llmError
 from d3llm.eval.timing import ROUNDS, time_in_rounds
+from d3llm.files import read_json, write_atomic
 from d3llm.models.catalog import describe
 from d3llm.models.loading import LoadedModel, load_model
 from d3llm.models.recipe import Recipe
 from d3llm.tasks import Task
+from d3llm.trajectory.store import fingerprint
 from d3llm.version import code_version
 
 THRESHOLDS = {"entropy": (0.3, 0.5, 0.8, 1.2), "confidence": (0.7, 0.8, 0.9, 0.95)}
@@ -65,10 +75,52 @@ class Point:
     def label(self) -> str:
         return Recipe(self.method, self.settings, self.dtype).text()
 
+    def key(self) -> str:
+        return json.dumps([self.method, self.settings, self.dtype], sort_keys=True)
+
     def record(self) -> dict:
         return {"method": self.method, "settings": self.settings, "dtype": self.dtype,
-                "accuracy_pct": round(self.accuracy_pct, 2), "n": self.n,
+                "accuracy_pct": round(self.accuracy_pct, 2), "correct": self.correct, "n": self.n,
                 "tokens_per_second_rounds": [round(v, 1) for v in self.speeds]}
+
+
+class ScoredPoints:
+    """The scores of a tune's points so far, in a JSON file rewritten (atomically) after each:
+    `{"settings": what decides the scores, "scores": {point key: [correct, n]}}`. A file of other
+    settings is refused, naming what differs."""
+
+    def __init__(self, path: Path | None, settings: dict):
+        self.path, self.settings, self.scores = path, settings, {}
+        if path is None or not path.exists():
+            return
+        data = read_json(path, "tune progress file")
+        old = data.get("settings") if isinstance(data, dict) else None
+        if old != settings:
+            diffs = "; ".join(f"{k} {(old or {}).get(k)!r} there, {v!r} now" for k, v in settings.items()
+                              if (old or {}).get(k) != v)
+            raise D3llmError(f"{path} holds the scores of another tune ({diffs or 'unreadable settings'}); "
+                             "give another --out, or delete it to start over")
+        self.scores = {k: tuple(v) for k, v in data.get("scores", {}).items()}
+
+    def restore(self, point: Point) -> bool:
+        """Fill `point` from the file; False if it has not been scored yet."""
+        if point.key() not in self.scores:
+            return False
+        point.correct, point.n = self.scores[point.key()]
+        return True
+
+    def add(self, point: Point) -> None:
+        self.scores[point.key()] = (point.correct, point.n)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps({"settings": self.settings, "scores": self.scores}, indent=1))
+
+
+def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
+    """What decides a tune's scores: the model's weights and dtype, the tasks, n and the problems' seed."""
+    return {"model": lm.name, "model_fingerprint": fingerprint(lm.path),
+            "dtype": str(lm.model.dtype).removeprefix("torch."), "tasks": [t.name for t in tasks],
+            "n_per_task": n, "seed": SEED, "split": "validation"}
 
 
 def grid_for(lm: LoadedModel) -> list[Point]:
@@ -120,14 +172,22 @@ def choose(points: Sequence[Point]) -> Point:
 
 
 def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str], None] | None = None,
-         advance: Callable[[int], None] | None = None) -> tuple[Recipe, list[Point]]:
+         advance: Callable[[int], None] | None = None, progress_file: Path | None = None) -> tuple[Recipe, list[Point]]:
     """The recipe of `lm` by the module's rule, and every point scored (the float32 grid, then
-    the chosen point in bfloat16)."""
-    points = grid_for(lm)
-    for point in points:
+    the chosen point in bfloat16); scores kept in and resumed from `progress_file` (module docstring)."""
+    saved = ScoredPoints(progress_file, run_settings(lm, tasks, n))
+
+    def scored(model: LoadedModel, point: Point) -> Point:
+        if saved.restore(point):
+            if advance:
+                advance(len(tasks) * n)
+            return point
         if progress:
             progress(point.label())
-        score(lm, point, tasks, n, advance)
+        saved.add(score(model, point, tasks, n, advance))
+        return point
+
+    points = [scored(lm, point) for point in grid_for(lm)]
     best = max(p.accuracy_pct for p in points)
     if progress:
         progress("timing the eligible points")
@@ -135,9 +195,7 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
     chosen = choose(points)
     in_bf16 = Point(chosen.method, chosen.settings, "bfloat16")
     lm_bf16 = load_model(lm.path, dtype="bfloat16", device=lm.model.device)
-    if progress:
-        progress(in_bf16.label())
-    points.append(score(lm_bf16, in_bf16, tasks, n, advance))
+    points.append(scored(lm_bf16, in_bf16))
     if within(in_bf16, best):
         twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
         time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
