@@ -47,6 +47,13 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0  # below 1e-3, logits / temperatu
 MAX_SEED = 2**63  # torch generators take a signed 64-bit seed
 
 
+def check_seed(seed: object) -> None:
+    """A sampling seed torch accepts, else a `DecodeSettingError` naming `seed` (also where the
+    seed is ignored, greedy decoding: a bad value is still the caller's error)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise DecodeSettingError(f"`seed` must be an integer in [0, 2**63) (torch's seed range), got {seed!r}", "seed")
+
+
 @dataclass(frozen=True)
 class EarlyStop(Part):
     """Stop a row at its first committed EOS. `fill_after_eos`: write EOS over every column
@@ -96,9 +103,7 @@ class DecodeConfig:
             raise DecodeSettingError(f"`temperature` must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, "
                                      f"{MAX_TEMPERATURE:g}] (below it logits / temperature overflow), got {t}",
                                      "temperature")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
-            raise DecodeSettingError(f"`seed` must be an integer in [0, 2**63) (torch's seed range), got "
-                                     f"{self.seed!r}", "seed")
+        check_seed(self.seed)
         if self.strategy.greedy_only and t > 0:
             raise DecodeSettingError(f"`temperature` must be 0 with method {self.method!r} (it verifies drafts against "
                                      "the greedy choice, so it decodes exactly the greedy output)", "temperature")

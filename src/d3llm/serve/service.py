@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from d3llm.decode import DecodeConfig, DecodeSettingError, default_method as model_default, resolve_config
+from d3llm.decode.config import check_seed
 from d3llm.errors import D3llmError
 from d3llm.models import LoadedModel
 from d3llm.serve.errors import BadRequest
@@ -75,8 +76,8 @@ class ModelService:
         if threshold is not None:
             overrides["threshold"] = threshold
         try:
-            if seed is not None and not temperature:  # ignored, but still a value DecodeConfig must accept
-                DecodeConfig(seed=seed)
+            if seed is not None and not temperature:  # ignored, but still a value torch must accept
+                check_seed(seed)
             return resolve_config(method, self.lm.facts.family, self.recipe or (self.default_method, {}),
                                   **{**overrides, **(settings or {})})
         except DecodeSettingError as exc:
