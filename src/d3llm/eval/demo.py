@@ -193,9 +193,9 @@ def latency_problems(tasks: Sequence[str] | None, methods: Sequence[str] | None,
     plan = demo_plan(tasks, methods)
     rows = 0
     for task in {t.name for _, t, _ in plan}:
-        methods = [m for _, t, m in plan if t.name == task]
-        ar = sum(m in AR_METHODS for m in methods)
-        rows += (1 + ar) if ar and ar < len(methods) else 0
+        on_task = [m for _, t, m in plan if t.name == task]
+        ar = sum(m in AR_METHODS for m in on_task)
+        rows += (1 + ar) if 0 < ar < len(on_task) else 0  # the dLLM row and the AR rows, where both run
     return rows * ROUNDS * min(n, LATENCY_N)
 
 
