@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from d3llm.decode.cache import open_cache
@@ -216,29 +217,29 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         candidates, in_current = _candidates(state, config, at, block_at[at], None if sub_at is None else sub_at[at])
         scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
         chosen = select(scores, candidates, in_current, config.strategy)
-        assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
-        full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
-        tokens = _scatter(state.response.clone(), at, scores.tokens)
-        state.commit(full_chosen, tokens)
+        assert bool((chosen.any(1) >= candidates.any(1)).all()), "every row with candidates must progress"
+        state.commit(_to_response(chosen, at, state.num_new), _to_response(scores.tokens, at, state.num_new))
         if on_step:
             unwanted = on_step(state)
 
 
 def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, blocks: torch.Tensor,
                 subs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, W) bool each: the positions at `at` this iteration may commit, and those of them in
-    the row's current block (`select.current_block`). Candidates are the masks of created blocks
-    (with `stale_candidates`, also the columns early stop has just filled, as the authors' loops
-    read them); with sub-blocks (`subs`, their ids at `at`), only the current block's first
-    sub-block that still has masks."""
-    block_of = state.block_of()
-    masked, created = state.masked(), state.is_created()[:, block_of]
-    stale = state.filled if config.early_stop is not None and config.early_stop.stale_candidates else None
-    candidates = _gather((masked if stale is None else masked | stale) & created, at)
-    current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
+    """(B, W) bool each: the positions at `at` (their blocks `blocks`, num_blocks one past the
+    response) this iteration may commit, and those of them in the row's current block
+    (`select.current_block`). Candidates are the masks of created blocks (with
+    `stale_candidates`, also the columns early stop has just filled, as the authors' loops read
+    them); with sub-blocks (`subs`, their ids at `at`), only the current block's first sub-block
+    that still has masks."""
+    masked = _gather(state.masked(), at)
+    created = blocks < state.created.unsqueeze(1)
+    stale = config.early_stop is not None and config.early_stop.stale_candidates
+    candidates = (_gather(state.masked() | state.filled, at) if stale else masked) & created
+    active = masked & created & _gather(state.fully_active, blocks)
+    current = current_block(active, blocks)
     if subs is not None:
         none = torch.iinfo(subs.dtype).max  # a row without masks in its current block
-        first_sub = torch.where(_gather(masked, at) & (blocks == current), subs, none).min(1, keepdim=True).values
+        first_sub = subs.masked_fill(~(masked & (blocks == current)), none).amin(1, keepdim=True)
         candidates = candidates & (subs == first_sub)
     return candidates, candidates & (blocks == current)
 
@@ -250,15 +251,14 @@ def _response_positions(state: DecodeState, columns: torch.Tensor) -> torch.Tens
 
 
 def _gather(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool values at response positions `at` (B, W); False one past the response."""
-    return torch.cat([values, values.new_zeros(len(values), 1)], 1).gather(1, at)
+    """(B, n) bool values at positions `at` (B, W); False at n (one past the end)."""
+    return F.pad(values, (0, 1)).gather(1, at)
 
 
-def _scatter(into: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`into` (B, N) with `values` (B, W) written at response positions `at` (those one past
-    the response are dropped)."""
-    spare = torch.cat([into, into.new_zeros(len(into), 1)], 1)
-    return spare.scatter_(1, at, values)[:, :-1]
+def _to_response(values: torch.Tensor, at: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n): `values` (B, W) written at response positions `at` (those one past the response
+    dropped), zero (False) elsewhere."""
+    return values.new_zeros(len(values), n + 1).scatter_(1, at, values)[:, :-1]
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:

@@ -13,6 +13,7 @@ All of it is batched tensor work: no Python loop over rows or tokens.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,7 @@ def score(
     log_probs = torch.log_softmax(picked, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
-    proposable = picked if never is None else picked.index_fill(-1, torch.tensor([never], device=picked.device),
-                                                                float("-inf"))
+    proposable = picked if never is None else picked.index_fill(-1, _index(never, picked.device), float("-inf"))
     if temperature > 0 and len(picked):
         tokens = torch.multinomial(torch.softmax(proposable / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:
@@ -65,6 +65,12 @@ def score(
     return Scores(out_tokens, out_conf, out_entropy)
 
 
+@functools.lru_cache(maxsize=16)
+def _index(token: int, device: torch.device) -> torch.Tensor:
+    """(1,) `token`, made once per device (a tensor per `score` call costs as much as the fill)."""
+    return torch.tensor([token], device=device)
+
+
 def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """(B, n) bool: the single highest value among `allowed` in each row that has one."""
     masked = torch.where(allowed, values, float("-inf"))
@@ -72,11 +78,11 @@ def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return best & allowed
 
 
-def current_block(masked: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
-    """(B, 1) each row's current block: the first fully-active block that still has `masked`
-    positions (a block id above every real one where a row has none)."""
-    none = torch.iinfo(block_of.dtype).max
-    return torch.where(masked & fully_active, block_of, none).min(1, keepdim=True).values
+def current_block(active: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """(B, 1) each row's current block: the first block among `blocks` (B, n) that has an
+    `active` position (a masked position of a fully-active block); a block id above every real
+    one where a row has none."""
+    return blocks.masked_fill(~active, torch.iinfo(blocks.dtype).max).amin(1, keepdim=True)
 
 
 def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, strategy: Strategy) -> torch.Tensor:
