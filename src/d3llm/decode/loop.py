@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
-from d3llm.decode.cache import open_cache
+from d3llm.decode.cache import new_cache, open_cache
 from d3llm.decode.config import DecodeConfig, for_facts
 from d3llm.decode.exact import generate_exact
 from d3llm.decode.select import current_block, score, select
@@ -275,7 +274,7 @@ def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
     forward. It keeps the same `DecodeState` as the diffusion loop (columns not generated yet
     count as masked), so counts, traces and `on_step` streaming are the same for both."""
     state = DecodeState.start_from(prompts, config, NOT_YET, model.facts.eos_token_id, pad_id, model.device)
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model.config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     start = state.start
     out = model(state.canvas[:, :start], attention_mask=state.attention[:, :start],
