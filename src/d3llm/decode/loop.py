@@ -246,7 +246,7 @@ def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, bloc
 def _response_positions(state: DecodeState, columns: torch.Tensor) -> torch.Tensor:
     """(B, W) response position of each canvas column in `columns`; `num_new` (one past the
     response) for the rest (-1, or the prompt)."""
-    return torch.where(columns >= state.start, columns - state.start, state.num_new)
+    return (columns - state.start).masked_fill_(columns < state.start, state.num_new)
 
 
 def _gather(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

@@ -232,13 +232,15 @@ class DecodeState:
         if not self.fill_after_eos:
             self.stopped |= has_eos
             return
-        first = first_index(is_eos)  # (B,)
-        after = self.columns > first.unsqueeze(1)
-        self.filled = after & self.masked()
-        self._write(after & ~is_eos, self.eos_id)
-        self.stop_created_from = torch.where(has_eos & ~self.stopped, self.created, self.stop_created_from)
-        self.stopped |= has_eos
-        self.created = torch.where(has_eos, self.num_blocks, self.created)
+        fill = (self.columns > first_index(is_eos).unsqueeze(1)) & ~is_eos  # after the first EOS
+        self.filled = fill & self.masked()
+        if bool(fill.any()):
+            self._write(fill, self.eos_id)
+        newly = has_eos & ~self.stopped
+        if bool(newly.any()):
+            self.stop_created_from = torch.where(newly, self.created, self.stop_created_from)
+            self.stopped |= has_eos
+            self.created = torch.where(has_eos, self.num_blocks, self.created)
 
     def update_blocks(self, config: DecodeConfig) -> None:
         """Creation of at most one new block per row (when its last created block reaches
@@ -273,11 +275,14 @@ class DecodeState:
     def _write(self, where: torch.Tensor, tokens: torch.Tensor | int) -> None:
         """The one place response tokens are written: keeps trace and completion times, and
         leaves the tally of the canvas it writes."""
-        self.response.copy_(torch.where(where, tokens, self.response))
-        self.trace = torch.where(where, self.step, self.trace)
+        if isinstance(tokens, int):
+            self.response.masked_fill_(where, tokens)
+        else:
+            self.response.copy_(torch.where(where, tokens, self.response))
+        self.trace = self.trace.masked_fill(where, self.step)
         self._tally = None
         now_complete = self.tally().progress >= 1  # blocks only complete here, and stay complete
-        self.completed_at = torch.where(now_complete & (self.completed_at < 0), self.step, self.completed_at)
+        self.completed_at = self.completed_at.masked_fill(now_complete & (self.completed_at < 0), self.step)
 
 
 PER_ROW = tuple(f.name for f in fields(DecodeState) if f.type == "torch.Tensor")  # indexed by `select`
