@@ -100,8 +100,9 @@ class _ForwardTimer:
 
     def __init__(self, model):
         self.model, self.seconds = model, 0.0
+        self.device = model.device  # read once (the model's is looked up from its parameters)
         self.profile: dict[str, list] = {}
-        self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+        self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
     def __call__(self, input_ids, *args, **kwargs):
         cache = kwargs.get("past_key_values")
@@ -122,10 +123,6 @@ class _ForwardTimer:
     @property
     def config(self):
         return self.model.config
-
-    @property
-    def device(self):
-        return self.model.device
 
 
 @torch.no_grad()

@@ -51,7 +51,8 @@ def score(
     log_probs = torch.log_softmax(picked, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)
-    proposable = picked if never is None else picked.index_fill(-1, _index(never, picked.device), float("-inf"))
+    # `picked` is a copy, read above: the mask token's logit can be overwritten in place
+    proposable = picked if never is None else picked.index_fill_(-1, _index(never, picked.device), float("-inf"))
     if temperature > 0 and len(picked):
         tokens = torch.multinomial(torch.softmax(proposable / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:

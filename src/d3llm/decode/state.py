@@ -77,12 +77,8 @@ class DecodeState:
     def start_from(cls, prompts: list[list[int]], config: DecodeConfig, mask_id: int, eos_id: int,
                    pad_id: int, device: torch.device, block_offset: int = 0) -> "DecodeState":
         width, n = max(len(p) for p in prompts), config.max_new_tokens
-        canvas = torch.full((len(prompts), width + n), mask_id, dtype=torch.long)
-        attention = torch.ones_like(canvas)
-        for row, p in enumerate(prompts):  # building the canvas is O(B), not the hot path
-            canvas[row, : width - len(p)] = pad_id
-            canvas[row, width - len(p) : width] = torch.tensor(p)
-            attention[row, : width - len(p)] = 0
+        canvas = torch.tensor([[pad_id] * (width - len(p)) + list(p) + [mask_id] * n for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + n) for p in prompts])
         nb = -(-(n + block_offset) // config.block_size)
         batch = len(prompts)
         state = cls(
