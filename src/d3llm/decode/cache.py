@@ -264,13 +264,13 @@ class PrefixCacheRun(PerRowCacheRun):
         cached_future = self.policy.future_masks == "cached"
         stop, keep = _extent(state, self.policy.future_masks != "forward")
         window = _span(lo, stop - lo, len(end), end.device)
-        uncached = window >= end.unsqueeze(1)
+        in_cache = window < end.unsqueeze(1)  # the row's cache holds these columns
         visible = rows.visible
         if cached_future:  # slot k is column k: the masks after the created blocks
             after = torch.arange(slots, device=end.device) >= state.created_end().unsqueeze(1)
             visible = visible | (after & state.attention.bool())
-        mask = torch.cat([visible, uncached & keep[:, lo:].bool()], 1)
-        out = model(state.canvas[:, lo:stop], attention_mask=mask.long(), position_ids=state.positions[:, lo:stop],
+        mask = torch.cat([visible, keep[:, lo:].masked_fill(in_cache, 0)], 1)  # 1 / 0 (long)
+        out = model(state.canvas[:, lo:stop], attention_mask=mask, position_ids=state.positions[:, lo:stop],
                     past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
         logits = _with_boundary(model, out.logits, end, lo, rows.boundary)
         if cached_future:  # columns newly cached take the window's keys; the rest stay
@@ -280,7 +280,7 @@ class PrefixCacheRun(PerRowCacheRun):
         else:  # each row's cached slots, then the window's
             j = _span(0, width, len(end), end.device)
             gather_slots(rows.kv, torch.where(j < end.unsqueeze(1), j, slots + j - lo))
-        return logits, torch.where(uncached, window, -1), self._rows(model, state, rows.kv, target, logits, lo)
+        return logits, window.masked_fill(in_cache, -1), self._rows(model, state, rows.kv, target, logits, lo)
 
     @staticmethod
     def _rows(model, state: DecodeState, kv: DynamicCache, target: torch.Tensor, logits: torch.Tensor,

@@ -138,6 +138,10 @@ class DecodeState:
     def block_begins(self) -> torch.Tensor:
         """(nb + 1,) canvas column where each block begins (block 0: where its absolute block
         begins, in the prompt when `block_offset` > 0), and the canvas end."""
+        return self._block_begins
+
+    @cached_property
+    def _block_begins(self) -> torch.Tensor:  # geometry: computed once per state object
         begins = self.start - self.block_offset + torch.arange(self.num_blocks + 1, device=self.canvas.device) * self.block_size
         return begins.clamp(max=self.canvas.shape[1])
 
