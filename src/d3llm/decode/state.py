@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.tensors import first_index
@@ -232,11 +233,11 @@ class DecodeState:
         if not self.fill_after_eos:
             self.stopped |= has_eos
             return
-        fill = (self.columns > first_index(is_eos).unsqueeze(1)) & ~is_eos  # after the first EOS
+        fill = (is_eos.cumsum(1) > 0) & ~is_eos  # after the first EOS
         self.filled = fill & self.masked()
         if bool(fill.any()):
             self._write(fill, self.eos_id)
-        newly = has_eos & ~self.stopped
+        newly = has_eos > self.stopped
         if bool(newly.any()):
             self.stop_created_from = torch.where(newly, self.created, self.stop_created_from)
             self.stopped |= has_eos
@@ -248,10 +249,9 @@ class DecodeState:
         `block_activate_threshold` is fully active (block 0 always)."""
         progress = self.progress()
         last_progress = progress.gather(1, (self.created - 1).unsqueeze(1)).squeeze(1)
-        grow = (last_progress >= config.block_add_threshold) & (self.created < self.num_blocks)
-        self.created = self.created + grow
-        # block 0's predecessor, the prompt, is complete: block 0 is fully active from the start
-        predecessor_done = torch.cat([self.fully_active[:, :1], progress[:, :-1] >= config.block_activate_threshold], 1)
+        self.created = (self.created + (last_progress >= config.block_add_threshold)).clamp(max=self.num_blocks)
+        # block 0's predecessor, the prompt, is complete
+        predecessor_done = F.pad(progress[:, :-1] >= config.block_activate_threshold, (1, 0), value=True)
         self.fully_active |= self.is_created() & predecessor_done
 
     def commit(self, chosen: torch.Tensor, tokens: torch.Tensor) -> None:
