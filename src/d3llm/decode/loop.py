@@ -201,6 +201,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         sub_of = state.sub_block_of(min(window, state.block_size))
         sub_at = torch.cat([sub_of, sub_of.new_full((1,), int(sub_of.max()) + 1)])
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
+    reads = config.strategy.scores_read()
     while True:
         if config.early_stop is not None:
             state.apply_early_stop()
@@ -211,7 +212,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
         candidates, in_current = _candidates(state, config, at, block_at[at], None if sub_at is None else sub_at[at])
-        scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
+        scores = score(logits, candidates, config.temperature, generator, facts.mask_token_id, reads)
         chosen = select(scores, candidates, in_current, config.strategy)
         assert bool((chosen.any(1) >= candidates.any(1)).all()), "every row with candidates must progress"
         state.commit(_to_response(chosen, at, state.num_new), _to_response(scores.tokens, at, state.num_new))
@@ -277,7 +278,7 @@ def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
     out = model(state.canvas[:, :start], attention_mask=state.attention[:, :start],
                 position_ids=state.positions[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
     for column in range(state.num_new):
-        token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
+        token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator, reads=()).tokens[:, 0]
         state.commit_column(column, token)
         unwanted = on_step(state) if on_step else None
         if unwanted is not None:

@@ -24,8 +24,8 @@ from d3llm.decode.strategies import Strategy, TopK
 @dataclass
 class Scores:
     tokens: torch.Tensor  # (B, n) proposed token per position
-    confidence: torch.Tensor  # (B, n) probability of the proposed token
-    entropy: torch.Tensor  # (B, n) entropy of the predicted distribution, nats
+    confidence: torch.Tensor | None  # (B, n) probability of the proposed token (None: not asked for)
+    entropy: torch.Tensor | None  # (B, n) entropy of the predicted distribution, nats (None: not asked for)
 
     def leftmost(self) -> torch.Tensor:
         """(B, n) a goodness that ranks positions left to right."""
@@ -35,12 +35,13 @@ class Scores:
 
 def score(
     logits: torch.Tensor, where: torch.Tensor | None, temperature: float, generator: torch.Generator | None,
-    never: int | None = None,
+    never: int | None = None, reads: tuple[str, ...] = ("confidence", "entropy"),
 ) -> Scores:
     """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32).
     Token `never` (the mask token) is never proposed (committing it would leave the position
     masked forever): the proposal is the best other token; its probability and the entropy
-    are those of the full distribution, as the reference decoders compute them.
+    are those of the full distribution, as the reference decoders compute them. Only the
+    fields named in `reads` are computed (`Strategy.scores_read`); the others are None.
 
     Only positions in `where` (B, n) are scored (a softmax over a 126k vocabulary is not free);
     the others get token 0, confidence -1 and entropy +inf, which no strategy selects."""
@@ -48,21 +49,25 @@ def score(
         where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     at = where.nonzero(as_tuple=True)  # once: the same positions are read and written below
     picked = logits[at].float()  # (M, V)
-    log_probs = torch.log_softmax(picked, dim=-1)
-    probs = log_probs.exp()
-    entropy = -(probs * log_probs).sum(-1)
+    shape, device = where.shape, logits.device
+    out_conf = out_entropy = probs = None
+    if reads:
+        log_probs = torch.log_softmax(picked, dim=-1)
+        probs = log_probs.exp()
+    if "entropy" in reads:
+        out_entropy = torch.full(shape, float("inf"), device=device)
+        out_entropy[at] = -(probs * log_probs).sum(-1)
     # `picked` is a copy, read above: the mask token's logit can be overwritten in place
     proposable = picked if never is None else picked.index_fill_(-1, _index(never, picked.device), float("-inf"))
     if temperature > 0 and len(picked):
         tokens = torch.multinomial(torch.softmax(proposable / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:
         tokens = proposable.argmax(-1)
-    confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    shape, device = where.shape, logits.device
+    if "confidence" in reads:
+        out_conf = torch.full(shape, -1.0, device=device)
+        out_conf[at] = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     out_tokens = torch.zeros(shape, dtype=torch.long, device=device)
-    out_conf = torch.full(shape, -1.0, device=device)
-    out_entropy = torch.full(shape, float("inf"), device=device)
-    out_tokens[at], out_conf[at], out_entropy[at] = tokens, confidence, entropy
+    out_tokens[at] = tokens
     return Scores(out_tokens, out_conf, out_entropy)
 
 
