@@ -33,7 +33,7 @@ from d3llm.tensors import first_index
 NOT_YET = -1  # the AR decoders' "masked" value: a response column not generated yet (never fed to the model)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tally:
     """What a canvas's masks say: per position, per block and per row (`DecodeState.tally`)."""
 
@@ -227,7 +227,7 @@ class DecodeState:
         then exist, with the tail already filled). `filled` records the masks it filled. Without
         `fill_after_eos` it only marks the rows `stopped` (`row_finished` reads the EOS)."""
         is_eos = self.response == self.eos_id
-        if not bool(is_eos.any()):  # `filled` is all False: only rows with an EOS fill, and keep it
+        if not bool(is_eos.any()):  # nothing to fill; `filled` is all False (only rows with an EOS fill)
             return
         has_eos = is_eos.any(1)
         if not self.fill_after_eos:
