@@ -48,6 +48,8 @@ write it over that column's logits.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +60,25 @@ from d3llm.decode.state import DecodeState
 from d3llm.tensors import first_index
 
 Forwarded = tuple[torch.Tensor, torch.Tensor]  # logits (B, W, V), columns (B, W)
+
+_EMPTY: dict[int, tuple[weakref.ref, DynamicCache]] = {}  # id(config) -> (the config, an empty cache for it)
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty `DynamicCache` laid out for a model `config` (its layer types). transformers
+    builds one by reading the config attribute by attribute (over 100 microseconds, a good part
+    of what a small model's forward leaves to the loop); this copies the one built for the
+    config on its first use. An empty layer holds no tensor it later updates in place (an
+    update rebinds its keys and values), so a copy of each layer is a new layer. Entries leave
+    with their config."""
+    key = id(config)
+    entry = _EMPTY.get(key)
+    if entry is None or entry[0]() is not config:
+        forget = lambda _, key=key: _EMPTY.pop(key, None)  # noqa: E731
+        entry = _EMPTY[key] = (weakref.ref(config, forget), DynamicCache(config=config))
+    kv = copy.copy(entry[1])
+    kv.layers = [copy.copy(layer) for layer in kv.layers]
+    return kv
 
 
 def _span(first: int, width: int, rows: int, device: torch.device) -> torch.Tensor:
@@ -101,11 +122,12 @@ class RowCaches:
     kv: DynamicCache
     visible: torch.Tensor  # (B, S) bool: the slots a row attends to (its own keys, not left padding)
     prefix: torch.Tensor  # (B,) the row holds columns [0, prefix) in slots [0, prefix)
-    boundary: torch.Tensor  # (B, V) prediction for each row's first uncached column (shifted families)
+    boundary: torch.Tensor | None  # (B, V) prediction for each row's first uncached column (shifted families)
 
     def select(self, index: torch.Tensor) -> "RowCaches":
         self.kv.batch_select_indices(index)
-        return RowCaches(self.kv, self.visible[index], self.prefix[index], self.boundary[index])
+        boundary = None if self.boundary is None else self.boundary[index]
+        return RowCaches(self.kv, self.visible[index], self.prefix[index], boundary)
 
 
 def gather_slots(kv: DynamicCache, source: torch.Tensor) -> None:
@@ -130,11 +152,13 @@ def _settle_from_window(kv: DynamicCache, slots: int, lo: int, end: torch.Tensor
     kv.crop(slots - kv.get_seq_length())
 
 
-def _with_boundary(model, logits: torch.Tensor, at: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
-    """Shifted families: logits[r, at[r]], row r's first uncached column, become `boundary[r]`,
-    kept from the forward that cached the column before it."""
+def _with_boundary(model, logits: torch.Tensor, end: torch.Tensor, first: int, boundary: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """Shifted families: logits[r, end[r] - first], row r's first uncached column (logits
+    starting at column `first`), become `boundary[r]`, kept from the forward that cached the
+    column before it."""
     if model.facts.logit_shift:
-        logits[torch.arange(len(at), device=at.device), at] = boundary
+        logits[torch.arange(len(end), device=end.device), end - first] = boundary
     return logits
 
 
@@ -159,14 +183,16 @@ def _join(one: Step, two: Step, order: torch.Tensor) -> Step:
     for layer_a, layer_b in zip(a.kv.layers, b.kv.layers):
         layer_a.keys = _cat_padded(layer_a.keys, layer_b.keys, 2)[order]
         layer_a.values = _cat_padded(layer_a.values, layer_b.values, 2)[order]
-    rows = RowCaches(a.kv, _cat_padded(a.visible, b.visible, 1, False)[order],
-                     torch.cat([a.prefix, b.prefix])[order], torch.cat([a.boundary, b.boundary])[order])
+    boundary = None if a.boundary is None else torch.cat([a.boundary, b.boundary])[order]
+    rows = RowCaches(a.kv, _cat_padded(a.visible, b.visible, 1, False)[order], torch.cat([a.prefix, b.prefix])[order],
+                     boundary)
     return _cat_padded(logits_a, logits_b, 1)[order], _cat_padded(columns_a, columns_b, 1, -1)[order], rows
 
 
 class PerRowCacheRun(NoCacheRun):
-    """A policy where each row keeps its own cache and decides its own refreshes. `plan` (B,)
-    is where each row's cache should now end: computed once per iteration, passed to the rest."""
+    """A policy where each row keeps its own cache and decides its own refreshes. `schedule`
+    says, once per iteration, where each row's cache should now end (`target`, passed to the
+    rest) and which rows rebuild theirs."""
 
     def __init__(self, policy: CachePolicy):
         super().__init__(policy)
@@ -176,31 +202,29 @@ class PerRowCacheRun(NoCacheRun):
         if self.rows is not None:
             self.rows = self.rows.select(index)
 
-    def plan(self, state: DecodeState) -> torch.Tensor:
+    def schedule(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B,) `target`, where each row's cache should now end, and (B,) bool: rows whose
+        cache is rebuilt from a forward of the whole canvas (None: every row, as none has a
+        cache yet)."""
         raise NotImplementedError
 
-    def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: rows whose cache is rebuilt from a forward of the whole canvas."""
-        return plan != self.rows.prefix
-
-    def refresh(self, model, state: DecodeState, plan: torch.Tensor) -> Step:
+    def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
         raise NotImplementedError
 
-    def cached(self, model, state: DecodeState, plan: torch.Tensor, rows: RowCaches) -> Step:
+    def cached(self, model, state: DecodeState, target: torch.Tensor, rows: RowCaches) -> Step:
         raise NotImplementedError
 
     def forward(self, model, state: DecodeState) -> Forwarded:
-        plan = self.plan(state)
-        fresh = torch.ones_like(plan, dtype=torch.bool) if self.rows is None else self.must_refresh(state, plan)
-        refreshing = int(fresh.sum())
-        if refreshing == len(fresh):
-            logits, columns, self.rows = self.refresh(model, state, plan)
+        target, fresh = self.schedule(state)
+        refreshing = len(target) if fresh is None else int(fresh.sum())
+        if refreshing == len(target):
+            logits, columns, self.rows = self.refresh(model, state, target)
         elif refreshing == 0:
-            logits, columns, self.rows = self.cached(model, state, plan, self.rows)
+            logits, columns, self.rows = self.cached(model, state, target, self.rows)
         else:
             one, two = fresh.nonzero().flatten(), (~fresh).nonzero().flatten()
-            refreshed = self.refresh(model, state.select(one), plan[one])
-            kept = self.cached(model, state.select(two), plan[two], self.rows.select(two))
+            refreshed = self.refresh(model, state.select(one), target[one])
+            kept = self.cached(model, state.select(two), target[two], self.rows.select(two))
             logits, columns, self.rows = _join(refreshed, kept, torch.argsort(torch.cat([one, two])))
         return logits, columns
 
@@ -210,25 +234,26 @@ def _forward_all(model, state: DecodeState, extent: tuple[int, torch.Tensor] | N
     """The canvas (up to `extent`'s stop, default the end) into a new cache; logits of the
     response only."""
     stop, keep = extent or (state.canvas.shape[1], state.attention)
-    kv = DynamicCache(config=model.config)
+    kv = new_cache(model.config)
     out = model(state.canvas[:, :stop], attention_mask=keep, position_ids=state.positions[:, :stop],
                 past_key_values=kv, use_cache=True, logits_to_keep=stop - state.start)
     return out.logits, kv
 
 
 class PrefixCacheRun(PerRowCacheRun):
-    """Fast-dLLM's prefix cache: each row caches its columns [0, target), `target` (B,) the
-    policy's `plan`: everything before its first incomplete block, rebuilt once per block."""
+    """Fast-dLLM's prefix cache: each row caches its columns [0, target), `target` (B,) from
+    `schedule`: everything before its first incomplete block, rebuilt once per block."""
 
-    def plan(self, state: DecodeState) -> torch.Tensor:
-        return incomplete_block_starts(state)
+    def schedule(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        target = incomplete_block_starts(state)
+        return target, None if self.rows is None else target != self.rows.prefix
 
     def refresh(self, model, state: DecodeState, target: torch.Tensor) -> Step:
         logits, kv = _forward_all(model, state, _extent(state, self.policy.future_masks == "skip"))
         if self.policy.future_masks != "cached":  # else every column stays: slot k holds column k
             kv.crop(int(target.max()) - kv.get_seq_length())
         columns = _span(state.start, logits.shape[1], len(target), target.device)
-        return logits, columns, self._rows(state, kv, target, logits, state.start)
+        return logits, columns, self._rows(model, state, kv, target, logits, state.start)
 
     def cached(self, model, state: DecodeState, target: torch.Tensor, rows: RowCaches) -> Step:
         """Forward [lo, stop), lo the shortest row cache, `stop` the canvas end or the last created
@@ -239,15 +264,15 @@ class PrefixCacheRun(PerRowCacheRun):
         cached_future = self.policy.future_masks == "cached"
         stop, keep = _extent(state, self.policy.future_masks != "forward")
         window = _span(lo, stop - lo, len(end), end.device)
-        uncached = window >= end.unsqueeze(1)
+        in_cache = window < end.unsqueeze(1)  # the row's cache holds these columns
         visible = rows.visible
         if cached_future:  # slot k is column k: the masks after the created blocks
             after = torch.arange(slots, device=end.device) >= state.created_end().unsqueeze(1)
             visible = visible | (after & state.attention.bool())
-        mask = torch.cat([visible, uncached & keep[:, lo:].bool()], 1)
-        out = model(state.canvas[:, lo:stop], attention_mask=mask.long(), position_ids=state.positions[:, lo:stop],
+        mask = torch.cat([visible, keep[:, lo:].masked_fill(in_cache, 0)], 1)  # 1 / 0 (long)
+        out = model(state.canvas[:, lo:stop], attention_mask=mask, position_ids=state.positions[:, lo:stop],
                     past_key_values=rows.kv, use_cache=True, prev_logits=rows.boundary)
-        logits = _with_boundary(model, out.logits, end - lo, rows.boundary)
+        logits = _with_boundary(model, out.logits, end, lo, rows.boundary)
         if cached_future:  # columns newly cached take the window's keys; the rest stay
             _settle_from_window(rows.kv, slots, lo, end, target)
         elif lo == slots:  # every row caches [0, lo): slots and columns coincide
@@ -255,24 +280,27 @@ class PrefixCacheRun(PerRowCacheRun):
         else:  # each row's cached slots, then the window's
             j = _span(0, width, len(end), end.device)
             gather_slots(rows.kv, torch.where(j < end.unsqueeze(1), j, slots + j - lo))
-        return logits, torch.where(uncached, window, -1), self._rows(state, rows.kv, target, logits, lo)
+        return logits, window.masked_fill(in_cache, -1), self._rows(model, state, rows.kv, target, logits, lo)
 
     @staticmethod
-    def _rows(state: DecodeState, kv: DynamicCache, target: torch.Tensor, logits: torch.Tensor,
+    def _rows(model, state: DecodeState, kv: DynamicCache, target: torch.Tensor, logits: torch.Tensor,
               first: int) -> RowCaches:
         """Each row's cache of [0, target) (its slots [0, max target)) after a forward whose logits
-        start at column `first`."""
+        start at column `first`; shifted families also keep the prediction of each row's first
+        uncached column."""
         width = kv.get_seq_length()
         held = torch.arange(width, device=target.device) < target.unsqueeze(1)
-        at = (target - first).clamp(min=0, max=logits.shape[1] - 1)  # a row cached whole is finished
-        boundary = logits[torch.arange(len(target), device=target.device), at]
+        boundary = None
+        if model.facts.logit_shift:
+            at = (target - first).clamp(min=0, max=logits.shape[1] - 1)  # a row cached whole is finished
+            boundary = logits[torch.arange(len(target), device=target.device), at]
         return RowCaches(kv, held & state.attention[:, :width].bool(), target, boundary)
 
 
 class DelayedCacheRun(PrefixCacheRun):
     """d3LLM's cache, as the authors' `generate_multi_block_kv_cache` keeps it (docs/method.md
     section 4). Blocks enter in order, the prompt first: a block is *seen* complete at the first
-    iteration where it is complete and the block before it is cached (`seen`), and enters the
+    iteration where it is complete and the block before it is cached (`settled`), and enters the
     cache `cache_delay` iterations after that, in the forward of that iteration, which runs from
     the old cache end and keeps the window's keys of the newly cached columns. Otherwise a row
     refreshes (a whole-canvas forward rewriting its cached prefix) while its first uncached block
@@ -283,38 +311,39 @@ class DelayedCacheRun(PrefixCacheRun):
     @staticmethod
     def cacheable_complete(state: DecodeState) -> torch.Tensor:
         """(B, nb) bool: complete blocks, less those early stop created (never cached)."""
-        blocks = torch.arange(state.num_blocks, device=state.completed_at.device)
-        return (state.completed_at >= 0) & (blocks < state.stop_created_from.unsqueeze(1))
+        return (state.completed_at >= 0) & (state.block_ids < state.stop_created_from.unsqueeze(1))
 
-    def seen(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, nb) step at which each block is seen complete (meaningful where `leading`), and
-        (B, nb) `leading`: the block and all before it are complete (and cacheable).
-        seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt seen at step -1; in
-        closed form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay))."""
+    def settled(self, state: DecodeState, complete: torch.Tensor) -> torch.Tensor:
+        """(B,) blocks of each row that are settled: seen complete `cache_delay` iterations ago
+        or more, in order, the prompt first (`complete`: `cacheable_complete`). Block b is seen at
+        seen[b] = max(completed_at[b] + 1, seen[b-1] + delay), the prompt at step -1; in closed
+        form b*delay + max(delay - 1, max_{j<=b} (completed_at[j] + 1 - j*delay)), which never
+        decreases in b: the settled blocks are the leading complete ones seen by step - delay."""
         delay = self.policy.cache_delay
-        j = torch.arange(state.num_blocks, device=state.completed_at.device)
+        later = state.block_ids * delay
+        term = torch.where(complete, state.completed_at + 1 - later, torch.iinfo(torch.long).min)
+        seen = later + term.cummax(1).values.clamp(min=delay - 1)
+        leading = complete.long().cumprod(1).sum(1)
+        return torch.minimum(leading, (seen <= state.step - delay).sum(1))
+
+    def schedule(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor | None]:
         complete = self.cacheable_complete(state)
-        leading = complete.long().cumprod(1).bool()
-        term = torch.where(complete, state.completed_at + 1 - j * delay, torch.iinfo(torch.long).min)
-        return j * delay + term.cummax(1).values.clamp(min=delay - 1), leading
-
-    def plan(self, state: DecodeState) -> torch.Tensor:
         if state.step < self.policy.cache_delay - 1:  # the prompt (seen at step -1) is not cached yet
-            return torch.zeros_like(state.created)
-        seen, leading = self.seen(state)
-        settled = (leading & (seen + self.policy.cache_delay <= state.step)).sum(1)
-        return (state.start + settled * state.block_size).clamp(max=state.canvas.shape[1])
-
-    def must_refresh(self, state: DecodeState, plan: torch.Tensor) -> torch.Tensor:
+            target = torch.zeros_like(state.created)
+        else:
+            target = (state.start + self.settled(state, complete) * state.block_size).clamp(max=state.canvas.shape[1])
+        if self.rows is None:
+            return target, None
         held = self.rows.prefix
-        grows = plan > held  # these forward from their cache end and cache more
-        first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
-        waiting = self.cacheable_complete(state).gather(1, first.unsqueeze(1)).squeeze(1)  # the first uncached block
-        if not self.policy.refresh_while_waiting:  # the window forward recomputes the waiting blocks anyway
-            waiting = torch.zeros_like(waiting)
+        refresh = held == 0
         interval = self.policy.refresh_interval  # every row started at step 0: the step is each row's
-        periodic = interval is not None and (state.step + 1) % interval == 0
-        return (held == 0) | (~grows & (waiting | periodic))
+        if interval is not None and (state.step + 1) % interval == 0:
+            return target, refresh | (target <= held)
+        if self.policy.refresh_while_waiting:  # else the window forward recomputes the waiting blocks anyway
+            first = ((held - state.start).clamp(min=0) // state.block_size).clamp(max=state.num_blocks - 1)
+            waiting = complete.gather(1, first.unsqueeze(1)).squeeze(1)  # the first uncached block
+            refresh = refresh | ((target <= held) & waiting)  # rows whose cache grows forward from its end
+        return target, refresh
 
 
 def incomplete_block_starts(state: DecodeState) -> torch.Tensor:
@@ -352,7 +381,7 @@ class BlockCacheRun(NoCacheRun):
                       block_start=state.start)
         if self.cache is None:  # the prompt too; logits from the response (or its first block) on
             first = min(state.start, begin)
-            window["past_key_values"] = self.cache = DynamicCache(config=model.config)
+            window["past_key_values"] = self.cache = new_cache(model.config)
             out = model(state.canvas[:, :stop], position_ids=state.positions[:, :stop],
                         logits_to_keep=stop - first, **window)
         else:
@@ -370,7 +399,7 @@ class BlockCacheRun(NoCacheRun):
         Fast-dLLM v2's generate takes it."""
         lo = self.end if self.cache is not None else 0
         if self.cache is None:
-            self.cache = DynamicCache(config=model.config)
+            self.cache = new_cache(model.config)
         out = model(state.canvas[:, lo:begin], attention_mask=state.attention[:, :begin],
                     position_ids=state.positions[:, lo:begin], past_key_values=self.cache, use_cache=True,
                     logits_to_keep=1, block_start=state.start)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from d3llm.decode.cache import gather_slots
+from d3llm.decode.cache import gather_slots, new_cache
 from d3llm.decode.config import DecodeConfig
 from d3llm.decode.state import NOT_YET, DecodeState, without_finished
 from d3llm.tensors import first_index
@@ -100,7 +100,7 @@ def generate_exact(model, prompts: list[list[int]], config: DecodeConfig, pad_id
     batch = DecodeState.start_from(prompts, config, NOT_YET, facts.eos_token_id, pad_id, model.device)
     first = batch.positions[:, batch.start]
     offset = first % batch.block_size if facts.block_alignment == "absolute" else torch.zeros_like(first)
-    spec = Speculation(DynamicCache(config=model.config), torch.zeros_like(first),
+    spec = Speculation(new_cache(model.config), torch.zeros_like(first),
                        torch.full_like(batch.response, NOT_YET), offset)
     state, unwanted = batch, None
     while True:

@@ -39,9 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
 
-from d3llm.decode.cache import open_cache
+from d3llm.decode.cache import new_cache, open_cache
 from d3llm.decode.config import DecodeConfig, for_facts
 from d3llm.decode.exact import generate_exact
 from d3llm.decode.select import current_block, score, select
@@ -100,8 +100,9 @@ class _ForwardTimer:
 
     def __init__(self, model):
         self.model, self.seconds = model, 0.0
+        self.device = model.device  # read once (the model's is looked up from its parameters)
         self.profile: dict[str, list] = {}
-        self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+        self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
     def __call__(self, input_ids, *args, **kwargs):
         cache = kwargs.get("past_key_values")
@@ -122,10 +123,6 @@ class _ForwardTimer:
     @property
     def config(self):
         return self.model.config
-
-    @property
-    def device(self):
-        return self.model.device
 
 
 @torch.no_grad()
@@ -204,6 +201,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         sub_of = state.sub_block_of(min(window, state.block_size))
         sub_at = torch.cat([sub_of, sub_of.new_full((1,), int(sub_of.max()) + 1)])
     unwanted = None  # rows the caller no longer needs (returned by `on_step`)
+    reads = config.strategy.scores_read()
     while True:
         if config.early_stop is not None:
             state.apply_early_stop()
@@ -214,31 +212,31 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
         logits, columns = cache.forward(model, state)  # logits[:, k] predicts canvas column columns[:, k]
         at = _response_positions(state, columns)  # (B, W); num_new where a logit predicts nothing
         candidates, in_current = _candidates(state, config, at, block_at[at], None if sub_at is None else sub_at[at])
-        scores = score(logits, candidates, config.temperature, generator, never=facts.mask_token_id)
+        scores = score(logits, candidates, config.temperature, generator, facts.mask_token_id, reads)
         chosen = select(scores, candidates, in_current, config.strategy)
-        assert chosen.any(1)[candidates.any(1)].all(), "every row with candidates must progress"
-        full_chosen = _scatter(torch.zeros_like(state.response, dtype=torch.bool), at, chosen)
-        tokens = _scatter(state.response.clone(), at, scores.tokens)
-        state.commit(full_chosen, tokens)
+        assert bool((chosen.any(1) >= candidates.any(1)).all()), "every row with candidates must progress"
+        state.commit(_to_response(chosen, at, state.num_new), _to_response(scores.tokens, at, state.num_new))
         if on_step:
             unwanted = on_step(state)
 
 
 def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, blocks: torch.Tensor,
                 subs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, W) bool each: the positions at `at` this iteration may commit, and those of them in
-    the row's current block (`select.current_block`). Candidates are the masks of created blocks
-    (with `stale_candidates`, also the columns early stop has just filled, as the authors' loops
-    read them); with sub-blocks (`subs`, their ids at `at`), only the current block's first
-    sub-block that still has masks."""
-    block_of = state.block_of()
-    masked, created = state.masked(), state.is_created()[:, block_of]
-    stale = state.filled if config.early_stop is not None and config.early_stop.stale_candidates else None
-    candidates = _gather((masked if stale is None else masked | stale) & created, at)
-    current = current_block(_gather(masked & created, at), _gather(state.fully_active[:, block_of], at), blocks)
+    """(B, W) bool each: the positions at `at` (their blocks `blocks`, num_blocks one past the
+    response) this iteration may commit, and those of them in the row's current block
+    (`select.current_block`). Candidates are the masks of created blocks (with
+    `stale_candidates`, also the columns early stop has just filled, as the authors' loops read
+    them); with sub-blocks (`subs`, their ids at `at`), only the current block's first sub-block
+    that still has masks."""
+    masked = _gather(state.masked(), at)
+    created = blocks < state.created.unsqueeze(1)
+    stale = config.early_stop is not None and config.early_stop.stale_candidates
+    candidates = (_gather(state.masked() | state.filled, at) if stale else masked) & created
+    active = masked & created & _gather(state.fully_active, blocks)
+    current = current_block(active, blocks)
     if subs is not None:
         none = torch.iinfo(subs.dtype).max  # a row without masks in its current block
-        first_sub = torch.where(_gather(masked, at) & (blocks == current), subs, none).min(1, keepdim=True).values
+        first_sub = subs.masked_fill(~(masked & (blocks == current)), none).amin(1, keepdim=True)
         candidates = candidates & (subs == first_sub)
     return candidates, candidates & (blocks == current)
 
@@ -246,19 +244,18 @@ def _candidates(state: DecodeState, config: DecodeConfig, at: torch.Tensor, bloc
 def _response_positions(state: DecodeState, columns: torch.Tensor) -> torch.Tensor:
     """(B, W) response position of each canvas column in `columns`; `num_new` (one past the
     response) for the rest (-1, or the prompt)."""
-    return torch.where(columns >= state.start, columns - state.start, state.num_new)
+    return (columns - state.start).masked_fill_(columns < state.start, state.num_new)
 
 
 def _gather(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool values at response positions `at` (B, W); False one past the response."""
-    return torch.cat([values, values.new_zeros(len(values), 1)], 1).gather(1, at)
+    """(B, n) bool values at positions `at` (B, W); False at n (one past the end)."""
+    return F.pad(values, (0, 1)).gather(1, at)
 
 
-def _scatter(into: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`into` (B, N) with `values` (B, W) written at response positions `at` (those one past
-    the response are dropped)."""
-    spare = torch.cat([into, into.new_zeros(len(into), 1)], 1)
-    return spare.scatter_(1, at, values)[:, :-1]
+def _to_response(values: torch.Tensor, at: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n): `values` (B, W) written at response positions `at` (those one past the response
+    dropped), zero (False) elsewhere."""
+    return values.new_zeros(len(values), n + 1).scatter_(1, at, values)[:, :-1]
 
 
 def _until_eos(response: torch.Tensor, eos_id: int) -> tuple[list[list[int]], list[int]]:
@@ -275,13 +272,13 @@ def _generate_ar(model, prompts, config, pad_id, on_step) -> DecodeState:
     forward. It keeps the same `DecodeState` as the diffusion loop (columns not generated yet
     count as masked), so counts, traces and `on_step` streaming are the same for both."""
     state = DecodeState.start_from(prompts, config, NOT_YET, model.facts.eos_token_id, pad_id, model.device)
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model.config)
     generator = torch.Generator(device=model.device).manual_seed(config.seed) if config.temperature > 0 else None
     start = state.start
     out = model(state.canvas[:, :start], attention_mask=state.attention[:, :start],
                 position_ids=state.positions[:, :start], past_key_values=cache, use_cache=True, logits_to_keep=1)
     for column in range(state.num_new):
-        token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator).tokens[:, 0]  # (B,)
+        token = score(out.last_logits.unsqueeze(1), None, config.temperature, generator, reads=()).tokens[:, 0]
         state.commit_column(column, token)
         unwanted = on_step(state) if on_step else None
         if unwanted is not None:

@@ -13,6 +13,7 @@ All of it is batched tensor work: no Python loop over rows or tokens.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,8 @@ from d3llm.decode.strategies import Strategy, TopK
 @dataclass
 class Scores:
     tokens: torch.Tensor  # (B, n) proposed token per position
-    confidence: torch.Tensor  # (B, n) probability of the proposed token
-    entropy: torch.Tensor  # (B, n) entropy of the predicted distribution, nats
+    confidence: torch.Tensor | None  # (B, n) probability of the proposed token (None: not asked for)
+    entropy: torch.Tensor | None  # (B, n) entropy of the predicted distribution, nats (None: not asked for)
 
     def leftmost(self) -> torch.Tensor:
         """(B, n) a goodness that ranks positions left to right."""
@@ -34,12 +35,13 @@ class Scores:
 
 def score(
     logits: torch.Tensor, where: torch.Tensor | None, temperature: float, generator: torch.Generator | None,
-    never: int | None = None,
+    never: int | None = None, reads: tuple[str, ...] = ("confidence", "entropy"),
 ) -> Scores:
     """(B, n, V) logits -> per-position proposal, its probability and the entropy (float32).
     Token `never` (the mask token) is never proposed (committing it would leave the position
     masked forever): the proposal is the best other token; its probability and the entropy
-    are those of the full distribution, as the reference decoders compute them.
+    are those of the full distribution, as the reference decoders compute them. Only the
+    fields named in `reads` are computed (`Strategy.scores_read`); the others are None.
 
     Only positions in `where` (B, n) are scored (a softmax over a 126k vocabulary is not free);
     the others get token 0, confidence -1 and entropy +inf, which no strategy selects."""
@@ -47,22 +49,32 @@ def score(
         where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     at = where.nonzero(as_tuple=True)  # once: the same positions are read and written below
     picked = logits[at].float()  # (M, V)
-    log_probs = torch.log_softmax(picked, dim=-1)
-    probs = log_probs.exp()
-    entropy = -(probs * log_probs).sum(-1)
-    proposable = picked if never is None else picked.index_fill(-1, torch.tensor([never], device=picked.device),
-                                                                float("-inf"))
+    shape, device = where.shape, logits.device
+    out_conf = out_entropy = probs = None
+    if reads:
+        log_probs = torch.log_softmax(picked, dim=-1)
+        probs = log_probs.exp()
+    if "entropy" in reads:
+        out_entropy = torch.full(shape, float("inf"), device=device)
+        out_entropy[at] = -(probs * log_probs).sum(-1)
+    # `picked` is a copy, read above: the mask token's logit can be overwritten in place
+    proposable = picked if never is None else picked.index_fill_(-1, _index(never, picked.device), float("-inf"))
     if temperature > 0 and len(picked):
         tokens = torch.multinomial(torch.softmax(proposable / temperature, dim=-1), 1, generator=generator)[:, 0]
     else:
         tokens = proposable.argmax(-1)
-    confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    shape, device = where.shape, logits.device
+    if "confidence" in reads:
+        out_conf = torch.full(shape, -1.0, device=device)
+        out_conf[at] = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     out_tokens = torch.zeros(shape, dtype=torch.long, device=device)
-    out_conf = torch.full(shape, -1.0, device=device)
-    out_entropy = torch.full(shape, float("inf"), device=device)
-    out_tokens[at], out_conf[at], out_entropy[at] = tokens, confidence, entropy
+    out_tokens[at] = tokens
     return Scores(out_tokens, out_conf, out_entropy)
+
+
+@functools.lru_cache(maxsize=16)
+def _index(token: int, device: torch.device) -> torch.Tensor:
+    """(1,) `token`, made once per device (a tensor per `score` call costs as much as the fill)."""
+    return torch.tensor([token], device=device)
 
 
 def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -72,11 +84,11 @@ def _best(values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return best & allowed
 
 
-def current_block(masked: torch.Tensor, fully_active: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
-    """(B, 1) each row's current block: the first fully-active block that still has `masked`
-    positions (a block id above every real one where a row has none)."""
-    none = torch.iinfo(block_of.dtype).max
-    return torch.where(masked & fully_active, block_of, none).min(1, keepdim=True).values
+def current_block(active: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """(B, 1) each row's current block: the first block among `blocks` (B, n) that has an
+    `active` position (a masked position of a fully-active block); a block id above every real
+    one where a row has none."""
+    return blocks.masked_fill(~active, torch.iinfo(blocks.dtype).max).amin(1, keepdim=True)
 
 
 def select(s: Scores, candidates: torch.Tensor, in_current: torch.Tensor, strategy: Strategy) -> torch.Tensor:

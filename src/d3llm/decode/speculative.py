@@ -60,6 +60,7 @@ def generate_ar_spec(model, prompts: list[list[int]], config: DecodeConfig, pad_
             state.trace[row, : len(tokens)] = torch.arange(len(tokens), device=tokens.device)
             state.row_forwards[row] = counter.calls - before
             state.stopped[row] = bool((tokens == eos).any())
+            state.canvas_changed()
             if on_step:
                 on_step(state)
     finally:

@@ -9,7 +9,10 @@ shorter). Block life cycle (docs/method.md section 3):
 
 `created` counts the created blocks of each row (blocks are created in order), `fully_active`
 and `completed_at` are (B, nb) tensors; progress and completeness are derived from the canvas,
-so there is no second copy of the truth to keep in sync.
+so there is no second copy of the truth to keep in sync. What the masks say (`Tally`: masked
+positions, block progress, rows with masks) is computed once per canvas: `_write`, the loop's
+one write path, leaves the tally of the canvas it writes, and every other write drops it (code
+that writes `canvas` itself calls `canvas_changed`).
 
 Finished rows leave the batch (`select`): the loop forwards only the rows that still have
 masks, and `rows` names each remaining row's index in the batch it started as.
@@ -17,16 +20,29 @@ masks, and `rows` names each remaining row's index in the batch it started as.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
 from d3llm.decode.config import DecodeConfig
 from d3llm.tensors import first_index
 
 
 NOT_YET = -1  # the AR decoders' "masked" value: a response column not generated yet (never fed to the model)
+
+
+@dataclass(frozen=True, eq=False)
+class Tally:
+    """What a canvas's masks say: per position, per block and per row (`DecodeState.tally`)."""
+
+    masked: torch.Tensor  # (B, N) bool: response positions still masked
+    progress: torch.Tensor  # (B, nb) fraction of each block committed
+    has_masks: torch.Tensor  # (B,) bool: rows with a masked position
+
+    def select(self, index: torch.Tensor) -> "Tally":
+        return Tally(self.masked[index], self.progress[index], self.has_masks[index])
 
 
 @dataclass
@@ -55,17 +71,15 @@ class DecodeState:
     # early stop writes EOS over the columns after the first EOS (d3LLM); False: leaves them, and
     # a row is finished once every column before its first EOS is committed (Fast-dLLM v2)
     fill_after_eos: bool = True
+    # the tally of the canvas as it is (None: not known; `tally` computes it)
+    _tally: Tally | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def start_from(cls, prompts: list[list[int]], config: DecodeConfig, mask_id: int, eos_id: int,
                    pad_id: int, device: torch.device, block_offset: int = 0) -> "DecodeState":
         width, n = max(len(p) for p in prompts), config.max_new_tokens
-        canvas = torch.full((len(prompts), width + n), mask_id, dtype=torch.long)
-        attention = torch.ones_like(canvas)
-        for row, p in enumerate(prompts):  # building the canvas is O(B), not the hot path
-            canvas[row, : width - len(p)] = pad_id
-            canvas[row, width - len(p) : width] = torch.tensor(p)
-            attention[row, : width - len(p)] = 0
+        canvas = torch.tensor([[pad_id] * (width - len(p)) + list(p) + [mask_id] * n for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + n) for p in prompts])
         nb = -(-(n + block_offset) // config.block_size)
         batch = len(prompts)
         state = cls(
@@ -97,8 +111,12 @@ class DecodeState:
         return self.fully_active.shape[1]
 
     @property
-    def response(self) -> torch.Tensor:  # (B, N) a view
-        return self.canvas[:, self.start :]
+    def response(self) -> torch.Tensor:
+        """(B, N) a view of the canvas's response columns (made once per canvas tensor)."""
+        held = self.__dict__.get("_response_of")
+        if held is None or held[0] is not self.canvas:
+            held = self.__dict__["_response_of"] = (self.canvas, self.canvas[:, self.start :])
+        return held[1]
 
     def block_of(self) -> torch.Tensor:
         """(N,) block index of each response position."""
@@ -106,11 +124,25 @@ class DecodeState:
 
     @cached_property
     def _block_of(self) -> torch.Tensor:  # geometry: computed once per state object
-        return (torch.arange(self.num_new, device=self.canvas.device) + self.block_offset) // self.block_size
+        return (self.columns + self.block_offset) // self.block_size
+
+    @cached_property
+    def columns(self) -> torch.Tensor:
+        """(N,) 0 .. N - 1: the response positions."""
+        return torch.arange(self.num_new, device=self.canvas.device)
+
+    @cached_property
+    def block_ids(self) -> torch.Tensor:
+        """(nb,) 0 .. nb - 1."""
+        return torch.arange(self.num_blocks, device=self.canvas.device)
 
     def block_begins(self) -> torch.Tensor:
         """(nb + 1,) canvas column where each block begins (block 0: where its absolute block
         begins, in the prompt when `block_offset` > 0), and the canvas end."""
+        return self._block_begins
+
+    @cached_property
+    def _block_begins(self) -> torch.Tensor:  # geometry: computed once per state object
         begins = self.start - self.block_offset + torch.arange(self.num_blocks + 1, device=self.canvas.device) * self.block_size
         return begins.clamp(max=self.canvas.shape[1])
 
@@ -133,17 +165,31 @@ class DecodeState:
 
     # --- derived state -------------------------------------------------------------------
 
+    def tally(self) -> Tally:
+        """The masks of the canvas as it is, computed once per canvas (module docstring). Read
+        only: the tensors are shared by every caller until the next write."""
+        if self._tally is None:
+            masked = self.response == self.mask_id
+            progress = 1 - self.per_block(masked.long()) / self._block_lengths
+            self._tally = Tally(masked, progress, masked.any(1))
+        return self._tally
+
+    def canvas_changed(self) -> None:
+        """Forget what was derived from the canvas: for code that writes `canvas` (or
+        `response`) directly rather than by the state's methods."""
+        self._tally = None
+
     def masked(self) -> torch.Tensor:
         """(B, N) bool: response positions still masked."""
-        return self.response == self.mask_id
+        return self.tally().masked
 
     def progress(self) -> torch.Tensor:
         """(B, nb) fraction of each block committed."""
-        return 1 - self.per_block(self.masked().long()) / self._block_lengths
+        return self.tally().progress
 
     def is_created(self) -> torch.Tensor:
         """(B, nb) bool."""
-        return torch.arange(self.num_blocks, device=self.canvas.device) < self.created.unsqueeze(1)
+        return self.block_ids < self.created.unsqueeze(1)
 
     def created_end(self) -> torch.Tensor:
         """(B,) canvas column where each row's created blocks end."""
@@ -151,27 +197,27 @@ class DecodeState:
 
     def row_finished(self) -> torch.Tensor:
         """(B,) bool: rows without masks (without `fill_after_eos`: before their first EOS)."""
-        masked = self.masked()
-        if not self.fill_after_eos:
-            columns = torch.arange(self.num_new, device=masked.device).unsqueeze(0)
-            masked = masked & (columns < first_index(self.response == self.eos_id).unsqueeze(1))
+        if self.fill_after_eos:
+            return ~self.tally().has_masks
+        masked = self.masked() & (self.columns < first_index(self.response == self.eos_id).unsqueeze(1))
         return ~masked.any(1)
 
     # --- rows leaving the batch ----------------------------------------------------------
 
-    def _per_row_fields(self) -> list[str]:
-        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]
-
     def select(self, index: torch.Tensor) -> "DecodeState":
         """The state of rows `index` only (every per-row tensor indexed, the rest shared)."""
-        return replace(self, **{name: getattr(self, name)[index] for name in self._per_row_fields()})
+        part = replace(self, **{name: getattr(self, name)[index] for name in PER_ROW})
+        if self._tally is not None:
+            part._tally = self._tally.select(index)
+        return part
 
     def write_back(self, part: "DecodeState") -> None:
         """Copy the rows of `part` (a `select` of this state, at any later step) into this one."""
         at = part.rows
-        for name in self._per_row_fields():
+        for name in PER_ROW:
             getattr(self, name)[at] = getattr(part, name)
         self.step = max(self.step, part.step)
+        self.canvas_changed()
 
     # --- transitions ---------------------------------------------------------------------
 
@@ -181,38 +227,36 @@ class DecodeState:
         then exist, with the tail already filled). `filled` records the masks it filled. Without
         `fill_after_eos` it only marks the rows `stopped` (`row_finished` reads the EOS)."""
         is_eos = self.response == self.eos_id
+        if not bool(is_eos.any()):  # nothing to fill; `filled` is all False (only rows with an EOS fill)
+            return
         has_eos = is_eos.any(1)
-        if not has_eos.any() or not self.fill_after_eos:
-            self.filled = torch.zeros_like(self.filled)
+        if not self.fill_after_eos:
             self.stopped |= has_eos
             return
-        n = self.num_new
-        first = first_index(is_eos)  # (B,)
-        after = torch.arange(n, device=is_eos.device).unsqueeze(0) > first.unsqueeze(1)
-        self.filled = after & self.masked()
-        self._write(after & (self.response != self.eos_id), torch.full_like(self.response, self.eos_id))
-        self.stop_created_from = torch.where(has_eos & ~self.stopped, self.created, self.stop_created_from)
-        self.stopped |= has_eos
-        self.created = torch.where(has_eos, self.num_blocks, self.created)
+        fill = (is_eos.cumsum(1) > 0) & ~is_eos  # after the first EOS
+        self.filled = fill & self.masked()
+        if bool(fill.any()):
+            self._write(fill, self.eos_id)
+        newly = has_eos > self.stopped
+        if bool(newly.any()):
+            self.stop_created_from = torch.where(newly, self.created, self.stop_created_from)
+            self.stopped |= has_eos
+            self.created = torch.where(has_eos, self.num_blocks, self.created)
 
     def update_blocks(self, config: DecodeConfig) -> None:
-        """Activation, then creation of at most one new block per row."""
+        """Creation of at most one new block per row (when its last created block reaches
+        `block_add_threshold`), then activation: every created block whose predecessor reached
+        `block_activate_threshold` is fully active (block 0 always)."""
         progress = self.progress()
-        created = self.is_created()
-        predecessor_done = torch.ones_like(progress, dtype=torch.bool)
-        predecessor_done[:, 1:] = progress[:, :-1] >= config.block_activate_threshold
-        self.fully_active |= created & predecessor_done
-        last = (self.created - 1).unsqueeze(1)
-        last_progress = progress.gather(1, last).squeeze(1)
-        grow = (last_progress >= config.block_add_threshold) & (self.created < self.num_blocks)
-        new_index = self.created.clamp(max=self.num_blocks - 1)
-        self.created = self.created + grow.long()
-        becomes_full = grow & predecessor_done.gather(1, new_index.unsqueeze(1)).squeeze(1)
-        self.fully_active[torch.arange(len(grow), device=grow.device), new_index] |= becomes_full
+        last_progress = progress.gather(1, (self.created - 1).unsqueeze(1)).squeeze(1)
+        self.created = (self.created + (last_progress >= config.block_add_threshold)).clamp(max=self.num_blocks)
+        # block 0's predecessor, the prompt, is complete
+        predecessor_done = F.pad(progress[:, :-1] >= config.block_activate_threshold, (1, 0), value=True)
+        self.fully_active |= self.is_created() & predecessor_done
 
     def commit(self, chosen: torch.Tensor, tokens: torch.Tensor) -> None:
         """Write `tokens` (B, N) at `chosen` (B, N) positions; end the iteration."""
-        self.row_forwards += self.masked().any(1).long()  # rows this forward was needed for
+        self.row_forwards += self.tally().has_masks  # rows this forward was needed for
         self._write(chosen, tokens)
         self.step += 1
 
@@ -226,14 +270,22 @@ class DecodeState:
         self.trace[:, column] = self.step
         self.stopped |= tokens == self.eos_id
         self.step += 1
+        self.canvas_changed()
 
-    def _write(self, where: torch.Tensor, tokens: torch.Tensor) -> None:
-        """The one place response tokens are written: keeps trace and completion times."""
-        was_complete = self.completed_at >= 0  # blocks only complete here, and stay complete
-        self.response[...] = torch.where(where, tokens, self.response)
-        self.trace = torch.where(where, self.step, self.trace)
-        now_complete = self.progress() >= 1
-        self.completed_at = torch.where(now_complete & ~was_complete, self.step, self.completed_at)
+    def _write(self, where: torch.Tensor, tokens: torch.Tensor | int) -> None:
+        """The one place response tokens are written: keeps trace and completion times, and
+        leaves the tally of the canvas it writes."""
+        if isinstance(tokens, int):
+            self.response.masked_fill_(where, tokens)
+        else:
+            self.response.copy_(torch.where(where, tokens, self.response))
+        self.trace = self.trace.masked_fill(where, self.step)
+        self._tally = None
+        now_complete = self.tally().progress >= 1  # blocks only complete here, and stay complete
+        self.completed_at = self.completed_at.masked_fill(now_complete & (self.completed_at < 0), self.step)
+
+
+PER_ROW = tuple(f.name for f in fields(DecodeState) if f.type == "torch.Tensor")  # indexed by `select`
 
 
 def without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: torch.Tensor | None):
@@ -241,11 +293,14 @@ def without_finished(batch: DecodeState, state: DecodeState, cache, unwanted: to
     the state of the others (dropped from `cache` too, by its `select_rows`), or None when no
     row is left."""
     done = state.row_finished() if unwanted is None else state.row_finished() | unwanted
-    if not done.any():
+    finished = int(done.sum())
+    if finished == 0:
         return state
+    if finished == len(done):
+        if state is not batch:
+            batch.write_back(state)
+        return None
     batch.write_back(state.select(done))
     keep = (~done).nonzero().flatten()
-    if len(keep) == 0:
-        return None
     cache.select_rows(keep)
     return state.select(keep)

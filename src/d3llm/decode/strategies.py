@@ -50,6 +50,11 @@ class Strategy(Part):
         """Columns of the current block a strategy commits in, its first ones with masks (None: anywhere)."""
         return None
 
+    def scores_read(self) -> tuple[str, ...]:
+        """The fields of `select.Scores` beyond the tokens that its rules read (`score` computes
+        only these)."""
+        return ("confidence", "entropy")
+
 
 @register
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class TopK(Strategy):
     def __post_init__(self) -> None:
         positive_int("tokens_per_step", self.tokens_per_step)
         one_of("rank_by", self.rank_by, ("confidence", "entropy", "position"))
+
+    def scores_read(self) -> tuple[str, ...]:
+        return () if self.rank_by == "position" else (self.rank_by,)
 
     def goodness(self, scores):
         """(B, n) higher is better (`select.Scores`)."""
@@ -122,6 +130,9 @@ class Confidence(ThresholdStrategy):
     threshold_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     threshold: float = 0.9
 
+    def scores_read(self) -> tuple[str, ...]:
+        return ("confidence",)
+
     def goodness(self, scores):
         return scores.confidence
 
@@ -139,6 +150,9 @@ class Entropy(ThresholdStrategy):
     threshold_range: ClassVar[tuple[float, float]] = (0.0, 10.0)
     unit: ClassVar[str] = " nats"
     threshold: float = 0.5
+
+    def scores_read(self) -> tuple[str, ...]:
+        return ("entropy",)
 
     def goodness(self, scores):
         return -scores.entropy
