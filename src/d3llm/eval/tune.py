@@ -35,8 +35,8 @@ from pathlib import Path
 from d3llm.decode.config import PRESETS, resolve_config
 from d3llm.decode.policies import DelayedCache
 from d3llm.decode.strategies import ThresholdStrategy
-from d3llm.eval.runner import evaluate
 from d3llm.errors import D3llmError
+from d3llm.eval.runner import evaluate
 from d3llm.eval.timing import ROUNDS, time_in_rounds
 from d3llm.files import read_json, write_atomic
 from d3llm.models.catalog import describe
