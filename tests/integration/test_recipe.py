@@ -116,3 +116,14 @@ def test_a_killed_tune_resumes_from_the_scores_it_kept(monkeypatch, capsys, fold
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "3", "--out", tmp_path / "t")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "holds the scores of another tune (n_per_task 2 there, 3 now)" in err
+
+
+def test_a_grid_is_scored_in_the_dtype_the_model_was_loaded_in(folder):
+    """A grid scored in bfloat16 is labelled so and has no float32 -> bfloat16 step to add."""
+    from d3llm.eval.tune import tune
+    from d3llm.tasks import get_task
+
+    lm = load_model(folder, dtype="bfloat16")
+    recipe, points = tune(lm, [get_task("arith")], n=1)
+    assert len(points) == len(grid_for(lm)) and {p.dtype for p in points} == {"bfloat16"}
+    assert recipe.dtype == "bfloat16"

@@ -27,8 +27,8 @@ def tune(
 ) -> None:
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
     validation problems, and choose its recipe: of the points within 1 accuracy point of the
-    best, the fastest at batch 1 (median of interleaved timing rounds), then bfloat16 if that
-    stays within and is faster. The test split is never read. Each point's score is kept in
+    best, the fastest at batch 1 (median of interleaved timing rounds), then (for a grid scored
+    in float32, the default) bfloat16 if that stays within and is faster. The test split is never read. Each point's score is kept in
     OUT as it finishes, so a killed tune resumes. With --save, generate / eval / serve / chat /
     demo then decode the model with it unless --method is given."""
     from rich.console import Console
@@ -50,7 +50,8 @@ def tune(
     scores = (out or Path("runs") / f"tune-{folder.name}") / "scores.json"
     check_out_folder(scores.parent)
     lm = load(model, device, dtype)
-    with progress_bar((len(grid_for(lm)) + 1) * len(tasks) * n, "tune") as bar:
+    twin = str(lm.model.dtype) == "torch.float32"  # a float32 grid's chosen point is also scored in bfloat16
+    with progress_bar((len(grid_for(lm)) + twin) * len(tasks) * n, "tune") as bar:
         recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance, progress_file=scores)
     Console().print(tune_table(points, recipe))
     typer.echo(f"recipe: {recipe.text()}")

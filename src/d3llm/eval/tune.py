@@ -6,14 +6,15 @@
 The grid (`grid_for`): each preset the model is compared with (its provenance's `methods`),
 at every threshold of `THRESHOLDS` for its strategy; a delayed-cache preset also in its lean
 schedule (`LEAN`: no whole-canvas refresh while a block settles, the masks after the created
-blocks read from the cache; docs/method.md section 4), in float32.
+blocks read from the cache; docs/method.md section 4), in the dtype the model was loaded in
+(`d3llm tune`: float32 unless --dtype says otherwise).
 
 The rule: every point decodes `n` validation problems of each task (accuracy pooled over the
 tasks; batched: a row decodes what it decodes alone, so batching changes no answer). The points
 within `TOLERANCE` points of the best are eligible; they are timed at batch 1 (latency, as the
 paper reports tokens/s) on the first `TIMING_N` problems of each task, in `ROUNDS` rounds
 that visit the points in turn, so a busy machine slows them alike; the recipe is the eligible
-point with the highest median tokens/s. Then the same point in bfloat16: its dtype becomes the
+point with the highest median tokens/s. Then, for a grid scored in float32, the same point in bfloat16: its dtype becomes the
 recipe's if its accuracy stays within `TOLERANCE` of the best and its median (timed in rounds
 beside the float32 point) is higher. The recipe keeps every point's scores (`chosen`), so the
 choice can be checked; the test split is never read here.
@@ -124,7 +125,7 @@ def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
 
 
 def grid_for(lm: LoadedModel) -> list[Point]:
-    """The fixed grid of `lm` (see the module docstring), in float32."""
+    """The fixed grid of `lm` (see the module docstring), in the dtype `lm` is loaded in."""
     points = []
     for method in describe(lm.path, lm.name).methods:
         config = PRESETS[method]
@@ -133,7 +134,7 @@ def grid_for(lm: LoadedModel) -> list[Point]:
         for threshold in thresholds:
             for schedule in schedules:
                 settings = {**({} if threshold is None else {"threshold": threshold}), **schedule}
-                points.append(Point(method, settings, "float32"))
+                points.append(Point(method, settings, str(lm.model.dtype).removeprefix("torch.")))
     return points
 
 
@@ -173,8 +174,9 @@ def choose(points: Sequence[Point]) -> Point:
 
 def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str], None] | None = None,
          advance: Callable[[int], None] | None = None, progress_file: Path | None = None) -> tuple[Recipe, list[Point]]:
-    """The recipe of `lm` by the module's rule, and every point scored (the float32 grid, then
-    the chosen point in bfloat16); scores kept in and resumed from `progress_file` (module docstring)."""
+    """The recipe of `lm` by the module's rule, and every point scored (the grid, then, for a
+    float32 grid, the chosen point in bfloat16); scores kept in and resumed from `progress_file`
+    (module docstring)."""
     saved = ScoredPoints(progress_file, run_settings(lm, tasks, n))
 
     def scored(model: LoadedModel, point: Point) -> Point:
@@ -193,13 +195,14 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
         progress("timing the eligible points")
     time_points([(lm, p) for p in eligible(points, best)], tasks)
     chosen = choose(points)
-    in_bf16 = Point(chosen.method, chosen.settings, "bfloat16")
-    lm_bf16 = load_model(lm.path, dtype="bfloat16", device=lm.model.device)
-    points.append(scored(lm_bf16, in_bf16))
-    if within(in_bf16, best):
-        twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
-        time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
-        chosen = in_bf16 if in_bf16.tokens_per_second > twin.tokens_per_second else chosen
+    if chosen.dtype == "float32":
+        in_bf16 = Point(chosen.method, chosen.settings, "bfloat16")
+        lm_bf16 = load_model(lm.path, dtype="bfloat16", device=lm.model.device)
+        points.append(scored(lm_bf16, in_bf16))
+        if within(in_bf16, best):
+            twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
+            time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
+            chosen = in_bf16 if in_bf16.tokens_per_second > twin.tokens_per_second else chosen
     record = {"rule": f"fastest (median tokens/s at batch 1, {ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "
                       "faster (d3llm.eval.tune)",
