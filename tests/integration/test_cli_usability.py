@@ -103,9 +103,14 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     assert max(map(len, out.splitlines())) <= 100, out  # fits a terminal (paths: --json)
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert set(by_name) == set(bundled_models())
+
+    def method(name):  # the method column: its decode recipe's, else its family's default
+        recipe = read_recipe(bundled_models()[name])
+        return recipe.method if recipe else {"tiny-teacher": "d3llm", "tiny-block": "d3llm-block"}[name]
+
     assert by_name["tiny-ar"].split()[1:4] == ["ar", "2.85M", "ar"]
-    assert by_name["tiny-teacher"].split()[1:5] == ["llada", "2.85M", "d3llm", "8"]  # its stored decode blocks
-    assert by_name["tiny-block"].split()[1:5] == ["block", "2.85M", "d3llm-block", "8"]  # its trained blocks
+    assert by_name["tiny-teacher"].split()[1:5] == ["llada", "2.85M", method("tiny-teacher"), "8"]  # its stored blocks
+    assert by_name["tiny-block"].split()[1:5] == ["block", "2.85M", method("tiny-block"), "8"]  # its trained blocks
     assert by_name["tiny-dparallel"].split()[4] == "32" and by_name["tiny-ar"].split()[4] == "-"
     assert by_name["tiny-ar"].split()[5:] == ["90.6", "87.5", "84.4", "ar,", "n=32"]  # provenance.json: final validation
     code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
