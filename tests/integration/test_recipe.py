@@ -127,3 +127,15 @@ def test_a_grid_is_scored_in_the_dtype_the_model_was_loaded_in(folder):
     recipe, points = tune(lm, [get_task("arith")], n=1)
     assert len(points) == len(grid_for(lm)) and {p.dtype for p in points} == {"bfloat16"}
     assert recipe.dtype == "bfloat16"
+
+
+def test_the_commands_load_a_model_in_its_recipe_dtype_unless_told(monkeypatch, capsys, folder, tmp_path):
+    """`--dtype auto` (the default) reaches `load_model` as "auto": the recipe's dtype on a CPU;
+    a dtype named on the command line wins."""
+    write_recipe(folder, Recipe("d3llm-block", {"threshold": 0.8}, "bfloat16", {"rule": "test"}))
+    for extra, dtype in (((), "bfloat16"), (("--dtype", "float32"), "float32")):
+        out = tmp_path / f"{dtype}.json"
+        code, _, err = run_cli(monkeypatch, capsys, "eval", "-m", str(folder), "--task", "arith", "--n", "2",
+                               "--json", out, *extra)
+        assert code in (0, None), err
+        assert json.loads(out.read_text())["dtype"] == dtype

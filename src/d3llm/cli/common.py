@@ -53,10 +53,13 @@ def renamed(old: str, new: str, meaning: str):
 
 
 def placement(device: str, dtype: str):
-    """(torch.device, torch.dtype) of --device / --dtype; a bad choice is a one-line error."""
-    from d3llm.models.loading import resolve_device_dtype
+    """(torch.device, torch.dtype or "auto") of --device / --dtype; a bad choice is a one-line
+    error. `--dtype auto` stays "auto", so that `load_model` gives each model the dtype of its
+    decode recipe on a CPU (a torch dtype here would override it)."""
+    from d3llm.models.loading import is_auto_dtype, resolve_device_dtype
 
-    return resolve_device_dtype(device, dtype, names=("--device", "--dtype"))
+    where, precision = resolve_device_dtype(device, dtype, names=("--device", "--dtype"))
+    return where, "auto" if is_auto_dtype(dtype) else precision
 
 
 def load(model: str, device: str, dtype: str):

@@ -77,7 +77,7 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
     `methods` (default: every diffusion preset), the AR baseline always with `ar`; loaded on
     `device` in `dtype` (`d3llm.models.loading.resolve_device_dtype`). `progress(what)` is told
     each (model / task / method) as it starts, `advance(k)` each k problems done."""
-    device, dtype = resolve_device_dtype(device, dtype)
+    device, _ = resolve_device_dtype(device, dtype)  # a bad dtype fails here; "auto" stays: each model's recipe dtype
     plan = demo_plan(tasks, methods)
     results, lm = [], None
     for name, task, method in plan:
@@ -206,7 +206,7 @@ def time_ar_comparisons(results: list[EvalResult], seed: int = 0, device: str | 
     and every AR row), on the first `LATENCY_N` (at most the run's n) of the problems the run
     scored, in interleaved rounds (`d3llm.eval.timing`), each model with its own decode recipe
     (`own_config`), loaded as `run_demo` loads it."""
-    device, dtype = resolve_device_dtype(device, dtype)
+    device, _ = resolve_device_dtype(device, dtype)  # as `run_demo`: "auto" stays, each model's recipe dtype
     loaded: dict[str, object] = {}
     latency: Latency = {}
     for comparison in ar_comparisons(_board(results), defaults=default_rows()):

@@ -75,8 +75,14 @@ def _device(device: str | torch.device | None, arg: str) -> torch.device:
     return torch.device("cpu") if parsed.type == "cpu" else parsed
 
 
+def is_auto_dtype(dtype: object) -> bool:
+    """`dtype` leaves the choice to us: "auto" or None (`load_model` then takes a model's recipe
+    dtype on a CPU)."""
+    return dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
+
+
 def _dtype(dtype: str | torch.dtype | None, device: torch.device, arg: str) -> torch.dtype:
-    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+    if is_auto_dtype(dtype):
         if device.type == "cuda":  # native bf16 (compute capability >= 8), not emulated
             return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float16 if device.type == "mps" else torch.float32
@@ -215,7 +221,7 @@ def load_model(
     with bf16 instructions, docs/platform-notes.md; "auto" on a CPU takes the dtype of the
     model's decode recipe when it names one, d3llm.models.recipe; a model too large for float32
     in this machine's memory loads in bfloat16 under "auto")."""
-    auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
+    auto = is_auto_dtype(dtype)
     device, dtype = resolve_device_dtype(device, dtype)
     folder = resolve_model(name_or_path)
     recipe = read_recipe(folder)
