@@ -28,9 +28,10 @@ def tune(
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
     validation problems, and choose its recipe: of the points within 1 accuracy point of the
     best, the fastest at batch 1 (median of interleaved timing rounds), then (for a grid scored
-    in float32, the default) bfloat16 if that stays within and is faster. The test split is never read. Each point's score is kept in
-    OUT as it finishes, so a killed tune resumes. With --save, generate / eval / serve / chat /
-    demo then decode the model with it unless --method is given."""
+    in float32, the default) bfloat16 if that stays within and is faster. The test split is
+    never read. Each point's score is kept in OUT as it finishes, so a killed tune resumes.
+    With --save, generate / eval / serve / chat / demo then decode the model with it unless
+    --method is given."""
     from rich.console import Console
 
     from d3llm.eval.report import tune_table
