@@ -114,6 +114,18 @@ def test_stop_sequences_cut_at_the_first_one():
     assert _cut("no stop here", ["Question:"]) == "no stop here"
 
 
+def test_the_model_loads_in_its_recipe_dtype_unless_model_args_name_one():
+    """`dtype=auto` (the default) is the decode recipe's dtype on a CPU, as the commands load it."""
+    import torch
+
+    from d3llm.models import bundled_models
+    from d3llm.models.recipe import read_recipe
+
+    assert read_recipe(bundled_models()["tiny-d3llm"]).dtype == "bfloat16"
+    assert D3llmLM(model="tiny-d3llm").lm.model.dtype == torch.bfloat16
+    assert D3llmLM(model="tiny-d3llm", dtype="float32").lm.model.dtype == torch.float32
+
+
 def test_unsupported_requests_and_arguments(toy_dir):
     lm = D3llmLM(model=str(toy_dir), method="vanilla")
     with pytest.raises(NotImplementedError, match="generation tasks only"):

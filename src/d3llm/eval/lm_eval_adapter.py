@@ -37,6 +37,7 @@ from tqdm import tqdm
 from d3llm.decode import DecodeConfig, generate, resolve_config
 from d3llm.errors import D3llmError
 from d3llm.models import load_model, resolve_device_dtype
+from d3llm.models.loading import is_auto_dtype
 from d3llm.models.tokenizer import prompt_ids
 
 # A child of lm-eval's own logger: the harness's handler and level (LMEVAL_LOG_LEVEL) apply,
@@ -67,7 +68,8 @@ class D3llmLM(LM):
         device, torch_dtype = resolve_device_dtype(_device(device), dtype,
                                                    names=("model_args device", "model_args dtype"))
         batch_size = _batch_size(batch_size, max_batch_size)
-        self.lm = load_model(model, dtype=torch_dtype, device=device)
+        # "auto" stays "auto": the model's decode recipe's dtype on a CPU, as the commands load it
+        self.lm = load_model(model, dtype="auto" if is_auto_dtype(dtype) else torch_dtype, device=device)
         fixed = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         # every setting is checked (and one the method would ignore refused) before the first forward
         self.config = resolve_config(method, self.lm.facts.family, self.lm.recipe, **settings, **fixed)
