@@ -35,10 +35,6 @@ class Speed:
     def median(self) -> float:
         return statistics.median(self.rounds) if self.rounds else 0.0
 
-    def text(self) -> str:
-        """`median (min-max)`, tokens/s."""
-        return f"{self.median:.1f} ({min(self.rounds):.1f}-{max(self.rounds):.1f})"
-
 
 def time_in_rounds(runs: Sequence[tuple[LoadedModel, DecodeConfig]], tasks: Sequence[Task], n: int, seed: int,
                    split: str, rounds: int = ROUNDS, advance: Callable[[int], None] | None = None) -> list[Speed]:

@@ -16,8 +16,8 @@ paper reports tokens/s) on the first `TIMING_N` problems of each task, in `ROUND
 that visit the points in turn, so a busy machine slows them alike; the recipe is the eligible
 point with the highest median tokens/s. Then, for a grid scored in float32, the same point in
 bfloat16: its dtype becomes the recipe's if its accuracy stays within `TOLERANCE` of the best
-and its median (timed in rounds beside the float32 point) is higher. The recipe keeps every point's scores (`chosen`), so the
-choice can be checked; the test split is never read here.
+and its median (timed in rounds beside the float32 point) is higher. The recipe keeps every
+point's scores (`chosen`), so the choice can be checked; the test split is never read here.
 
 Scoring is the long part (hours on a real model): with `progress_file`, each point's score is
 written there as soon as it is done (`ScoredPoints`), and a tune run again with the same file
