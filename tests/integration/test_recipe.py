@@ -117,6 +117,12 @@ def test_a_killed_tune_resumes_from_the_scores_it_kept(monkeypatch, capsys, fold
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "holds the scores of another tune (n_per_task 2 there, 3 now)" in err
 
+    kept = json.loads((tmp_path / "t" / "scores.json").read_text())
+    for damaged in ({**kept, "scores": {"x": [1]}}, {**kept, "scores": []}, [1], {"settings": None}):
+        (tmp_path / "t" / "scores.json").write_text(json.dumps(damaged))
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "scores.json" in err, err
+
 
 def test_a_grid_is_scored_in_the_dtype_the_model_was_loaded_in(folder):
     """A grid scored in bfloat16 is labelled so and has no float32 -> bfloat16 step to add."""

@@ -35,7 +35,7 @@ def tune(
     from rich.console import Console
 
     from d3llm.eval.report import tune_table
-    from d3llm.eval.tune import grid_for, tune as choose_recipe
+    from d3llm.eval.tune import points_to_score, tune as choose_recipe
     from d3llm.files import check_out_folder
     from d3llm.models.loading import resolve_model
     from d3llm.models.recipe import RECIPE_FILE, write_recipe
@@ -51,8 +51,7 @@ def tune(
     scores = (out or Path("runs") / f"tune-{folder.name}") / "scores.json"
     check_out_folder(scores.parent)
     lm = load(model, device, dtype)
-    twin = str(lm.model.dtype) == "torch.float32"  # a float32 grid's chosen point is also scored in bfloat16
-    with progress_bar((len(grid_for(lm)) + twin) * len(tasks) * n, "tune") as bar:
+    with progress_bar(points_to_score(lm) * len(tasks) * n, "tune") as bar:
         recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance, progress_file=scores)
     Console().print(tune_table(points, recipe))
     typer.echo(f"recipe: {recipe.text()}")

@@ -103,7 +103,9 @@ def sweep_settings(lm: LoadedModel, task: Task, method: str, grid: dict[str, lis
             "grid": {k: list(v) for k, v in grid.items()}}
 
 
-def _differences(old: dict | None, new: dict) -> str:
+def settings_differences(old: dict | None, new: dict) -> str:
+    """What differs between the settings recorded in a folder (`old`) and a run's (`new`), one
+    line: `n 100 there, 50 now; ...` (a sweep's folder and a tune's scores file are refused with it)."""
     if old is None:
         return "settings not recorded (written by an older d3llm)"
     diffs = [f"{key} {old.get(key)!r} there, {new[key]!r} now" for key in new if old.get(key) != new[key]]
@@ -133,7 +135,7 @@ def check_resumable(out: Path, settings: dict, overwrite: bool = False) -> None:
         if old == settings:
             continue
         raise D3llmError(f"--out {out} holds a sweep with other settings ({file.name}: "
-                         f"{_differences(old, settings)}); use --overwrite to replace it, or another --out")
+                         f"{settings_differences(old, settings)}); use --overwrite to replace it, or another --out")
 
 
 def sweep(

@@ -38,6 +38,7 @@ from d3llm.decode.policies import DelayedCache
 from d3llm.decode.strategies import ThresholdStrategy
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
+from d3llm.eval.sweep import settings_differences
 from d3llm.eval.timing import ROUNDS, time_in_rounds
 from d3llm.files import read_json, write_atomic
 from d3llm.models.catalog import describe
@@ -97,11 +98,15 @@ class ScoredPoints:
         data = read_json(path, "tune progress file")
         old = data.get("settings") if isinstance(data, dict) else None
         if old != settings:
-            diffs = "; ".join(f"{k} {(old or {}).get(k)!r} there, {v!r} now" for k, v in settings.items()
-                              if (old or {}).get(k) != v)
-            raise D3llmError(f"{path} holds the scores of another tune ({diffs or 'unreadable settings'}); "
+            diffs = settings_differences(old, settings) if isinstance(old, dict) else "unreadable settings"
+            raise D3llmError(f"{path} holds the scores of another tune ({diffs}); "
                              "give another --out, or delete it to start over")
-        self.scores = {k: tuple(v) for k, v in data.get("scores", {}).items()}
+        scores = data.get("scores", {})
+        if not (isinstance(scores, dict) and all(isinstance(v, list) and len(v) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v) for v in scores.values())):
+            raise D3llmError(f"{path}: `scores` must map each point to [correct, n], as `d3llm tune` writes; "
+                             "delete it to start over")
+        self.scores = {k: tuple(v) for k, v in scores.items()}
 
     def restore(self, point: Point) -> bool:
         """Fill `point` from the file; False if it has not been scored yet."""
@@ -122,6 +127,12 @@ def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
     return {"model": lm.name, "model_fingerprint": fingerprint(lm.path),
             "dtype": str(lm.model.dtype).removeprefix("torch."), "tasks": [t.name for t in tasks],
             "n_per_task": n, "seed": SEED, "split": "validation"}
+
+
+def points_to_score(lm: LoadedModel) -> int:
+    """How many points `tune` scores for `lm` (a progress bar's total): its grid, and after a
+    float32 grid the chosen point in bfloat16."""
+    return len(grid_for(lm)) + (str(lm.model.dtype) == "torch.float32")
 
 
 def grid_for(lm: LoadedModel) -> list[Point]:
