@@ -35,6 +35,11 @@ class Bar:
     def describe(self, what: str) -> None:
         self.progress.update(self.job, description=what)
 
+    def grow(self, k: int) -> None:
+        """k more units of work than the total said (found on the way)."""
+        total = next(task.total for task in self.progress.tasks if task.id == self.job)
+        self.progress.update(self.job, total=None if total is None else total + k)
+
     def phase(self, what: str, done: int, total: int) -> None:
         """`done` of `total` in a phase named by `what`'s first word (training, validation, ...):
         each phase its own line, so one phase's pace does not skew another's time left."""

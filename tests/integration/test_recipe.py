@@ -11,7 +11,7 @@ import torch
 
 from d3llm.decode import resolve_config
 from d3llm.errors import D3llmError
-from d3llm.eval.tune import TOLERANCE, Point, choose, grid_for
+from d3llm.eval.tune import TOLERANCE, Point, choose, grid_for, per_task, siblings
 from d3llm.models import bundled_models, load_model
 from d3llm.models.catalog import describe, models_table
 from d3llm.models.recipe import RECIPE_FILE, Recipe, read_recipe, write_recipe
@@ -28,7 +28,7 @@ def folder(tmp_path):
 
 
 def point(method, accuracy, speed, **settings):
-    return Point(method, settings, "float32", correct=int(accuracy), n=100, speeds=[speed, speed + 5, speed - 5])
+    return Point(method, settings, "float32", {"arith": (int(accuracy), 100)}, speeds=[speed, speed + 5, speed - 5])
 
 
 def test_the_rule_takes_the_fastest_point_within_the_tolerance_of_the_best():
@@ -36,6 +36,61 @@ def test_the_rule_takes_the_fastest_point_within_the_tolerance_of_the_best():
     assert choose([best, close, fast_but_worse]) is close
     assert choose([best]) is best
     assert point("d3llm", 90, 100).tokens_per_second == 100  # the median of the rounds
+
+
+def test_the_rule_on_each_task_picks_among_the_chosen_points_thresholds(monkeypatch):
+    """Per task: the chosen point's siblings within TOLERANCE of the best any point reached on
+    the task; the fastest there (timed on that task alone); listed only where it differs."""
+    import d3llm.eval.tune as tune_module
+
+    def at(threshold, arith, code):
+        return Point("d3llm", {"threshold": threshold, "future_masks": "cached"}, "bfloat16",
+                     {"arith": (arith, 100), "code": (code, 100)})
+
+    chosen = at(0.5, 88, 94)
+    family = [at(0.3, 90, 94), chosen, at(0.8, 85, 96), at(1.2, 80, 96)]
+    other = Point("vanilla", {}, "float32", {"arith": (90, 100), "code": (96, 100)})  # sets the best only
+    timed = []
+
+    def fake_timing(runs, tasks):
+        timed.append(([p.settings["threshold"] for _, p in runs], [t.name for t in tasks]))
+        return [[10.0 * p.settings["threshold"]] * 3 for _, p in runs]  # higher threshold, faster
+
+    monkeypatch.setattr(tune_module, "time_points", fake_timing)
+    tasks = [type("T", (), {"name": name})() for name in ("arith", "code")]
+    own = per_task(None, chosen, family, [*family, other], tasks)
+    assert own == {"arith": {"threshold": 0.3}, "code": {"threshold": 1.2}}  # only what differs from chosen's
+    assert timed == [([0.8, 1.2], ["code"])]  # arith: one sibling within 1 point, nothing to time
+    assert [p.settings["threshold"] for p in siblings(chosen)] == [0.3, 0.5, 0.8, 1.2]
+    assert all(p.settings["future_masks"] == "cached" and p.dtype == "bfloat16" for p in siblings(chosen))
+    assert siblings(Point("vanilla", {}, "float32")) == [Point("vanilla", {}, "float32")]
+    family[1].scores = {"arith": (70, 100), "code": (70, 100)}  # the chosen point itself far off on both
+    assert per_task(None, family[1], family[1:2], [*family, other], tasks) == {}  # no sibling close: recipe kept
+
+
+def test_a_recipe_lists_settings_of_its_own_for_some_tasks(folder, monkeypatch, capsys, tmp_path):
+    """`eval` decodes a task the recipe lists with the task's settings, every other with the
+    recipe's; commands without a task (generate) use the recipe's; `d3llm models` shows both."""
+    recipe = Recipe("d3llm-block", {"threshold": 0.5}, "float32", {"rule": "test"}, {"code": {"threshold": 1.2}})
+    write_recipe(folder, recipe)
+    assert read_recipe(folder) == recipe
+    assert recipe.text() == "d3llm-block threshold=0.5 (float32); code: threshold=1.2"
+    lm = load_model(folder)
+    assert lm.recipe == ("d3llm-block", {"threshold": 0.5}) == lm.recipe_for("arith")
+    assert lm.recipe_for("code") == ("d3llm-block", {"threshold": 1.2})
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "-m", str(folder), "--task", "arith", "--task", "code",
+                           "--n", "2", "--json", tmp_path / "r.json")
+    assert code in (0, None), err
+    used = {t: json.loads((tmp_path / f"r-{t}.json").read_text())["decode_config"]["threshold"]
+            for t in ("arith", "code")}
+    assert used == {"arith": 0.5, "code": 1.2}
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "-m", str(folder), "--task", "code", "--n", "2",
+                           "--threshold", "0.7", "--json", tmp_path / "t.json")
+    assert json.loads((tmp_path / "t.json").read_text())["decode_config"]["threshold"] == 0.7  # told: wins
+    for damaged in ('{"method": "block", "tasks": []}', '{"method": "block", "tasks": {"code": 1.2}}'):
+        (folder / RECIPE_FILE).write_text(damaged)
+        with pytest.raises(D3llmError, match="`tasks` must map task names to settings"):
+            read_recipe(folder)
 
 
 def test_a_stored_recipe_is_what_the_model_decodes_with_unless_a_method_is_named(folder):
@@ -73,11 +128,19 @@ def test_the_grid_covers_the_models_presets_and_the_lean_cache_schedule():
 
 def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsys, folder, tmp_path):
     monkeypatch.chdir(tmp_path)  # its scores go to runs/tune-student here
-    code, out, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
+    code, out, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--task", "code",
+                             "--n", "1", "--save")
     assert code in (0, None), err
-    recipe, grid = read_recipe(folder), grid_for(load_model(folder))
+    recipe, grid = read_recipe(folder), grid_for(load_model(folder, dtype="float32"))  # tune's default dtype
     assert recipe.method in describe(folder).methods and recipe.chosen["split"] == "validation"
-    assert len(recipe.chosen["points"]) == len(grid) + 1 and all(p["n"] == 2 for p in recipe.chosen["points"])  # + bf16
+    points = recipe.chosen["points"]
+    assert all(p["n"] == 2 and set(p["tasks"]) == {"arith", "code"} for p in points)
+    chosen = Point(recipe.method, recipe.settings, recipe.dtype)
+    keys = [Point(p["method"], p["settings"], p["dtype"]).key() for p in points]
+    assert keys[: len(grid)] == [p.key() for p in grid] and points[len(grid)]["dtype"] == "bfloat16"  # the twin
+    assert {p.key() for p in siblings(chosen)} <= set(keys)  # the siblings the rule per task looked at, scored
+    for task, own in recipe.tasks.items():  # a task's own settings: a sibling within the tolerance there
+        assert task in ("arith", "code") and set(own) == {"threshold"}
     assert f"recipe: {recipe.text()}" in out and "wrote" in out
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err  # refused before scoring
@@ -118,7 +181,8 @@ def test_a_killed_tune_resumes_from_the_scores_it_kept(monkeypatch, capsys, fold
     assert "holds the scores of another tune (n_per_task 2 there, 3 now)" in err
 
     kept = json.loads((tmp_path / "t" / "scores.json").read_text())
-    for damaged in ({**kept, "scores": {"x": [1]}}, {**kept, "scores": []}, [1], {"settings": None}):
+    for damaged in ({**kept, "scores": {"x": [1]}}, {**kept, "scores": {"x": {"arith": [1]}}}, {**kept, "scores": []},
+                    [1], {"settings": None}):
         (tmp_path / "t" / "scores.json").write_text(json.dumps(damaged))
         code, _, err = run_cli(monkeypatch, capsys, *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "scores.json" in err, err

@@ -101,12 +101,14 @@ def eval_(
         if note:
             typer.echo(f"note: {note}", err=True)
     lm = load(model, device, dtype)
-    config = decode_config(method, lm.facts.family, max_new_tokens, settings, lm.recipe, temperature=temperature,
-                           threshold=threshold, block_size=block_size)
+    configs = {the_task.name: decode_config(method, lm.facts.family, max_new_tokens, settings,  # the recipe's on the task
+                                            lm.recipe_for(the_task.name), temperature=temperature,
+                                            threshold=threshold, block_size=block_size) for the_task in the_tasks}
     samples: list[dict] | None = [] if log_samples else None
     results = []
     with progress_bar(sum(counts.values()), "eval") as bar:  # on stderr: stdout holds only the results
         for the_task in the_tasks:  # each task's record written as it finishes: a crash later loses none
+            config = configs[the_task.name]
             bar.describe(f"{the_task.name} / {config.method}")
             result = evaluate(lm, the_task, config, n=counts[the_task.name], seed=seed, split=split,
                               batch_size=batch_size, progress=bar.advance, samples=samples)

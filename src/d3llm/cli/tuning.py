@@ -28,10 +28,12 @@ def tune(
     """Score the model's presets over a fixed grid of thresholds (and cache schedules) on
     validation problems, and choose its recipe: of the points within 1 accuracy point of the
     best, the fastest at batch 1 (median of interleaved timing rounds), then (for a grid scored
-    in float32, the default) bfloat16 if that stays within and is faster. The test split is
-    never read. Each point's score is kept in OUT as it finishes, so a killed tune resumes.
-    With --save, generate / eval / serve / chat / demo then decode the model with it unless
-    --method is given."""
+    in float32, the default) bfloat16 if that stays within and is faster; then the same rule on
+    each task over the chosen point's thresholds (a task where it picks another threshold gets
+    its own, listed in the recipe). The test split is never read. Each point's score is kept in
+    OUT as it finishes, so a killed tune resumes. With --save, generate / eval / serve / chat /
+    demo then decode the model with it unless --method is given (eval and demo with a task's
+    own settings on that task)."""
     from rich.console import Console
 
     from d3llm.eval.report import tune_table
@@ -52,7 +54,8 @@ def tune(
     check_out_folder(scores.parent)
     lm = load(model, device, dtype)
     with progress_bar(points_to_score(lm) * len(tasks) * n, "tune") as bar:
-        recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance, progress_file=scores)
+        recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance,
+                                       progress_file=scores, more=bar.grow)
     Console().print(tune_table(points, recipe))
     typer.echo(f"recipe: {recipe.text()}")
     if save:

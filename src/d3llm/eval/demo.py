@@ -4,8 +4,8 @@ Each bundled model is decoded with the presets its provenance.json lists under `
 (vanilla LLaDA decoding and Fast-dLLM on the teacher, dParallel-style on its student, d3LLM with
 and without its cache on the d3LLM student, `ar` and `ar-spec` on the AR model; a model without
 the list, e.g. your own dropped into bundled/, gets every preset of its family; the preset its
-decode recipe names with the recipe's settings, `own_config`), on the same held-out test
-problems.
+decode recipe names with the recipe's settings on each task, `own_config`), on the same held-out
+test problems.
 
     results = run_demo(n=20, seed=0)
     latency = time_ar_comparisons(results, seed=0)  # batch-1 tokens/s of the compared rows
@@ -85,14 +85,15 @@ def run_demo(n: int = 20, seed: int = 0, progress: Callable[[str], None] | None 
             lm = load_model(name, device=device, dtype=dtype)
         if progress:
             progress(f"{name} / {task.name} / {method}")
-        results.append(evaluate(lm, task, own_config(lm, method), n=n, seed=seed, progress=advance))
+        results.append(evaluate(lm, task, own_config(lm, method, task.name), n=n, seed=seed, progress=advance))
     return results
 
 
-def own_config(lm, method: str) -> DecodeConfig:
-    """`method` as `lm` decodes it: with the settings of its decode recipe when the recipe is of
-    that method (d3llm.models.recipe: what users get by default), else the plain preset."""
-    recipe = lm.recipe
+def own_config(lm, method: str, task: str) -> DecodeConfig:
+    """`method` as `lm` decodes it on `task`: with the settings of its decode recipe (on that
+    task) when the recipe is of that method (d3llm.models.recipe: what users get by default),
+    else the plain preset."""
+    recipe = lm.recipe_for(task)
     if recipe is not None and recipe[0] == method:
         return resolve_config(None, lm.facts.family, recipe)
     return preset(method)
@@ -216,7 +217,7 @@ def time_ar_comparisons(results: list[EvalResult], seed: int = 0, device: str | 
         for row in rows:
             if row.model not in loaded:
                 loaded[row.model] = load_model(row.model, device=device, dtype=dtype)
-            runs.append((loaded[row.model], own_config(loaded[row.model], row.method)))
+            runs.append((loaded[row.model], own_config(loaded[row.model], row.method, comparison.task)))
         if progress:
             progress(f"{comparison.task}: timing {' vs '.join(r.label for r in rows)} at batch 1")
         speeds = time_in_rounds(runs, [get_task(comparison.task)], n=n, seed=seed, split="test", advance=advance)

@@ -136,12 +136,18 @@ def aup_report(result: dict, alpha: float) -> tuple[str, Table, str]:
 
 
 def tune_table(points: list, recipe) -> Table:
-    """`d3llm tune`'s grid (d3llm.eval.tune.Point): method, settings, dtype, accuracy, median
-    tokens/s of the timing rounds with their range (timed: the eligible points); the chosen row marked."""
-    table = Table("", "method", "settings", "dtype", "accuracy %", "tokens/s (range)")
+    """`d3llm tune`'s grid (d3llm.eval.tune.Point): method, settings, dtype, accuracy pooled and
+    per task, median tokens/s of the timing rounds with their range (timed: the eligible points);
+    the chosen row marked `*`, and a task's own pick (`Recipe.tasks`) with the task's name."""
+    tasks = list(dict.fromkeys(task for p in points for task in p.scores))
+    table = Table("", "method", "settings", "dtype", "accuracy %", *(f"{t} %" for t in tasks), "tokens/s (range)")
+    dtype = recipe.dtype or "float32"
     for p in points:
-        chosen = (p.method, p.settings, p.dtype) == (recipe.method, recipe.settings, recipe.dtype or "float32")
+        same = p.method == recipe.method and p.dtype == dtype
+        marks = ["*"] if same and p.settings == recipe.settings else []
+        marks += [task for task in recipe.tasks if same and p.settings == recipe.pair(task)[1]]
         settings = ", ".join(f"{k}={v}" for k, v in p.settings.items()) or "-"
         speed = f"{p.tokens_per_second:.0f} ({min(p.speeds):.0f}-{max(p.speeds):.0f})" if p.speeds else "-"
-        table.add_row("*" if chosen else "", p.method, settings, p.dtype, f"{p.accuracy_pct:.1f}", speed)
+        table.add_row(" ".join(marks), p.method, settings, p.dtype, f"{p.accuracy_pct:.1f}",
+                      *(f"{p.accuracy_on(t):.1f}" if t in p.scores else "-" for t in tasks), speed)
     return table

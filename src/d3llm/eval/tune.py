@@ -19,6 +19,13 @@ bfloat16: its dtype becomes the recipe's if its accuracy stays within `TOLERANCE
 and its median (timed in rounds beside the float32 point) is higher. The recipe keeps every
 point's scores (`chosen`), so the choice can be checked; the test split is never read here.
 
+Per task (`per_task`, when more than one task is tuned): the same rule on each task's own
+problems, over the recipe's method, cache schedule and dtype at every threshold of the grid
+(`siblings`: the model is loaded once, in one dtype, with one method): of the siblings within
+`TOLERANCE` points of the best score any point reached on that task, the fastest on that
+task's timing problems. Where that is not the recipe's own threshold, the recipe lists it for
+the task (`Recipe.tasks`); `eval` and the demo then decode that task with it.
+
 Scoring is the long part (hours on a real model): with `progress_file`, each point's score is
 written there as soon as it is done (`ScoredPoints`), and a tune run again with the same file
 and settings scores only the points it lacks. Timing is never reused: the eligible points are
@@ -61,18 +68,36 @@ class Point:
     method: str
     settings: dict
     dtype: str
-    correct: int = 0
-    n: int = 0
-    speeds: list[float] = field(default_factory=list)  # tokens/s of each timing round
+    scores: dict[str, tuple[int, int]] = field(default_factory=dict)  # task -> (correct, n)
+    speeds: list[float] = field(default_factory=list)  # tokens/s of each timing round, over the tasks
+    task_speeds: dict[str, list[float]] = field(default_factory=dict)  # task -> its own rounds (`per_task`)
+
+    @property
+    def correct(self) -> int:
+        return sum(c for c, _ in self.scores.values())
+
+    @property
+    def n(self) -> int:
+        return sum(n for _, n in self.scores.values())
 
     @property
     def accuracy_pct(self) -> float:
+        """Pooled over the tasks."""
         return 100.0 * self.correct / max(self.n, 1)
+
+    def accuracy_on(self, task: str) -> float:
+        correct, n = self.scores.get(task, (0, 0))
+        return 100.0 * correct / max(n, 1)
 
     @property
     def tokens_per_second(self) -> float:
         """The median of the timing rounds (0 when not timed: not eligible)."""
         return statistics.median(self.speeds) if self.speeds else 0.0
+
+    def tokens_per_second_on(self, task: str) -> float:
+        """The median of the task's own timing rounds (0 when not timed on it)."""
+        rounds = self.task_speeds.get(task)
+        return statistics.median(rounds) if rounds else 0.0
 
     def label(self) -> str:
         return Recipe(self.method, self.settings, self.dtype).text()
@@ -83,13 +108,16 @@ class Point:
     def record(self) -> dict:
         return {"method": self.method, "settings": self.settings, "dtype": self.dtype,
                 "accuracy_pct": round(self.accuracy_pct, 2), "correct": self.correct, "n": self.n,
-                "tokens_per_second_rounds": [round(v, 1) for v in self.speeds]}
+                "tokens_per_second_rounds": [round(v, 1) for v in self.speeds],
+                "tasks": {task: {"correct": c, "n": n, "accuracy_pct": round(self.accuracy_on(task), 2),
+                                 "tokens_per_second_rounds": [round(v, 1) for v in self.task_speeds.get(task, [])]}
+                          for task, (c, n) in self.scores.items()}}
 
 
 class ScoredPoints:
     """The scores of a tune's points so far, in a JSON file rewritten (atomically) after each:
-    `{"settings": what decides the scores, "scores": {point key: [correct, n]}}`. A file of other
-    settings is refused, naming what differs."""
+    `{"settings": what decides the scores, "scores": {point key: {task: [correct, n]}}}`. A file
+    of other settings is refused, naming what differs."""
 
     def __init__(self, path: Path | None, settings: dict):
         self.path, self.settings, self.scores = path, settings, {}
@@ -102,24 +130,30 @@ class ScoredPoints:
             raise D3llmError(f"{path} holds the scores of another tune ({diffs}); "
                              "give another --out, or delete it to start over")
         scores = data.get("scores", {})
-        if not (isinstance(scores, dict) and all(isinstance(v, list) and len(v) == 2 and all(
-                isinstance(x, int) and not isinstance(x, bool) for x in v) for v in scores.values())):
-            raise D3llmError(f"{path}: `scores` must map each point to [correct, n], as `d3llm tune` writes; "
-                             "delete it to start over")
-        self.scores = {k: tuple(v) for k, v in scores.items()}
+        if not (isinstance(scores, dict) and all(isinstance(v, dict) and all(map(_is_score, v.values()))
+                                                 for v in scores.values())):
+            raise D3llmError(f"{path}: `scores` must map each point to {{task: [correct, n]}}, as `d3llm tune` "
+                             "writes; delete it to start over")
+        self.scores = {k: {task: tuple(x) for task, x in v.items()} for k, v in scores.items()}
 
     def restore(self, point: Point) -> bool:
         """Fill `point` from the file; False if it has not been scored yet."""
         if point.key() not in self.scores:
             return False
-        point.correct, point.n = self.scores[point.key()]
+        point.scores = dict(self.scores[point.key()])
         return True
 
     def add(self, point: Point) -> None:
-        self.scores[point.key()] = (point.correct, point.n)
+        self.scores[point.key()] = dict(point.scores)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps({"settings": self.settings, "scores": self.scores}, indent=1))
+
+
+def _is_score(value) -> bool:
+    """[correct, n]: two ints."""
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
 
 
 def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
@@ -130,8 +164,8 @@ def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
 
 
 def points_to_score(lm: LoadedModel) -> int:
-    """How many points `tune` scores for `lm` (a progress bar's total): its grid, and after a
-    float32 grid the chosen point in bfloat16."""
+    """How many points `tune` scores for `lm` at least (a progress bar's total): its grid, and
+    after a float32 grid the chosen point in bfloat16 (its siblings in bfloat16 are told by `more`)."""
     return len(grid_for(lm)) + (str(lm.model.dtype) == "torch.float32")
 
 
@@ -156,17 +190,15 @@ def score(lm: LoadedModel, point: Point, tasks: Sequence[Task], n: int,
     for task in tasks:
         result = evaluate(lm, task, config, n=n, seed=SEED, split="validation", batch_size=SCORING_BATCH,
                           progress=advance)
-        point.correct += result.correct
-        point.n += result.n
+        point.scores[task.name] = (result.correct, result.n)
     return point
 
 
-def time_points(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Task]) -> None:
+def time_points(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Task]) -> list[list[float]]:
     """Each point's tokens/s at batch 1 on the first TIMING_N validation problems of each task,
-    in interleaved rounds (`d3llm.eval.timing`), appended to `Point.speeds`."""
+    in interleaved rounds (`d3llm.eval.timing`): the rounds of each point, in order."""
     configs = [(lm, resolve_config(p.method, lm.facts.family, **p.settings)) for lm, p in runs]
-    for (_, point), speed in zip(runs, time_in_rounds(configs, tasks, n=TIMING_N, seed=SEED, split="validation")):
-        point.speeds.extend(speed.rounds)
+    return [list(speed.rounds) for speed in time_in_rounds(configs, tasks, n=TIMING_N, seed=SEED, split="validation")]
 
 
 def within(point: Point, best: float) -> bool:
@@ -183,11 +215,41 @@ def choose(points: Sequence[Point]) -> Point:
     return max(eligible(points, max(p.accuracy_pct for p in points)), key=lambda p: p.tokens_per_second)
 
 
+def siblings(chosen: Point) -> list[Point]:
+    """`chosen` at every threshold of its strategy's grid, its other settings and dtype kept
+    (just `chosen` for a method without a threshold)."""
+    strategy = PRESETS[chosen.method].strategy
+    if not isinstance(strategy, ThresholdStrategy):
+        return [chosen]
+    return [Point(chosen.method, {**chosen.settings, "threshold": t}, chosen.dtype) for t in THRESHOLDS[strategy.name]]
+
+
+def per_task(lm: LoadedModel, chosen: Point, family: Sequence[Point], points: Sequence[Point],
+             tasks: Sequence[Task]) -> dict[str, dict]:
+    """{task: settings} for each task where the rule on that task alone picks another point of
+    `family` (`chosen`'s siblings, scored) than `chosen`: of the siblings within TOLERANCE of the
+    best any of `points` reached on the task, the fastest there (timed on the task when several).
+    The settings are those that differ from `chosen`'s."""
+    own = {}
+    for task in tasks:
+        best = max(p.accuracy_on(task.name) for p in points)
+        close = [p for p in family if p.accuracy_on(task.name) >= best - TOLERANCE]
+        if len(close) > 1:
+            for p, rounds in zip(close, time_points([(lm, p) for p in close], [task])):
+                p.task_speeds[task.name] = rounds
+        pick = max(close, key=lambda p: p.tokens_per_second_on(task.name), default=chosen)
+        if pick is not chosen:
+            own[task.name] = {k: v for k, v in pick.settings.items() if chosen.settings.get(k) != v}
+    return own
+
+
 def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str], None] | None = None,
-         advance: Callable[[int], None] | None = None, progress_file: Path | None = None) -> tuple[Recipe, list[Point]]:
-    """The recipe of `lm` by the module's rule, and every point scored (the grid, then, for a
-    float32 grid, the chosen point in bfloat16); scores kept in and resumed from `progress_file`
-    (module docstring)."""
+         advance: Callable[[int], None] | None = None, progress_file: Path | None = None,
+         more: Callable[[int], None] | None = None) -> tuple[Recipe, list[Point]]:
+    """The recipe of `lm` by the module's rule, and every point scored (the grid; for a float32
+    grid, the chosen point in bfloat16; the chosen point's siblings not in the grid, for the
+    rule per task); scores kept in and resumed from `progress_file` (module docstring).
+    `more(k)` is told of k problems to score beyond `points_to_score`'s (the siblings)."""
     saved = ScoredPoints(progress_file, run_settings(lm, tasks, n))
 
     def scored(model: LoadedModel, point: Point) -> Point:
@@ -204,19 +266,33 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
     best = max(p.accuracy_pct for p in points)
     if progress:
         progress("timing the eligible points")
-    time_points([(lm, p) for p in eligible(points, best)], tasks)
-    chosen = choose(points)
+    timed = eligible(points, best)
+    for point, rounds in zip(timed, time_points([(lm, p) for p in timed], tasks)):
+        point.speeds = rounds
+    chosen, model = choose(points), lm
     if chosen.dtype == "float32":
         in_bf16 = Point(chosen.method, chosen.settings, "bfloat16")
         lm_bf16 = load_model(lm.path, dtype="bfloat16", device=lm.model.device)
         points.append(scored(lm_bf16, in_bf16))
         if within(in_bf16, best):
             twin = Point(chosen.method, chosen.settings, "float32")  # timed beside it, in the same rounds
-            time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
-            chosen = in_bf16 if in_bf16.tokens_per_second > twin.tokens_per_second else chosen
+            twin.speeds, in_bf16.speeds = time_points([(lm, twin), (lm_bf16, in_bf16)], tasks)
+            if in_bf16.tokens_per_second > twin.tokens_per_second:
+                chosen, model = in_bf16, lm_bf16
+    own = {}
+    if len(tasks) > 1:
+        known = {p.key(): p for p in points}
+        missing = [p for p in siblings(chosen) if p.key() not in known]
+        if more and missing:
+            more(len(missing) * len(tasks) * n)
+        points += [scored(model, p) for p in missing]
+        known.update((p.key(), p) for p in missing)
+        if progress:
+            progress("the rule on each task")
+        own = per_task(model, chosen, [known[p.key()] for p in siblings(chosen)], points, tasks)
     record = {"rule": f"fastest (median tokens/s at batch 1, {ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "
-                      "faster (d3llm.eval.tune)",
+                      "faster; then the same rule on each task over the chosen point's thresholds (d3llm.eval.tune)",
               "split": "validation", "seed": SEED, "n_per_task": n, "timing_n_per_task": TIMING_N,
               "tasks": [t.name for t in tasks], "points": [p.record() for p in points], "code_version": code_version()}
-    return Recipe(chosen.method, chosen.settings, chosen.dtype, record), points
+    return Recipe(chosen.method, chosen.settings, chosen.dtype, record, own), points

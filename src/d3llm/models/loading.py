@@ -30,7 +30,7 @@ from d3llm.models.reading import load_network, read_json
 from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
 from d3llm.models.lm import DiffusionLM, ModelFacts
 from d3llm.models.published import PublishedModel, published
-from d3llm.models.recipe import RECIPE_FILE, read_recipe
+from d3llm.models.recipe import RECIPE_FILE, Recipe, read_recipe
 from d3llm.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,22 @@ class LoadedModel:
         return published(self.name) or published(hub_id_of_folder(self.path))
 
     @cached_property  # the folder's file is read once per loaded model
-    def recipe(self) -> tuple[str, dict] | None:
-        """(method, settings) this model decodes with unless a method is named: a published
-        checkpoint's paper settings, else the folder's decode recipe (d3llm.models.recipe;
-        `d3llm.decode.config.resolve_config`'s `recipe`); None: its family's default."""
+    def stored_recipe(self) -> Recipe | None:
+        """What this model decodes with unless a method is named: a published checkpoint's paper
+        settings, else the folder's decode recipe (d3llm.models.recipe); None: its family's default."""
         entry = self.published
         if entry is not None and entry.family == self.facts.family:  # (not a repo we describe, loaded as another family)
-            return entry.method, dict(entry.settings)
-        recipe = read_recipe(self.path)
-        return None if recipe is None else recipe.pair()
+            return Recipe(entry.method, dict(entry.settings))
+        return read_recipe(self.path)
+
+    @property
+    def recipe(self) -> tuple[str, dict] | None:
+        """(method, settings) of `stored_recipe`, as `d3llm.decode.config.resolve_config` takes it."""
+        return self.recipe_for(None)
+
+    def recipe_for(self, task: str | None) -> tuple[str, dict] | None:
+        """`recipe` on `task`: with the settings the recipe lists for that task, if any."""
+        return None if self.stored_recipe is None else self.stored_recipe.pair(task)
 
     def provenance(self) -> dict:
         """provenance.json of a bundled or trained model ({} when absent)."""
