@@ -119,7 +119,9 @@ def test_models_lists_family_parameters_method_and_accuracy(monkeypatch, capsys)
     assert listing["tiny-block"]["default_method"] == "d3llm-block"
     assert listing["tiny-d3llm"]["validation_method"] == "d3llm"
     recipe = read_recipe(bundled_models()["tiny-d3llm"])  # its decode recipe: the method column, and listed
-    assert by_name["tiny-d3llm"].split()[3] == recipe.method and f"tiny-d3llm: {recipe.text()}" in recipes
+    head, *own = recipe.text().split("; ")  # a task's own settings on a line of their own
+    assert by_name["tiny-d3llm"].split()[3] == recipe.method and f"tiny-d3llm: {head}" in recipes
+    assert all(f"    on {task_settings}" in recipes for task_settings in own)
     assert listing["tiny-d3llm"]["recipe"].startswith(recipe.text())
 
 

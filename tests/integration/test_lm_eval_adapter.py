@@ -114,16 +114,20 @@ def test_stop_sequences_cut_at_the_first_one():
     assert _cut("no stop here", ["Question:"]) == "no stop here"
 
 
-def test_the_model_loads_in_its_recipe_dtype_unless_model_args_name_one():
+def test_the_model_loads_in_its_recipe_dtype_unless_model_args_name_one(tmp_path):
     """`dtype=auto` (the default) is the decode recipe's dtype on a CPU, as the commands load it."""
+    import shutil
+
     import torch
 
     from d3llm.models import bundled_models
-    from d3llm.models.recipe import read_recipe
+    from d3llm.models.recipe import RECIPE_FILE, Recipe, write_recipe
 
-    assert read_recipe(bundled_models()["tiny-d3llm"]).dtype == "bfloat16"
-    assert D3llmLM(model="tiny-d3llm").lm.model.dtype == torch.bfloat16
-    assert D3llmLM(model="tiny-d3llm", dtype="float32").lm.model.dtype == torch.float32
+    folder = tmp_path / "student"
+    shutil.copytree(bundled_models()["tiny-d3llm"], folder)
+    write_recipe(folder, Recipe("d3llm", {"threshold": 0.5}, "bfloat16"), overwrite=(folder / RECIPE_FILE).exists())
+    assert D3llmLM(model=str(folder)).lm.model.dtype == torch.bfloat16
+    assert D3llmLM(model=str(folder), dtype="float32").lm.model.dtype == torch.float32
 
 
 def test_unsupported_requests_and_arguments(toy_dir):

@@ -75,6 +75,8 @@ def test_a_recipe_lists_settings_of_its_own_for_some_tasks(folder, monkeypatch, 
     write_recipe(folder, recipe)
     assert read_recipe(folder) == recipe
     assert recipe.text() == "d3llm-block threshold=0.5 (float32); code: threshold=1.2"
+    lines = models_table([describe(folder, "student")])
+    assert lines[-2:] == ["  student: d3llm-block threshold=0.5 (float32)", "    on code: threshold=1.2"]
     lm = load_model(folder)
     assert lm.recipe == ("d3llm-block", {"threshold": 0.5}) == lm.recipe_for("arith")
     assert lm.recipe_for("code") == ("d3llm-block", {"threshold": 1.2})

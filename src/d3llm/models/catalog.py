@@ -136,6 +136,9 @@ def models_table(summaries: list[ModelSummary]) -> list[str]:
                      how or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    recipes = [f"  {s.name}: {s.recipe}" for s in summaries if s.recipe]
+    recipes = []
+    for s in summaries:  # a task's own settings (`...; code: threshold=1.2`) each on a line below
+        head, *tasks = (s.recipe or "").split("; ")
+        recipes += [f"  {s.name}: {head}", *(f"    on {task}" for task in tasks)] if s.recipe else []
     return lines + (["", "decode recipes (chosen on validation by `d3llm tune`; used unless --method is given):",
                      *recipes] if recipes else [])
