@@ -12,7 +12,7 @@ blocks read from the cache; docs/method.md section 4), in the dtype the model wa
 The rule: every point decodes `n` validation problems of each task (accuracy pooled over the
 tasks; batched: a row decodes what it decodes alone, so batching changes no answer). The points
 within `TOLERANCE` points of the best are eligible; they are timed at batch 1 (latency, as the
-paper reports tokens/s) on the first `TIMING_N` problems of each task, in `ROUNDS` rounds
+paper reports tokens/s) on the first `TIMING_N` problems of each task, in `TIMING_ROUNDS` rounds
 that visit the points in turn, so a busy machine slows them alike; the recipe is the eligible
 point with the highest median tokens/s. Then, for a grid scored in float32, the same point in
 bfloat16: its dtype becomes the recipe's if its accuracy stays within `TOLERANCE` of the best
@@ -46,7 +46,7 @@ from d3llm.decode.strategies import ThresholdStrategy
 from d3llm.errors import D3llmError
 from d3llm.eval.runner import evaluate
 from d3llm.eval.sweep import settings_differences
-from d3llm.eval.timing import ROUNDS, time_in_rounds
+from d3llm.eval.timing import time_in_rounds
 from d3llm.files import read_json, write_atomic
 from d3llm.models.catalog import describe
 from d3llm.models.loading import LoadedModel, load_model
@@ -60,6 +60,9 @@ LEAN = {"refresh_while_waiting": False, "future_masks": "cached"}
 TOLERANCE = 1.0  # accuracy points under the best that a faster point may give up
 SEED = 0  # which validation problems
 TIMING_N = 10  # problems per task of the timing pass
+# rounds of it: bfloat16 against float32 differs by 6-14% at batch 1 on the bundled student,
+# which 3 rounds did not always tell apart (docs/notebook/2026-12-07-recipes-per-task.md)
+TIMING_ROUNDS = 5
 SCORING_BATCH = 16
 
 
@@ -198,7 +201,8 @@ def time_points(runs: Sequence[tuple[LoadedModel, Point]], tasks: Sequence[Task]
     """Each point's tokens/s at batch 1 on the first TIMING_N validation problems of each task,
     in interleaved rounds (`d3llm.eval.timing`): the rounds of each point, in order."""
     configs = [(lm, resolve_config(p.method, lm.facts.family, **p.settings)) for lm, p in runs]
-    return [list(speed.rounds) for speed in time_in_rounds(configs, tasks, n=TIMING_N, seed=SEED, split="validation")]
+    speeds = time_in_rounds(configs, tasks, n=TIMING_N, seed=SEED, split="validation", rounds=TIMING_ROUNDS)
+    return [list(speed.rounds) for speed in speeds]
 
 
 def within(point: Point, best: float) -> bool:
@@ -290,7 +294,7 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
         if progress:
             progress("the rule on each task")
         own = per_task(model, chosen, [known[p.key()] for p in siblings(chosen)], points, tasks)
-    record = {"rule": f"fastest (median tokens/s at batch 1, {ROUNDS} rounds) of the points within {TOLERANCE:g} "
+    record = {"rule": f"fastest (median tokens/s at batch 1, {TIMING_ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "
                       "faster; then the same rule on each task over the chosen point's thresholds (d3llm.eval.tune)",
               "split": "validation", "seed": SEED, "n_per_task": n, "timing_n_per_task": TIMING_N,
