@@ -144,6 +144,7 @@ def test_tune_scores_validation_problems_and_saves_the_recipe(monkeypatch, capsy
     for task, own in recipe.tasks.items():  # a task's own settings: a sibling within the tolerance there
         assert task in ("arith", "code") and set(own) == {"threshold"}
     assert f"recipe: {recipe.text()}" in out and "wrote" in out
+    assert any("threshold=0.3" in row and "float32" in row for row in out.splitlines())  # a point a row, unwrapped
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--task", "arith", "--n", "2", "--save")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err  # refused before scoring
     code, _, err = run_cli(monkeypatch, capsys, "tune", str(folder), "--n", "0")

@@ -3,6 +3,7 @@ with --save, store it beside the model's weights (d3llm.models.recipe)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -56,7 +57,8 @@ def tune(
     with progress_bar(points_to_score(lm) * len(tasks) * n, "tune") as bar:
         recipe, points = choose_recipe(lm, tasks, n, progress=bar.describe, advance=bar.advance,
                                        progress_file=scores, more=bar.grow)
-    Console().print(tune_table(points, recipe))
+    # a column per task: too wide for 80 columns; piped to a file or a log, keep each row on one line
+    Console(width=None if sys.stdout.isatty() else 200).print(tune_table(points, recipe))
     typer.echo(f"recipe: {recipe.text()}")
     if save:
         typer.echo(f"wrote {write_recipe(folder, recipe, overwrite)}")
