@@ -162,14 +162,14 @@ def _is_score(value) -> bool:
 def run_settings(lm: LoadedModel, tasks: Sequence[Task], n: int) -> dict:
     """What decides a tune's scores: the model's weights and dtype, the tasks, n and the problems' seed."""
     return {"model": lm.name, "model_fingerprint": fingerprint(lm.path),
-            "dtype": str(lm.model.dtype).removeprefix("torch."), "tasks": [t.name for t in tasks],
+            "dtype": _dtype_of(lm), "tasks": [t.name for t in tasks],
             "n_per_task": n, "seed": SEED, "split": "validation"}
 
 
 def points_to_score(lm: LoadedModel) -> int:
     """How many points `tune` scores for `lm` at least (a progress bar's total): its grid, and
     after a float32 grid the chosen point in bfloat16 (its siblings in bfloat16 are told by `more`)."""
-    return len(grid_for(lm)) + (str(lm.model.dtype) == "torch.float32")
+    return len(grid_for(lm)) + (_dtype_of(lm) == "float32")
 
 
 def grid_for(lm: LoadedModel) -> list[Point]:
@@ -182,8 +182,13 @@ def grid_for(lm: LoadedModel) -> list[Point]:
         for threshold in thresholds:
             for schedule in schedules:
                 settings = {**({} if threshold is None else {"threshold": threshold}), **schedule}
-                points.append(Point(method, settings, str(lm.model.dtype).removeprefix("torch.")))
+                points.append(Point(method, settings, _dtype_of(lm)))
     return points
+
+
+def _dtype_of(lm: LoadedModel) -> str:
+    """The name of the dtype `lm` computes in, as points and records write it ("float32")."""
+    return str(lm.model.dtype).removeprefix("torch.")
 
 
 def score(lm: LoadedModel, point: Point, tasks: Sequence[Task], n: int,
@@ -285,15 +290,15 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
                 chosen, model = in_bf16, lm_bf16
     own = {}
     if len(tasks) > 1:
-        known = {p.key(): p for p in points}
-        missing = [p for p in siblings(chosen) if p.key() not in known]
+        known, family = {p.key(): p for p in points}, siblings(chosen)
+        missing = [p for p in family if p.key() not in known]
         if more and missing:
             more(len(missing) * len(tasks) * n)
         points += [scored(model, p) for p in missing]
         known.update((p.key(), p) for p in missing)
         if progress:
             progress("the rule on each task")
-        own = per_task(model, chosen, [known[p.key()] for p in siblings(chosen)], points, tasks)
+        own = per_task(model, chosen, [known[p.key()] for p in family], points, tasks)
     record = {"rule": f"fastest (median tokens/s at batch 1, {TIMING_ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "
                       "faster; then the same rule on each task over the chosen point's thresholds (d3llm.eval.tune)",
