@@ -100,6 +100,17 @@ def test_a_few_distillation_steps_lower_the_loss(tmp_path, teacher, trajectories
     assert json.loads((out / "provenance.json").read_text())["config"]["distill"]["masking"] == "trajectory"
 
 
+def test_replay_adds_the_teachers_objective_on_fresh_examples(tmp_path, teacher, trajectories):
+    short = dict(steps=4, save_every=4, tasks={"arith": 1.0}, num_examples=32)
+    plain = load_model(_distill(teacher, trajectories, tmp_path / "plain", **short)).model.net.state_dict()
+    out = _distill(teacher, trajectories, tmp_path / "replay", replay=1.0, **short)
+    replayed = load_model(out).model.net.state_dict()
+    assert any(not torch.equal(plain[k], replayed[k]) for k in plain)  # the second loss reached the weights
+    assert json.loads((out / "provenance.json").read_text())["config"]["distill"]["replay"] == 1.0
+    with pytest.raises(D3llmError, match="distill.replay"):
+        _distill(teacher, trajectories, tmp_path / "bad", replay=-1.0)
+
+
 def test_lora_student_saves_a_plain_model(tmp_path, teacher, trajectories):
     out = _distill(teacher, trajectories, tmp_path / "lora", steps=4, save_every=4, lora_rank=4)
     student, original = load_model(out).model.net.state_dict(), load_model(teacher).model.net.state_dict()

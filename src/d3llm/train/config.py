@@ -51,6 +51,10 @@ class DistillSettings:
     entropy_temperature: float = 0.5
     entropy_on_complementary: bool = False  # Dream's recipe also forces certainty there
     lora_rank: int | None = None  # LoRA through peft (alpha = rank) instead of full fine-tuning
+    # Weight of the teacher's own objective (the config's `objective`, on fresh examples of its
+    # `tasks`) added to the distillation loss: rehearsal of what the teacher was trained on, so a
+    # few thousand trajectory windows do not pull the student away from it. 0 turns it off.
+    replay: float = 0.0
     # Block models only: draw windows over the blocks up to the one holding the response's first
     # EOS, the blocks an early-stopping decoder decodes (the rest of the canvas is EOS padding).
     skip_eos_blocks: bool = False
@@ -66,6 +70,8 @@ class DistillSettings:
             raise D3llmError(f"need 0 <= `distill.t_min` <= `distill.t_max` <= 1, got {self.t_min}, {self.t_max}")
         if self.entropy_weight < 0 or self.entropy_temperature <= 0:
             raise D3llmError("`distill.entropy_weight` must be >= 0 and `distill.entropy_temperature` > 0")
+        if not 0 <= self.replay <= 100:
+            raise D3llmError(f"`distill.replay` must be in [0, 100], got {self.replay}")
         if self.lora_rank is not None and self.lora_rank <= 0:
             raise D3llmError(f"`distill.lora_rank` must be positive or null, got {self.lora_rank}")
         object.__setattr__(self, "windows", tuple(int(k) for k in self.windows))
@@ -158,7 +164,7 @@ class TrainConfig:
         if self.block_size is not None and (self.family != "block" or self.block_size < 1):
             raise D3llmError(f"`block_size` must be a positive integer for family block (null: the block size of "
                              f"`init_from`) and null otherwise, got {self.block_size!r} with family {self.family}")
-        if self.family == "block" and not self.distill and (
+        if self.family == "block" and (not self.distill or self.distill.replay) and (
                 self.objective.weighting != "token_mean" or self.objective.prefix_rows):
             raise D3llmError("family block trains with complementary masks, each token predicted once: set "
                              "`objective.weighting: token_mean` and leave `objective.prefix_rows` at 0")

@@ -66,9 +66,16 @@ class _DiffusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm = DiffusionLM(model, self.facts)  # model may be DDP-wrapped: call through it
-        if self.distill is not None:
-            progress = self.state.global_step / max(self.state.max_steps, 1)
-            return distill_loss(lm, inputs, self.distill, progress)[0]
+        if self.distill is None:
+            return self._family_loss(lm, inputs)
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        loss = distill_loss(lm, inputs, self.distill, progress)[0]
+        if self.distill.replay:  # the teacher's own objective on fresh examples
+            loss = loss + self.distill.replay * self._family_loss(lm, inputs["replay"])
+        return loss
+
+    def _family_loss(self, lm: DiffusionLM, inputs: dict) -> torch.Tensor:
+        """The training objective of the model's family (the config's `objective`)."""
         if self.facts.family == "block":
             return block_diffusion_loss(lm, inputs, objective=self.objective)
         if self.facts.is_diffusion:
@@ -300,6 +307,8 @@ def _dataset(config: TrainConfig, tokenizer) -> tuple[list[list[dict]], Callable
     """The recipe's batches (distillation's or a task's examples) and the collate function for them."""
     if config.distill:
         examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
+        if config.distill.replay:
+            return _with_replay(config, tokenizer, batches_by_length(examples, config.batch_size, config.seed))
         collate_fn = collate_distill
     else:
         gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
@@ -307,6 +316,23 @@ def _dataset(config: TrainConfig, tokenizer) -> tuple[list[list[dict]], Callable
                                   distinct=config.examples == "distinct")
         collate_fn = collate
     return batches_by_length(examples, config.batch_size, config.seed), collate_fn
+
+
+def _with_replay(config: TrainConfig, tokenizer, distill_batches: list[list[dict]]) -> tuple[list, Callable]:
+    """Distillation batches, each paired with a batch of fresh task examples for the teacher's
+    objective (`distill.replay`): `num_examples` examples of `tasks`, as a teacher's recipe
+    draws them, so every step of a run shorter than that sees new ones."""
+    gen_length = config.gen_length if config.family != "block" else None
+    fresh = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
+                           distinct=config.examples == "distinct")
+    replay = batches_by_length(fresh, config.batch_size, config.seed)
+    pairs = [(distill_batches[i % len(distill_batches)], replay[i % len(replay)])
+             for i in range(max(len(distill_batches), len(replay)))]
+
+    def collate_pair(pair, pad_token_id):
+        return {**collate_distill(pair[0], pad_token_id), "replay": collate(pair[1], pad_token_id)}
+
+    return pairs, collate_pair
 
 
 def _arguments(config: TrainConfig, out: Path, progress: Progress | None) -> TrainingArguments:
