@@ -38,3 +38,16 @@ def test_tally_follows_every_write():
     assert not state.masked()[1].any() and state.row_finished().tolist() == [False, True]
     part = state.select(torch.tensor([0]))
     assert torch.equal(part.masked(), state.masked()[:1]) and part.response.shape == (1, 8)
+
+
+def test_early_stop_fills_after_the_first_eos_only_in_rows_that_still_have_masks():
+    # As the authors' loops: they end once nothing is masked, before their early stop, so a row
+    # whose last commit was an EOS before tokens it had already committed keeps those tokens.
+    config = preset("d3llm", max_new_tokens=8, block_size=4)
+    state = DecodeState.start_from([[5, 6], [5, 6]], config, mask_id=2, eos_id=1, pad_id=0, device=torch.device("cpu"))
+    every = torch.ones_like(state.response, dtype=torch.bool)
+    done = torch.tensor([[9, 1, 7, 7, 7, 7, 7, 7], [9, 1, 7, 7, 2, 2, 2, 2]])  # row 1: four masks left
+    state.commit(every & (done != 2), done)
+    state.apply_early_stop()
+    assert state.response.tolist() == [[9, 1, 7, 7, 7, 7, 7, 7], [9, 1, 1, 1, 1, 1, 1, 1]]
+    assert state.filled.tolist() == [[False] * 8, [False] * 4 + [True] * 4]
