@@ -48,6 +48,8 @@ def test_early_stop_fills_after_the_first_eos_only_in_rows_that_still_have_masks
     every = torch.ones_like(state.response, dtype=torch.bool)
     done = torch.tensor([[9, 1, 7, 7, 7, 7, 7, 7], [9, 1, 7, 7, 2, 2, 2, 2]])  # row 1: four masks left
     state.commit(every & (done != 2), done)
-    state.apply_early_stop()
+    state.apply_early_stop(keep_finished=True)  # the diffusion loop's early stop
     assert state.response.tolist() == [[9, 1, 7, 7, 7, 7, 7, 7], [9, 1, 1, 1, 1, 1, 1, 1]]
     assert state.filled.tolist() == [[False] * 8, [False] * 4 + [True] * 4]
+    state.apply_early_stop()  # greedy's rule (AR, exact decoding): nothing after the first EOS
+    assert state.response.tolist() == [[9, 1, 1, 1, 1, 1, 1, 1]] * 2

@@ -204,7 +204,7 @@ def _generate_diffusion(model, prompts, config, pad_id, on_step, block_offset: i
     reads = config.strategy.scores_read()
     while True:
         if config.early_stop is not None:
-            state.apply_early_stop()
+            state.apply_early_stop(keep_finished=True)
         state = without_finished(batch, state, cache, unwanted)
         if state is None:
             return batch

@@ -221,14 +221,16 @@ class DecodeState:
 
     # --- transitions ---------------------------------------------------------------------
 
-    def apply_early_stop(self) -> None:
-        """Rows with a committed EOS and a mask left: every position after the first EOS becomes
-        EOS, committed ones included, and no block after it is created (all blocks then exist,
-        with the tail already filled). A row without masks is finished as it is: the authors'
-        loops end before their early stop once nothing is masked, so tokens committed after an
-        EOS that came last stay. `filled` records the masks it filled. Without `fill_after_eos`
-        it only marks the rows `stopped` (`row_finished` reads the EOS)."""
-        is_eos = (self.response == self.eos_id) & self.tally().has_masks.unsqueeze(1)
+    def apply_early_stop(self, keep_finished: bool = False) -> None:
+        """Rows with a committed EOS: every position after the first EOS becomes EOS, committed
+        ones included, and no block after it is created (all blocks then exist, with the tail
+        already filled). With `keep_finished` (the diffusion loop), a row without masks is left
+        as it is: the authors' loops end before their early stop once nothing is masked, so
+        tokens committed after an EOS that came last stay. `filled` records the masks it filled.
+        Without `fill_after_eos` it only marks the rows `stopped` (`row_finished` reads the EOS)."""
+        is_eos = self.response == self.eos_id
+        if keep_finished:
+            is_eos &= self.tally().has_masks.unsqueeze(1)
         if not bool(is_eos.any()):  # nothing to fill; `filled` is all False (only rows with an EOS fill)
             return
         has_eos = is_eos.any(1)
