@@ -305,27 +305,29 @@ def train(config: TrainConfig, out: str | Path, command: list[str] | None = None
 
 def _dataset(config: TrainConfig, tokenizer) -> tuple[list[list[dict]], Callable]:
     """The recipe's batches (distillation's or a task's examples) and the collate function for them."""
-    if config.distill:
-        examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
-        if config.distill.replay:
-            return _with_replay(config, tokenizer, batches_by_length(examples, config.batch_size, config.seed))
-        collate_fn = collate_distill
-    else:
-        gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
-        examples = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
-                                  distinct=config.examples == "distinct")
-        collate_fn = collate
-    return batches_by_length(examples, config.batch_size, config.seed), collate_fn
+    if not config.distill:
+        return _batches(config, _task_examples(config, tokenizer)), collate
+    examples = distill_examples(config.distill, resolve_model(config.init_from), tokenizer)
+    if config.distill.replay:
+        return _with_replay(_batches(config, examples), _batches(config, _task_examples(config, tokenizer)))
+    return _batches(config, examples), collate_distill
 
 
-def _with_replay(config: TrainConfig, tokenizer, distill_batches: list[list[dict]]) -> tuple[list, Callable]:
-    """Distillation batches, each paired with a batch of fresh task examples for the teacher's
-    objective (`distill.replay`): `num_examples` examples of `tasks`, as a teacher's recipe
-    draws them, so every step of a run shorter than that sees new ones."""
-    gen_length = config.gen_length if config.family != "block" else None
-    fresh = build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
-                           distinct=config.examples == "distinct")
-    replay = batches_by_length(fresh, config.batch_size, config.seed)
+def _task_examples(config: TrainConfig, tokenizer) -> list[dict]:
+    """`num_examples` training examples of the recipe's `tasks`, drawn as its `examples` says."""
+    gen_length = config.gen_length if config.family not in ("ar", "block") else None  # block: whole blocks
+    return build_examples(tokenizer, config.tasks, config.num_examples, "train", config.seed, gen_length,
+                          distinct=config.examples == "distinct")
+
+
+def _batches(config: TrainConfig, examples: list[dict]) -> list[list[dict]]:
+    return batches_by_length(examples, config.batch_size, config.seed)
+
+
+def _with_replay(distill_batches: list[list[dict]], replay: list[list[dict]]) -> tuple[list, Callable]:
+    """Distillation batches, each paired with a batch of the recipe's task examples for the
+    teacher's objective (`distill.replay`): as many pairs as the longer list, so every step of a
+    run shorter than `num_examples / batch_size` sees new task examples."""
     pairs = [(distill_batches[i % len(distill_batches)], replay[i % len(replay)])
              for i in range(max(len(distill_batches), len(replay)))]
 
