@@ -109,6 +109,9 @@ def test_replay_adds_the_teachers_objective_on_fresh_examples(tmp_path, teacher,
     assert json.loads((out / "provenance.json").read_text())["config"]["distill"]["replay"] == 1.0
     with pytest.raises(D3llmError, match="distill.replay"):
         _distill(teacher, trajectories, tmp_path / "bad", replay=-1.0)
+    with pytest.raises(D3llmError, match="num_examples"):  # one example over two tasks rounds to none
+        _distill(teacher, trajectories, tmp_path / "none", replay=1.0, tasks={"arith": 1.0, "code": 1.0},
+                 num_examples=1)
 
 
 def test_lora_student_saves_a_plain_model(tmp_path, teacher, trajectories):

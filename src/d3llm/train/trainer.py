@@ -328,6 +328,9 @@ def _with_replay(distill_batches: list[list[dict]], replay: list[list[dict]]) ->
     """Distillation batches, each paired with a batch of the recipe's task examples for the
     teacher's objective (`distill.replay`): as many pairs as the longer list, so every step of a
     run shorter than `num_examples / batch_size` sees new task examples."""
+    if not replay:
+        raise D3llmError("`distill.replay` needs task examples to rehearse, and `num_examples` split over `tasks` "
+                         "gave none; raise `num_examples`")
     pairs = [(distill_batches[i % len(distill_batches)], replay[i % len(replay)])
              for i in range(max(len(distill_batches), len(replay)))]
 
