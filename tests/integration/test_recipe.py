@@ -119,6 +119,21 @@ def test_recipes_are_never_replaced_silently_and_damage_is_named(folder):
     assert describe(folder).recipe == f"damaged {RECIPE_FILE}"
 
 
+def test_a_recipe_whose_settings_do_not_decode_the_model_is_refused_at_load_naming_the_file(folder):
+    """Well-formed JSON with a bad setting: the error names the recipe file (and the task), not a
+    setting the user seems to have given."""
+    bad = [(Recipe("d3llm-block", {"threshold": 42}), "its settings"),
+           (Recipe("d3llm-block", {"threshold": 0.5}, tasks={"code": {"thresh": 1.0}}), "tasks.code"),
+           (Recipe("ar"), "its settings"),  # a method of another family
+           (Recipe("d3llm-block", {"refresh_interval": 4}), "its settings")]  # a setting the method ignores
+    for recipe, where in bad:
+        write_recipe(folder, recipe, overwrite=True)
+        with pytest.raises(D3llmError, match=f"{RECIPE_FILE} \\(`?{where}`?\\)"):
+            load_model(folder)
+    write_recipe(folder, Recipe("d3llm-block", {"threshold": 0.5}, tasks={"code": {"threshold": 1.2}}), overwrite=True)
+    assert load_model(folder).recipe_for("code") == ("d3llm-block", {"threshold": 1.2})
+
+
 def test_the_grid_covers_the_models_presets_and_the_lean_cache_schedule():
     lm = load_model("tiny-d3llm")
     grid = grid_for(lm)

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from d3llm.errors import D3llmError, ModelLoadError
+from d3llm.decode.config import resolve_config
+from d3llm.errors import D3llmError, DecodeSettingError, ModelLoadError
 from d3llm.models.catalog import BUNDLED_DIR, bundled_models, parameters_from_weights  # noqa: F401  (re-exported)
 from d3llm.models.reading import load_network, read_json
 from d3llm.models.hub import hub_id_of_folder, parse_hub_id, snapshot
@@ -241,4 +242,22 @@ def load_model(
     _check_tokenizer(model.facts, tokenizer, folder)
     log.info("loaded %s (%s, %.1fM parameters) on %s in %s", folder, model.facts.family,
              model.num_parameters() / 1e6, device, str(dtype).removeprefix("torch."))
-    return LoadedModel(model, tokenizer, folder, str(name_or_path))
+    loaded = LoadedModel(model, tokenizer, folder, str(name_or_path))
+    _check_recipe(loaded)
+    return loaded
+
+
+def _check_recipe(lm: LoadedModel) -> None:
+    """A folder's recipe must decode this model, on every task it lists: a bad setting there is
+    an error naming the file, at load time, not one that reads as the user's own setting when a
+    command first decodes with it."""
+    recipe = lm.stored_recipe
+    if recipe is None or lm.published is not None:
+        return
+    for task in (None, *recipe.tasks):
+        try:
+            resolve_config(None, lm.facts.family, recipe=recipe.pair(task))
+        except DecodeSettingError as e:
+            where = f"`tasks.{task}`" if task else "its settings"
+            raise ModelLoadError(f"{lm.path / RECIPE_FILE} ({where}): {e} (fix the file, or "
+                                 "remove it and choose a recipe again with `d3llm tune MODEL --save`)") from None
