@@ -11,7 +11,7 @@ import torch
 
 from d3llm.decode import resolve_config
 from d3llm.errors import D3llmError
-from d3llm.eval.tune import TOLERANCE, Point, choose, grid_for, per_task, siblings
+from d3llm.eval.tune import LEAN, TOLERANCE, Point, choose, grid_for, per_task, siblings
 from d3llm.models import bundled_models, load_model
 from d3llm.models.catalog import describe, models_table
 from d3llm.models.recipe import RECIPE_FILE, Recipe, read_recipe, write_recipe
@@ -64,6 +64,20 @@ def test_the_rule_on_each_task_picks_among_the_chosen_points_thresholds(monkeypa
     assert [p.settings["threshold"] for p in siblings(chosen)] == [0.3, 0.5, 0.8, 1.2]
     assert all(p.settings["future_masks"] == "cached" and p.dtype == "bfloat16" for p in siblings(chosen))
     assert siblings(Point("vanilla", {}, "float32")) == [Point("vanilla", {}, "float32")]
+    lean = Point("d3llm-cache", {"threshold": 0.5, **LEAN}, "bfloat16")  # a delayed cache: both schedules
+    cached = siblings(lean)
+    assert [p.settings["threshold"] for p in cached] == [0.3, 0.5, 0.8, 1.2] * 2 and cached[1].key() == lean.key()
+    assert all(p.settings["refresh_while_waiting"] is True and p.settings["future_masks"] == "forward"
+               for p in cached[4:])  # the preset's own schedule, written out so that it replaces the lean one
+    assert [p.settings for p in siblings(Point("d3llm-cache", {"threshold": 0.3}, "float32"))][4] == \
+        {"threshold": 0.3, **LEAN}
+    family = [Point("d3llm-cache", p.settings, "bfloat16", {"arith": (90 if p in cached[4:] else 88, 100)})
+              for p in cached]
+    family[1] = lean
+    lean.scores = {"arith": (88, 100)}
+    monkeypatch.setattr(tune_module, "time_points", lambda runs, tasks: [[1.0] * 3 for _ in runs])
+    assert per_task(None, lean, family, family, tasks[:1]) == {  # arith wants the full schedule
+        "arith": {"threshold": 0.3, "refresh_while_waiting": True, "future_masks": "forward"}}
     family[1].scores = {"arith": (70, 100), "code": (70, 100)}  # the chosen point itself far off on both
     assert per_task(None, family[1], family[1:2], [*family, other], tasks) == {}  # no sibling close: recipe kept
 

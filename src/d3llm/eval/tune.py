@@ -20,11 +20,11 @@ and its median (timed in rounds beside the float32 point) is higher. The recipe 
 point's scores (`chosen`), so the choice can be checked; the test split is never read here.
 
 Per task (`per_task`, when more than one task is tuned): the same rule on each task's own
-problems, over the recipe's method, cache schedule and dtype at every threshold of the grid
+problems, over the recipe's method and dtype at every threshold and cache schedule of the grid
 (`siblings`: the model is loaded once, in one dtype, with one method): of the siblings within
 `TOLERANCE` points of the best score any point reached on that task, the fastest on that
-task's timing problems. Where that is not the recipe's own threshold, the recipe lists it for
-the task (`Recipe.tasks`); `eval` and the demo then decode that task with it.
+task's timing problems. Where that is not the recipe's own point, the recipe lists the settings
+that differ for the task (`Recipe.tasks`); `eval` and the demo then decode that task with them.
 
 Scoring is the long part (hours on a real model): with `progress_file`, each point's score is
 written there as soon as it is done (`ScoredPoints`), and a tune run again with the same file
@@ -178,7 +178,7 @@ def grid_for(lm: LoadedModel) -> list[Point]:
     for method in describe(lm.path, lm.name).methods:
         config = PRESETS[method]
         thresholds = THRESHOLDS[config.strategy.name] if isinstance(config.strategy, ThresholdStrategy) else (None,)
-        schedules = ({}, LEAN) if isinstance(config.cache, DelayedCache) else ({},)
+        schedules = ({}, LEAN) if _delayed(method) else ({},)
         for threshold in thresholds:
             for schedule in schedules:
                 settings = {**({} if threshold is None else {"threshold": threshold}), **schedule}
@@ -224,13 +224,25 @@ def choose(points: Sequence[Point]) -> Point:
     return max(eligible(points, max(p.accuracy_pct for p in points)), key=lambda p: p.tokens_per_second)
 
 
+def _delayed(method: str) -> bool:
+    """Whether the grid tries `method` in both cache schedules (its own and LEAN)."""
+    return isinstance(PRESETS[method].cache, DelayedCache)
+
+
 def siblings(chosen: Point) -> list[Point]:
-    """`chosen` at every threshold of its strategy's grid, its other settings and dtype kept
-    (just `chosen` for a method without a threshold)."""
+    """`chosen` at every threshold of its strategy's grid, and for a delayed-cache method also
+    in the other cache schedule of the grid (LEAN, or the preset's own written out, so that a
+    task's settings replace a lean recipe's), its dtype kept; just `chosen` for a method without
+    either."""
     strategy = PRESETS[chosen.method].strategy
-    if not isinstance(strategy, ThresholdStrategy):
-        return [chosen]
-    return [Point(chosen.method, {**chosen.settings, "threshold": t}, chosen.dtype) for t in THRESHOLDS[strategy.name]]
+    thresholds = THRESHOLDS[strategy.name] if isinstance(strategy, ThresholdStrategy) else (None,)
+    schedules = [{}]
+    if _delayed(chosen.method):
+        lean = all(chosen.settings.get(k) == v for k, v in LEAN.items())
+        cache = PRESETS[chosen.method].cache
+        schedules.append({k: getattr(cache, k) for k in LEAN} if lean else LEAN)
+    return [Point(chosen.method, {**chosen.settings, **schedule, **({} if t is None else {"threshold": t})},
+                  chosen.dtype) for schedule in schedules for t in thresholds]
 
 
 def per_task(lm: LoadedModel, chosen: Point, family: Sequence[Point], points: Sequence[Point],
@@ -301,7 +313,8 @@ def tune(lm: LoadedModel, tasks: Sequence[Task], n: int, progress: Callable[[str
         own = per_task(model, chosen, [known[p.key()] for p in family], points, tasks)
     record = {"rule": f"fastest (median tokens/s at batch 1, {TIMING_ROUNDS} rounds) of the points within {TOLERANCE:g} "
                       "accuracy points of the best (pooled over the tasks); then bfloat16 if still within and "
-                      "faster; then the same rule on each task over the chosen point's thresholds (d3llm.eval.tune)",
+                      "faster; then the same rule on each task over the chosen point's thresholds and cache schedules "
+                      "(d3llm.eval.tune)",
               "split": "validation", "seed": SEED, "n_per_task": n, "timing_n_per_task": TIMING_N,
               "tasks": [t.name for t in tasks], "points": [p.record() for p in points], "code_version": code_version()}
     return Recipe(chosen.method, chosen.settings, chosen.dtype, record, own), points
