@@ -67,8 +67,7 @@ def test_the_rule_on_each_task_picks_among_the_chosen_points_thresholds(monkeypa
     lean = Point("d3llm-cache", {"threshold": 0.5, **LEAN}, "bfloat16")  # a delayed cache: both schedules
     cached = siblings(lean)
     assert [p.settings["threshold"] for p in cached] == [0.3, 0.5, 0.8, 1.2] * 2 and cached[1].key() == lean.key()
-    assert all(p.settings["refresh_while_waiting"] is True and p.settings["future_masks"] == "forward"
-               for p in cached[4:])  # the preset's own schedule, written out so that it replaces the lean one
+    assert [p.settings for p in cached[4:]] == [{"threshold": t} for t in (0.3, 0.5, 0.8, 1.2)]  # as the grid has it
     assert [p.settings for p in siblings(Point("d3llm-cache", {"threshold": 0.3}, "float32"))][4] == \
         {"threshold": 0.3, **LEAN}
     family = [Point("d3llm-cache", p.settings, "bfloat16", {"arith": (90 if p in cached[4:] else 88, 100)})
@@ -76,8 +75,11 @@ def test_the_rule_on_each_task_picks_among_the_chosen_points_thresholds(monkeypa
     family[1] = lean
     lean.scores = {"arith": (88, 100)}
     monkeypatch.setattr(tune_module, "time_points", lambda runs, tasks: [[1.0] * 3 for _ in runs])
-    assert per_task(None, lean, family, family, tasks[:1]) == {  # arith wants the full schedule
+    assert per_task(None, lean, family, family, tasks[:1]) == {  # arith wants the full schedule, written out
         "arith": {"threshold": 0.3, "refresh_while_waiting": True, "future_masks": "forward"}}
+    full = Point("d3llm-cache", {"threshold": 0.5}, "float32", {"arith": (86, 100)})  # the other way round
+    leaner = [Point("d3llm-cache", {"threshold": t, **LEAN}, "float32", {"arith": (90, 100)}) for t in (0.3, 0.8)]
+    assert per_task(None, full, [full, *leaner], [full, *leaner], tasks[:1]) == {"arith": {"threshold": 0.3, **LEAN}}
     family[1].scores = {"arith": (70, 100), "code": (70, 100)}  # the chosen point itself far off on both
     assert per_task(None, family[1], family[1:2], [*family, other], tasks) == {}  # no sibling close: recipe kept
 

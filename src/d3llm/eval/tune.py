@@ -231,18 +231,26 @@ def _delayed(method: str) -> bool:
 
 def siblings(chosen: Point) -> list[Point]:
     """`chosen` at every threshold of its strategy's grid, and for a delayed-cache method also
-    in the other cache schedule of the grid (LEAN, or the preset's own written out, so that a
-    task's settings replace a lean recipe's), its dtype kept; just `chosen` for a method without
-    either."""
+    in the grid's other cache schedule (LEAN, or the preset's own: without LEAN's settings, as
+    the grid writes it), its dtype kept; just `chosen` for a method without either."""
     strategy = PRESETS[chosen.method].strategy
     thresholds = THRESHOLDS[strategy.name] if isinstance(strategy, ThresholdStrategy) else (None,)
-    schedules = [{}]
+    schedules = [chosen.settings]
     if _delayed(chosen.method):
         lean = all(chosen.settings.get(k) == v for k, v in LEAN.items())
-        cache = PRESETS[chosen.method].cache
-        schedules.append({k: getattr(cache, k) for k in LEAN} if lean else LEAN)
-    return [Point(chosen.method, {**chosen.settings, **schedule, **({} if t is None else {"threshold": t})},
-                  chosen.dtype) for schedule in schedules for t in thresholds]
+        schedules.append({k: v for k, v in chosen.settings.items() if k not in LEAN} if lean
+                         else {**chosen.settings, **LEAN})
+    return [Point(chosen.method, {**settings, **({} if t is None else {"threshold": t})}, chosen.dtype)
+            for settings in schedules for t in thresholds]
+
+
+def _differences(chosen: Point, pick: Point) -> dict:
+    """The settings of `pick` that differ from `chosen`'s (same method); one that `pick` leaves
+    at its preset's value is written out, so that a task's settings replace the recipe's."""
+    preset_values = PRESETS[chosen.method].settings()
+    names = [*pick.settings, *(k for k in chosen.settings if k not in pick.settings)]
+    value = lambda point, k: point.settings.get(k, preset_values.get(k))  # noqa: E731
+    return {k: value(pick, k) for k in names if value(pick, k) != value(chosen, k)}
 
 
 def per_task(lm: LoadedModel, chosen: Point, family: Sequence[Point], points: Sequence[Point],
@@ -260,7 +268,7 @@ def per_task(lm: LoadedModel, chosen: Point, family: Sequence[Point], points: Se
                 p.task_speeds[task.name] = rounds
         pick = max(close, key=lambda p: p.tokens_per_second_on(task.name), default=chosen)
         if pick is not chosen:
-            own[task.name] = {k: v for k, v in pick.settings.items() if chosen.settings.get(k) != v}
+            own[task.name] = _differences(chosen, pick)
     return own
 
 
